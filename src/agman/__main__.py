@@ -1,0 +1,5 @@
+import sys
+
+from agman.cli import main
+
+sys.exit(main())

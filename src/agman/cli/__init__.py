@@ -1,0 +1,64 @@
+"""The ``agman`` command: one entry point; each sub-command lives in its own module of this package.
+
+A command module exposes ``register(subparsers)``; it adds its parser(s) and sets ``func`` to a
+function taking the parsed arguments and returning an exit code.  The CLI is thin: it parses,
+calls one function of the layer below, and formats the answer.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Sub-command modules, in the order they are listed by --help.
+COMMAND_MODULES = ("data", "models", "train", "retrieval", "serve")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``agman: error: <message>`` with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agman", description="Attribute-specific fashion retrieval (AG-MAN and baselines)."
+    )
+    from agman import __version__
+
+    parser.add_argument("--version", action="version", version=f"agman {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"agman.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command module not written yet
+            if exc.name == f"agman.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"agman: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        # Library errors carry the file/line/value; show them without a traceback.
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"agman: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

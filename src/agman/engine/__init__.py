@@ -1,0 +1,1 @@
+"""Engine layer: losses, metrics, training, evaluation, checkpoints, distributed."""

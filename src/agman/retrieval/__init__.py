@@ -1,0 +1,1 @@
+"""Retrieval layer: one-pass embedding, FAISS indexes, the Retriever, pictures."""

@@ -1,0 +1,1 @@
+"""HTTP service: FastAPI app and the web page."""
