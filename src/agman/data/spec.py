@@ -81,6 +81,8 @@ class DatasetSpec:
     attributes: list[Attribute]
     splits: dict[str, Split]
     source: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """Problems that were skipped rather than raised (e.g. with ``allow_singletons``)."""
 
     @property
     def n_attributes(self) -> int:

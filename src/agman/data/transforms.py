@@ -1,0 +1,30 @@
+"""Image pipeline (§3.1): resize, centre crop, random horizontal flip for training, ImageNet normalisation."""
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_transform(input_size: int = 224, train: bool = False, crop_ratio: float = 224 / 256):
+    """Resize the short side to ``input_size / crop_ratio``, centre-crop ``input_size``, (train: random
+    horizontal flip), to tensor, ImageNet-normalise.  ``crop_ratio=1`` keeps the whole image (used for
+    the synthetic set, whose garments fill the frame)."""
+    if input_size < 16:
+        raise ValueError(f"input_size must be at least 16 pixels, got {input_size}")
+    if not 0 < crop_ratio <= 1:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    resize = int(round(input_size / crop_ratio))
+    steps = [T.Resize(resize, antialias=True), T.CenterCrop(input_size)]
+    if train:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)
+
+
+def denormalize(tensor):
+    """Undo the ImageNet normalisation of a [3, H, W] or [B, 3, H, W] tensor (for pictures)."""
+    mean = tensor.new_tensor(IMAGENET_MEAN).view(-1, 1, 1)
+    std = tensor.new_tensor(IMAGENET_STD).view(-1, 1, 1)
+    return (tensor * std + mean).clamp(0, 1)

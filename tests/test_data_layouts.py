@@ -1,0 +1,303 @@
+"""Readers of the ASEN, CSN and catalog-CSV layouts: the happy path, every documented error, fuzzing."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agman.data.layouts import (
+    _int_rows,
+    open_dataset,
+    read_asen,
+    read_catalog_csv,
+    read_csn,
+    write_asen,
+)
+from agman.data.spec import UNLABELED, DatasetError
+from conftest import REAL_FASHIONAI_SPLIT, make_asen
+
+
+# --------------------------------------------------------------------------- real FashionAI split
+@pytest.mark.skipif(not REAL_FASHIONAI_SPLIT.is_dir(), reason="shared FashionAI split files not present")
+def test_real_fashionai_validation_split():
+    spec = open_dataset(REAL_FASHIONAI_SPLIT)
+    meta = json.loads((REAL_FASHIONAI_SPLIT / "meta.json").read_text())
+    assert spec.attribute_names == meta["ATTRIBUTES"]
+    assert spec.value_counts == [meta["ATTRIBUTES_NUM"][a] for a in meta["ATTRIBUTES"]]
+    assert [list(a.values) for a in spec.attributes] == [meta["ATTRIBUTES_VALUES"][a] for a in meta["ATTRIBUTES"]]
+    valid = spec.split("valid")
+    assert len(valid) == 18_000
+    assert valid.queries.shape == (3_600, 3)
+    assert valid.candidates.shape == (14_400, 3)
+    # Per-attribute counts equal counting the files directly.
+    for kind, arr in (("query", valid.queries), ("candidate", valid.candidates)):
+        direct = {}
+        for line in (REAL_FASHIONAI_SPLIT / f"{kind}_valid.txt").read_text().splitlines():
+            a = int(line.split()[1])
+            direct[a] = direct.get(a, 0) + 1
+        assert dict(enumerate(np.bincount(arr[:, 1]).tolist())) == direct
+    # FashionAI: every image carries at most one attribute.
+    assert ((valid.labels != UNLABELED).sum(axis=1) <= 1).all()
+    assert ((valid.labels != UNLABELED).sum(axis=1) == 1).sum() == 18_000
+
+
+# --------------------------------------------------------------------------- ASEN layout
+def test_asen_reads_all_splits(asen_root):
+    spec = read_asen(asen_root)
+    assert list(spec.splits) == ["train", "valid", "test"]
+    assert spec.attribute_names == ["attr0", "attr1"]
+    assert spec.attributes[0].values == ("attr0_v0", "attr0_v1", "attr0_v2")
+    train = spec.split("train")
+    assert len(train) == 24 and train.labels.shape == (24, 2)
+    assert train.labels_of(4) == {0: 1, 1: 0}
+    assert (spec.root / train.paths[0]).is_file()
+    valid = spec.split("valid")
+    assert len(valid.queries) == 2 * 2 and len(valid.candidates) == 8 * 2
+    assert set(valid.images_with(0, 1).tolist()) == {1, 4, 7}
+
+
+def test_asen_dataset_subfolder_and_multi_dataset_meta(tmp_path):
+    make_asen(tmp_path / "data" / "FashionAI")
+    one = json.loads((tmp_path / "data" / "FashionAI" / "meta.json").read_text())
+    (tmp_path / "data" / "FashionAI" / "meta.json").unlink()
+    (tmp_path / "data" / "meta.json").write_text(json.dumps({"FashionAI": one, "DARN": one}))
+    spec = read_asen(tmp_path / "data", "fashionai")
+    assert spec.attribute_names == ["attr0", "attr1"]
+    with pytest.raises(DatasetError, match="several datasets"):
+        read_asen(tmp_path / "data" / "FashionAI")
+    with pytest.raises(DatasetError, match="has no dataset 'Nope'"):
+        read_asen(tmp_path / "data" / "FashionAI", meta=tmp_path / "data" / "meta.json", dataset="Nope")
+
+
+def test_asen_yaml_alternative(asen_root, tmp_path):
+    (asen_root / "meta.json").unlink()
+    yml = tmp_path / "ds.yaml"
+    yml.write_text("DATA:\n  NUM_ATTRIBUTES: 2\n  ATTRIBUTES:\n    NAME: [collar, sleeve]\n    NUM: [3, 2]\n")
+    spec = read_asen(asen_root, yaml_config=yml)
+    assert spec.attribute_names == ["collar", "sleeve"] and spec.value_counts == [3, 2]
+    yml.write_text("DATA:\n  NUM_ATTRIBUTES: 3\n  ATTRIBUTES:\n    NAME: [collar, sleeve]\n    NUM: [3, 2]\n")
+    with pytest.raises(DatasetError, match="NUM_ATTRIBUTES is 3"):
+        read_asen(asen_root, yaml_config=yml)
+    yml.write_text("DATA:\n  DATASET: x\n")
+    with pytest.raises(DatasetError, match=r"ds\.yaml: missing entry DATA\.ATTRIBUTES"):
+        read_asen(asen_root, yaml_config=yml)
+
+
+def test_write_asen_round_trip(asen_root, tmp_path):
+    spec = read_asen(asen_root)
+    out = write_asen(spec, tmp_path / "copy")
+    again = read_asen(out)
+    assert again.attributes == spec.attributes
+    for name in spec.splits:
+        a, b = spec.split(name), again.split(name)
+        assert np.array_equal(a.labels, b.labels)
+        assert np.array_equal(a.queries, b.queries) and np.array_equal(a.candidates, b.candidates)
+        assert [(again.root / p).resolve() for p in b.paths] == [(spec.root / p).resolve() for p in a.paths]
+
+
+# --- every documented error names the file and the line
+def _edit(path: Path, lineno: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[lineno - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    "file,line,text,message",
+    [
+        ("label_train.txt", 3, "2 0", r"expected 'image attribute value"),
+        ("label_train.txt", 3, "2 0 x", r"expected integers, got 'x'"),
+        ("label_train.txt", 5, "4 7 0", r"attribute index 7 out of range \(expected 0\.\.1\)"),
+        ("label_train.txt", 5, "4 0 3", r"value 3 out of range for attribute 0 \(attr0: expected 0\.\.2\)"),
+        ("label_train.txt", 2, "99 0 1", r"image index 99 is past the filenames list filenames_train\.txt"),
+        ("query_valid.txt", 1, "0 0 0 1", r"expected 3 integer fields, got 4"),
+        ("query_valid.txt", 4, "5 0 1", r"image 5 is given value 1 of attribute 0 \(attr0\), but query_valid\.txt line 3 gave it value 2"),
+        ("candidate_test.txt", 4, "10 1 1", r"image index 10 is past the filenames list filenames_test\.txt"),
+    ],
+)
+def test_asen_malformed_lines(asen_root, file, line, text, message):
+    _edit(asen_root / file, line, text)
+    with pytest.raises(DatasetError, match=message) as err:
+        read_asen(asen_root)
+    assert err.value.path.endswith(file)
+    assert err.value.line == line
+    assert f"{file}, line {line}:" in str(err.value)
+
+
+def test_asen_blank_line_in_filenames(asen_root):
+    _edit(asen_root / "filenames_valid.txt", 3, "")
+    with pytest.raises(DatasetError, match=r"filenames_valid\.txt, line 3: blank line inside the filenames list"):
+        read_asen(asen_root)
+
+
+def test_asen_missing_meta_entries(asen_root):
+    meta = json.loads((asen_root / "meta.json").read_text())
+    del meta["ATTRIBUTES_NUM"]["attr1"]
+    (asen_root / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"meta\.json: \['ATTRIBUTES_NUM'\] has no positive integer count for attribute 'attr1'"):
+        read_asen(asen_root)
+    (asen_root / "meta.json").write_text(json.dumps({"ATTRIBUTES": ["a"]}))
+    with pytest.raises(DatasetError, match=r"missing key \['ATTRIBUTES_NUM'\]"):
+        read_asen(asen_root)
+    (asen_root / "meta.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"meta\.json, line 1: invalid JSON"):
+        read_asen(asen_root)
+    (asen_root / "meta.json").unlink()
+    with pytest.raises(DatasetError, match="no meta.json found"):
+        read_asen(asen_root)
+
+
+def test_asen_value_that_cannot_form_a_triplet(asen_root):
+    # Give image 5 of train a value (2 of attr1 has... only 2 values; use attr0) no other image has.
+    meta = json.loads((asen_root / "meta.json").read_text())
+    meta["ATTRIBUTES_NUM"]["attr0"] = 4
+    meta["ATTRIBUTES_VALUES"]["attr0"].append("attr0_v3")
+    (asen_root / "meta.json").write_text(json.dumps(meta))
+    _edit(asen_root / "label_train.txt", 6, "5 0 3 1 1")
+    with pytest.raises(DatasetError, match=r"label_train\.txt, line 6: value 3 of attribute 0 \(attr0\) has a single image"):
+        read_asen(asen_root)
+    spec = read_asen(asen_root, allow_singletons=True)  # skip-and-count mode
+    assert len(spec.warnings) == 1 and "single image" in spec.warnings[0]
+
+
+def test_asen_attribute_with_one_value_cannot_form_a_triplet(asen_root):
+    lines = (asen_root / "label_train.txt").read_text().splitlines()
+    (asen_root / "label_train.txt").write_text("".join(f"{l.split()[0]} 1 0\n" for l in lines))
+    with pytest.raises(DatasetError, match=r"attribute 1 \(attr1\) has only one value \(0\) in the train split"):
+        read_asen(asen_root)
+
+
+def test_asen_query_attribute_without_candidates(asen_root):
+    lines = (asen_root / "candidate_valid.txt").read_text().splitlines()
+    (asen_root / "candidate_valid.txt").write_text("".join(l + "\n" for l in lines if l.split()[1] != "1"))
+    with pytest.raises(DatasetError, match=r"query_valid\.txt, line 2: queries of attribute 1 \(attr1\) have no candidate"):
+        read_asen(asen_root)
+
+
+def test_asen_split_without_labels_or_queries(asen_root):
+    (asen_root / "query_test.txt").unlink()
+    with pytest.raises(DatasetError, match=r"query_test\.txt: missing"):
+        read_asen(asen_root)
+    (asen_root / "candidate_test.txt").unlink()
+    with pytest.raises(DatasetError, match="neither label_test.txt nor query/candidate files"):
+        read_asen(asen_root)
+
+
+# --------------------------------------------------------------------------- CSN layout
+def test_csn_reads_triplet_lists(csn_root):
+    spec = open_dataset(csn_root)
+    assert spec.attribute_names == ["class", "closure", "gender", "heel"]
+    assert set(spec.splits) == {"train", "valid", "test"}
+    train = spec.split("train")
+    assert set(train.triplets) == {0, 1, 2, 3} and train.triplets[0].shape == (6, 3)
+    first = (csn_root / "tripletlists" / "class_tripletlist_train.txt").read_text().split("\n")[0].split()
+    assert train.triplets[0][0].tolist() == [int(x) for x in first]  # (anchor, far, close)
+    assert (spec.root / train.paths[0]).is_file()  # image root found under ut-zap50k-images/
+
+
+def test_csn_errors(csn_root):
+    path = csn_root / "tripletlists" / "gender_tripletlist_val.txt"
+    _edit(path, 2, "1 2 12")
+    with pytest.raises(DatasetError, match=r"gender_tripletlist_val\.txt, line 2: image index 12 is past filenames\.json"):
+        read_csn(csn_root)
+    _edit(path, 2, "1 2")
+    with pytest.raises(DatasetError, match=r"line 2: expected 3 integer fields, got 2"):
+        read_csn(csn_root)
+    (csn_root / "filenames.json").write_text(json.dumps(["a.jpg", 3]))
+    with pytest.raises(DatasetError, match=r"entry 1 is 3"):
+        read_csn(csn_root)
+
+
+# --------------------------------------------------------------------------- catalog CSV
+def test_catalog_csv_split_and_write(catalog_csv, tmp_path):
+    spec = read_catalog_csv(catalog_csv, seed=3)
+    assert spec.attribute_names == ["collar", "pattern"]
+    assert spec.attributes[0].values == ("round", "square", "v")
+    sizes = {k: len(v) for k, v in spec.splits.items()}
+    assert sizes == {"train": 48, "valid": 6, "test": 6}
+    all_paths = sorted(p for s in spec.splits.values() for p in s.paths)
+    assert all_paths == sorted(f"img/{i:03d}.png" for i in range(60))
+    # empty cell = not annotated
+    test = spec.split("test")
+    for i, p in enumerate(test.paths):
+        k = int(Path(p).stem)
+        assert (test.labels[i, 1] == UNLABELED) == (k % 7 == 0)
+    # queries:candidates 1:4 by image, one row per annotated attribute
+    q_images = set(spec.split("valid").queries[:, 0].tolist())
+    assert len(q_images) == round(0.2 * 6)
+    # same seed, same split; another seed, another split
+    assert read_catalog_csv(catalog_csv, seed=3).split("test").paths == test.paths
+    assert read_catalog_csv(catalog_csv, seed=4).split("test").paths != test.paths
+    out = write_asen(spec, tmp_path / "asen")
+    again = read_asen(out, allow_singletons=True)
+    assert np.array_equal(again.split("valid").queries, spec.split("valid").queries)
+    assert (again.root / again.split("train").paths[0]).is_file()
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("file,a\nx.png,1\n", r"catalog\.csv, line 1: header must be 'path,<attribute1>"),
+        ("path,a,a\nx.png,1,2\n", r"line 1: attribute names in the header must be non-empty and distinct"),
+        ("path,a,b\nx.png,1,2\ny.png,1\n", r"catalog\.csv, line 3: expected 3 comma-separated fields"),
+        ("path,a\nx.png,1\nx.png,2\n", r"line 3: image 'x.png' is listed twice \(first on line 2\)"),
+        ("path,a\n,1\n", r"line 2: empty image path"),
+        ("path,a\nx.png,\n", r"attribute column 'a' has no annotated value"),
+    ],
+)
+def test_catalog_csv_errors(tmp_path, content, message):
+    path = tmp_path / "catalog.csv"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        read_catalog_csv(path)
+
+
+# --------------------------------------------------------------------------- fuzzing
+_line = st.lists(
+    st.one_of(st.integers(-5, 40).map(str), st.sampled_from(["", "x", "1.5", "-", "١", "0x1", "\t"])), max_size=6
+).map(" ".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_line, max_size=8), target=st.sampled_from(["label_train.txt", "query_valid.txt", "candidate_test.txt"]))
+def test_fuzz_asen_files_only_raise_dataset_error(tmp_path_factory, lines, target):
+    root = make_asen(tmp_path_factory.mktemp("fuzz"), with_images=False)
+    (root / target).write_text("\n".join(lines) + "\n")
+    try:
+        read_asen(root, allow_singletons=True)
+    except DatasetError as exc:
+        assert target in str(exc) or "meta.json" in str(exc) or "filenames" in str(exc) or "query" in str(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list("0123456789 -x\n\t,")), max_size=120), n_fields=st.sampled_from([None, 3]))
+def test_fuzz_int_rows(tmp_path_factory, text, n_fields):
+    path = tmp_path_factory.mktemp("rows") / "f.txt"
+    path.write_text(text)
+    try:
+        for lineno, row in _int_rows(path, n_fields):
+            assert lineno >= 1 and all(isinstance(v, int) for v in row)
+    except DatasetError as exc:
+        assert exc.path == str(path) and exc.line is not None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(st.text(alphabet=st.sampled_from(list('ab,"\n x.png')), max_size=8), min_size=0, max_size=4),
+        max_size=6,
+    )
+)
+def test_fuzz_catalog_csv_only_raises_dataset_error(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("csv") / "catalog.csv"
+    path.write_text("path,a,b\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    try:
+        spec = read_catalog_csv(path)
+    except DatasetError as exc:
+        assert "catalog.csv" in str(exc)
+    else:
+        assert spec.n_attributes == 2
