@@ -1,0 +1,58 @@
+"""ASENet_V2 baseline (Ma et al., AAAI 2020, "advanced version" of their code): layer3 -> ASA -> sum-pool -> ACA -> L2 norm."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agman.models.attention import ACA, ASA, weighted_sum_pool
+from agman.models.backbone import ResNetTrunk
+from agman.models.base import AttributeModel
+from agman.models.output import ModelOutput
+
+
+class ASENetV2(AttributeModel):
+    """ASENet_V2 as in ASEN's released code.
+
+    ASA: ``tanh(BN(conv1x1 c3->c'))`` image key, attribute embedding -> FC -> tanh query, scaled dot
+    product, spatial softmax; the c3-channel layer3 features are weighted and sum-pooled.  ACA:
+    embedding -> FC -> ReLU, concatenated with the pooled vector -> FC(c3+c'->c') -> ReLU ->
+    FC(c'->c3) -> sigmoid mask.  One attribute table is shared by ASA and ACA.  The output size is
+    c3 (1024 on ResNet-50, the published setting); another ``embedding_dim`` adds a final FC.
+    """
+
+    name = "asenet-v2"
+    description = "ASENet_V2 (Ma et al. 2020): layer3, attribute-aware spatial + channel attention"
+
+    def __init__(
+        self,
+        n_attributes: int,
+        backbone: str = "resnet50",
+        pretrained: str | None = "none",
+        embedding_dim: int | None = None,
+        attention_dim: int = 512,
+    ):
+        trunk = ResNetTrunk(backbone, with_layer4=False)
+        c3 = trunk.channels["layer3"]
+        embedding_dim = int(embedding_dim or c3)
+        config = dict(backbone=backbone, embedding_dim=embedding_dim, attention_dim=int(attention_dim))
+        super().__init__(n_attributes, embedding_dim, config)
+        self.trunk = trunk
+        shared = nn.Embedding(self.n_attributes, attention_dim)
+        self.asa = ASA(attention_dim, self.n_attributes, in_channels=c3, attribute_activation="tanh",
+                       scaled=False, embedding=shared)
+        self.aca = ACA(c3, self.n_attributes, attribute_dim=attention_dim, hidden=attention_dim,
+                       attribute_activation="relu", scaled=False, embedding=shared)
+        self.projection = nn.Linear(c3, embedding_dim) if embedding_dim != c3 else None
+        self._load_backbone(self.trunk, pretrained)
+
+    def encode(self, images: Tensor, with_logits: bool = True):
+        _, f3 = self.trunk(images)
+        return (f3, self.asa.image_key(f3)), None
+
+    def head(self, state, attribute_ids: Tensor) -> ModelOutput:
+        f3, key = state
+        attention = self.asa(key, attribute_ids)
+        v = self.aca(weighted_sum_pool(f3, attention), attribute_ids)
+        if self.projection is not None:
+            v = self.projection(v)
+        return ModelOutput(embedding=F.normalize(v, dim=-1), attention=attention)

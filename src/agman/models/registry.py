@@ -1,0 +1,69 @@
+"""Model registry: ``build_model(name, n_attributes, **config)`` and the table behind ``agman models``."""
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+
+from agman.models.agman import AGMAN, AGMANOfficial
+from agman.models.asen import ASENetV2
+from agman.models.attnfashion import AttnFashion
+from agman.models.base import AttributeModel
+from agman.models.csn import CSN
+
+log = logging.getLogger(__name__)
+
+_MODELS: dict[str, type[AttributeModel]] = {cls.name: cls for cls in (AGMAN, AGMANOfficial, CSN, ASENetV2, AttnFashion)}
+MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+
+#: Keys any training config may set for any model; a model without the concept ignores them.
+COMMON_KEYS = ("backbone", "pretrained", "embedding_dim", "attention_dim")
+
+
+def _accepted_keys(cls: type[AttributeModel]) -> set[str]:
+    keys: set[str] = set()
+    for klass in cls.__mro__:  # AGMANOfficial forwards **config to AGMAN
+        if "__init__" not in vars(klass) or klass is AttributeModel:
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        keys |= {k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return keys - {"self", "n_attributes"}
+
+
+def build_model(name: str, n_attributes: int, **config) -> AttributeModel:
+    """Build model ``name`` for ``n_attributes`` attributes.
+
+    ``config`` holds the model's keyword arguments (see each class); ``pretrained`` is
+    ``'none'`` (default: nothing is downloaded by accident), ``'imagenet'`` or a weight-file path
+    and is not part of ``model.config`` (weights are an initialisation, not the architecture, so
+    ``build_model(model.name, model.n_attributes, **model.config)`` never downloads).
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    cls = _MODELS[name]
+    accepted = _accepted_keys(cls)
+    unknown = sorted(set(config) - accepted - set(COMMON_KEYS))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no option(s) {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+    for key in set(config) - accepted:
+        log.debug("model %s has no %s; ignoring %s=%r", name, key, key, config.pop(key))
+    return cls(int(n_attributes), **config)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters, each shared tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def describe_models(n_attributes: int = 8, backbone: str = "resnet50") -> list[tuple[str, int, str]]:
+    """``(name, trainable parameters, one-line description)`` of every registered model with
+    default options (built on the meta device: no memory, no weights)."""
+    rows = []
+    with torch.device("meta"):
+        for name, cls in _MODELS.items():
+            model = build_model(name, n_attributes, backbone=backbone)
+            rows.append((name, count_parameters(model), cls.description))
+    return rows
