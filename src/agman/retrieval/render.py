@@ -1,0 +1,191 @@
+"""Pictures of retrieval results: the top-k grid (paper Fig. 5), the attention heatmap overlay
+(Fig. 7) and a side-by-side ranking of several models for one query (Fig. 6).
+
+Every function takes and returns PIL images and draws nothing to the screen; saving is the caller's
+business.  A result is ``(image, score, correct)`` with ``correct`` True (green frame), False (red
+frame) or None (label unknown: no frame).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+Result = tuple[Image.Image, float, "bool | None"]
+
+GREEN = (34, 160, 60)
+RED = (214, 40, 57)
+QUERY_BLUE = (40, 96, 200)
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+
+_FRAME = 4  # frame width in pixels
+_GAP = 6  # space between tiles
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def fit_image(image: Image.Image, size: int, background=BACKGROUND) -> Image.Image:
+    """``image`` scaled to fit a ``size``x``size`` square (aspect ratio kept), centred on ``background``."""
+    image = image.convert("RGB")
+    scale = size / max(image.width, image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    tile = Image.new("RGB", (size, size), background)
+    tile.paste(image.resize((w, h), Image.Resampling.BILINEAR), ((size - w) // 2, (size - h) // 2))
+    return tile
+
+
+def _frame_color(correct: bool | None):
+    if correct is None:
+        return None
+    return GREEN if correct else RED
+
+
+def _tile(image: Image.Image, caption: str, frame, size: int, font) -> Image.Image:
+    """One image with an optional coloured frame and a caption line below it."""
+    caption_h = font.size + 6 if hasattr(font, "size") else 16
+    tile = Image.new("RGB", (size, size + caption_h), BACKGROUND)
+    inner = size - 2 * _FRAME
+    tile.paste(fit_image(image, inner), (_FRAME, _FRAME))
+    draw = ImageDraw.Draw(tile)
+    if frame is not None:
+        draw.rectangle([0, 0, size - 1, size - 1], outline=frame, width=_FRAME)
+    text_w = draw.textlength(caption, font=font)
+    draw.text(((size - text_w) / 2, size + 2), caption, fill=TEXT, font=font)
+    return tile
+
+
+def _check_results(results: Sequence[Result], what: str) -> None:
+    for i, item in enumerate(results):
+        if len(item) != 3 or not isinstance(item[0], Image.Image):
+            raise ValueError(f"{what}[{i}] must be (PIL image, score, correct True/False/None), got {item!r}")
+
+
+def _result_tiles(results: Sequence[Result], size: int, font) -> list[Image.Image]:
+    return [
+        _tile(img, f"#{rank}  {float(score):.3f}", _frame_color(correct), size, font)
+        for rank, (img, score, correct) in enumerate(results, start=1)
+    ]
+
+
+def _title_band(title: str, width: int, font) -> Image.Image | None:
+    if not title:
+        return None
+    band = Image.new("RGB", (width, font.size + 12), BACKGROUND)
+    ImageDraw.Draw(band).text((_GAP, 6), title, fill=TEXT, font=font)
+    return band
+
+
+def _stack(parts: list[Image.Image]) -> Image.Image:
+    width = max(p.width for p in parts)
+    out = Image.new("RGB", (width, sum(p.height for p in parts)), BACKGROUND)
+    y = 0
+    for p in parts:
+        out.paste(p, (0, y))
+        y += p.height
+    return out
+
+
+def result_grid(
+    query_image: Image.Image,
+    results: list[Result],
+    title: str = "",
+    *,
+    tile_size: int = 128,
+    columns: int = 10,
+) -> Image.Image:
+    """The query (blue frame) then the ranked results with rank and score (Fig. 5).
+
+    Results are framed green when ``correct`` is True, red when False and not at all when None.
+    More than ``columns`` results wrap onto further rows, which leave the query column empty.
+    """
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    _check_results(results, "results")
+    font = _font(max(10, tile_size // 10))
+    query = _tile(query_image, "query", QUERY_BLUE, tile_size, font)
+    tiles = _result_tiles(results, tile_size, font)
+    step = tile_size + _GAP
+    n_rows = max(1, -(-len(tiles) // columns))
+    n_cols = min(columns, max(1, len(tiles)))
+    width = _GAP + step * (1 + n_cols) + _GAP  # an extra gap separates the query from the results
+    grid = Image.new("RGB", (width, _GAP + n_rows * (query.height + _GAP)), BACKGROUND)
+    grid.paste(query, (_GAP, _GAP))
+    for i, tile in enumerate(tiles):
+        row, col = divmod(i, columns)
+        grid.paste(tile, (2 * _GAP + step * (1 + col), _GAP + row * (query.height + _GAP)))
+    band = _title_band(title, grid.width, _font(max(12, tile_size // 8)))
+    return _stack([band, grid]) if band else grid
+
+
+def ranking_comparison(
+    query_image: Image.Image,
+    rows: dict[str, list[Result]],
+    title: str = "",
+    *,
+    tile_size: int = 112,
+) -> Image.Image:
+    """One row per model (Fig. 6): the model's name, the query, then that model's ranked results."""
+    if not rows:
+        raise ValueError("ranking_comparison needs at least one row")
+    for name, results in rows.items():
+        _check_results(results, f"rows[{name!r}]")
+    font = _font(max(10, tile_size // 10))
+    name_font = _font(max(11, tile_size // 8))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = int(max(probe.textlength(name, font=name_font) for name in rows)) + 2 * _GAP
+    query = _tile(query_image, "query", QUERY_BLUE, tile_size, font)
+    step = tile_size + _GAP
+    n_cols = max(len(r) for r in rows.values())
+    width = label_w + step * (1 + n_cols) + 2 * _GAP
+    row_h = query.height + _GAP
+    out = Image.new("RGB", (width, _GAP + row_h * len(rows)), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    for r, (name, results) in enumerate(rows.items()):
+        y = _GAP + r * row_h
+        draw.text((_GAP, y + tile_size // 2 - name_font.size // 2), name, fill=TEXT, font=name_font)
+        out.paste(query, (label_w, y))
+        for c, tile in enumerate(_result_tiles(results, tile_size, font)):
+            out.paste(tile, (label_w + _GAP + step * (1 + c), y))
+    band = _title_band(title, out.width, _font(max(12, tile_size // 8)))
+    return _stack([band, out]) if band else out
+
+
+def heat_colors(values: np.ndarray) -> np.ndarray:
+    """The 'jet' colour map: values in [0, 1] ``[...]`` -> uint8 RGB ``[..., 3]`` (blue = low, red = high)."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
+    rgb = np.stack(
+        [np.clip(1.5 - np.abs(4.0 * v - s), 0.0, 1.0) for s in (3.0, 2.0, 1.0)],
+        axis=-1,
+    )
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The attention map ``[h, w]`` (Fig. 7), min-max scaled, bilinearly upsampled to the image's
+    size, coloured with :func:`heat_colors` and blended over the image with opacity ``alpha``.
+
+    The map covers whatever the model saw: pass the image as the model's input crop (see
+    ``Retriever.model_view``) so that map cells land on the pixels they came from.
+    """
+    att = np.asarray(attention, dtype=np.float32)
+    if att.ndim != 2 or att.size == 0:
+        raise ValueError(f"attention must be a 2-D map [h, w], got shape {att.shape}")
+    if not np.all(np.isfinite(att)):
+        raise ValueError("attention map contains NaN or infinite values")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    image = image.convert("RGB")
+    lo, hi = float(att.min()), float(att.max())
+    norm = (att - lo) / (hi - lo) if hi > lo else np.zeros_like(att)
+    up = Image.fromarray(norm).resize(image.size, Image.Resampling.BILINEAR)
+    heat = heat_colors(np.asarray(up))
+    base = np.asarray(image, dtype=np.float32)
+    blended = (1.0 - alpha) * base + alpha * heat.astype(np.float32)
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
