@@ -1,0 +1,544 @@
+"""Draw one synthetic garment image from a parameter record (pure: the same record gives the same pixels).
+
+A stylised mannequin wears a dress-like garment.  Five attributes each change one part of it:
+
+==================  ==================================  ===========  =======================
+attribute           values                              region       kind
+==================  ==================================  ===========  =======================
+sleeve_length       sleeveless, short, elbow, long      arms         local (shape)
+neckline_design     round, v, square, turtle            neck         local (shape)
+garment_length      cropped, hip, knee, ankle           hem          local (shape)
+waist_detail        plain, belt, bow, peplum            waist        local (shape)
+pattern             solid, stripes, dots, checks        torso        texture
+==================  ==================================  ===========  =======================
+
+Everything else is a nuisance drawn independently of the attributes by :func:`sample_params`:
+garment, accent, mannequin and background colours, background texture (gradient, blotches, planks,
+studio floor), figure position, scale and rotation, arm pose, pattern scale/phase/orientation,
+lighting (gain, tint, directional ramp) and, on some images, an occluding object.
+
+Geometry is written in *figure units*: x to the right of the figure's centre line, y down from the
+top of the head, the figure being 1 unit tall.  :class:`_Frame` maps figure units to pixels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from agman.data.spec import Attribute
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute("sleeve_length", ("sleeveless", "short", "elbow", "long")),
+    Attribute("neckline_design", ("round", "v", "square", "turtle")),
+    Attribute("garment_length", ("cropped", "hip", "knee", "ankle")),
+    Attribute("waist_detail", ("plain", "belt", "bow", "peplum")),
+    Attribute("pattern", ("solid", "stripes", "dots", "checks")),
+)
+"""The attributes of the synthetic set and their value names, in index order."""
+
+REGIONS = {
+    "sleeve_length": "arms",
+    "neckline_design": "neck",
+    "garment_length": "hem",
+    "waist_detail": "waist",
+    "pattern": "torso",
+}
+"""Where each attribute is visible (the body part its ground-truth box covers)."""
+
+TEXTURE_ATTRIBUTES = ("pattern",)
+SHAPE_ATTRIBUTES = tuple(a.name for a in ATTRIBUTES if a.name not in TEXTURE_ATTRIBUTES)
+
+BACKGROUND_KINDS = ("flat", "gradient", "blotches", "planks", "floor")
+OCCLUDER_KINDS = ("box", "disc", "bar")
+
+# --------------------------------------------------------------------------- figure geometry (figure units)
+SHOULDER = (0.19, 0.175)  # right shoulder joint; the left one is mirrored
+ARM_LENGTH = 0.36
+WAIST_Y = 0.34
+HIP_Y = 0.50
+HEM_Y = (0.43, 0.56, 0.72, 0.90)  # cropped, hip, knee, ankle
+SLEEVE_FRACTION = (0.0, 0.3, 0.6, 1.0)  # share of the arm a sleeve covers: sleeveless .. long
+SKIRT_FLARE = 0.2  # half-width gained per unit of length below the hips
+
+WAIST_HALF = 0.152  # garment half-width at the waist
+HIP_HALF = 0.185
+# Right half of the garment's outline from the neck down to the hips; the skirt continues below.
+_GARMENT_SIDE = ((0.075, 0.14), (0.17, 0.155), (0.16, 0.25), (WAIST_HALF, WAIST_Y), (HIP_HALF, HIP_Y))
+# Right half of the mannequin's torso.
+_TORSO_SIDE = ((0.035, 0.125), (0.185, 0.155), (0.205, 0.19), (0.18, 0.26), (0.145, WAIST_Y), (0.18, HIP_Y), (0.17, 0.55))
+_LEG = ((0.004, 0.54), (0.18, 0.50), (0.125, 0.75), (0.10, 0.935), (0.055, 0.935), (0.035, 0.75))
+
+NECK_BOX = (-0.13, 0.07, 0.13, 0.335)
+WAIST_BOX = (-0.28, 0.295, 0.28, 0.445)
+
+
+@dataclass(frozen=True)
+class GarmentParams:
+    """Everything that decides one image: the attribute values and every nuisance factor.
+
+    Colours are 0..255 RGB triples; positions are fractions of the image side; angles in degrees.
+    """
+
+    values: tuple[int, ...]  # one value index per attribute of ATTRIBUTES
+    scale: float = 0.85  # figure height / image side
+    center: tuple[float, float] = (0.5, 0.5)
+    rotation: float = 0.0
+    arm_angles: tuple[float, float] = (16.0, 16.0)  # right, left: outwards from vertical
+    hem_offset: float = 0.0  # figure units added to the hem height of the garment length
+    sleeve_offset: float = 0.0  # share of the arm added to the sleeve length (not for sleeveless)
+    garment: tuple[int, int, int] = (200, 60, 60)
+    accent: tuple[int, int, int] = (240, 240, 240)  # second colour of the pattern
+    detail: tuple[int, int, int] = (30, 30, 30)  # belt / bow colour
+    body: tuple[int, int, int] = (225, 190, 160)  # mannequin
+    background: tuple[int, int, int] = (235, 235, 235)
+    background2: tuple[int, int, int] = (215, 215, 215)
+    background_kind: str = "flat"
+    background_noise: tuple[float, ...] = field(default=(0.0,) * 16)  # 4x4 low-frequency field in [-1, 1]
+    background_angle: float = 0.0  # gradient / planks direction
+    background_period: float = 0.2  # planks width or floor height, fraction of the side
+    pattern_period: float = 0.11  # figure units: stripes and dots period, twice the check size
+    pattern_vertical: bool = False  # stripes run up-down instead of across
+    pattern_phase: tuple[float, float] = (0.0, 0.0)
+    light_gain: float = 1.0
+    light_tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    light_angle: float = 0.0
+    light_slope: float = 0.0  # relative brightness change across the image along light_angle
+    occluder: tuple | None = None  # (kind, x0, y0, x1, y1, (r, g, b)) in image fractions, or None
+
+    def value_of(self, attribute: str) -> int:
+        return self.values[_ATTRIBUTE_INDEX[attribute]]
+
+
+_ATTRIBUTE_INDEX = {a.name: i for i, a in enumerate(ATTRIBUTES)}
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Rendering:
+    """One rendered image with its ground truth.
+
+    ``regions[attr]`` is one box ``(x0, y0, x1, y1)`` in pixels of ``image`` (x1, y1 exclusive) around
+    the part where the attribute shows; ``parts[attr]`` the tight boxes of its pieces (two arms for
+    sleeve_length, one box otherwise).  ``garment_mask`` / ``figure_mask`` (bool [size, size]) are set
+    when asked for: pixels mostly covered by the garment / by garment or mannequin.
+    """
+
+    image: Image.Image
+    regions: dict[str, Box]
+    parts: dict[str, list[Box]]
+    garment_mask: np.ndarray | None = None
+    figure_mask: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- sampling
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, 3)
+
+
+def _far(c: np.ndarray, others: list[np.ndarray], min_distance: float) -> bool:
+    return all(float(np.linalg.norm(c - o)) >= min_distance for o in others)
+
+
+def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray], min_distance: float) -> np.ndarray:
+    """A uniformly random colour at least ``min_distance`` (RGB, 0..255) from each colour in ``avoid``."""
+    for _ in range(200):
+        c = _colour(rng)
+        if _far(c, avoid, min_distance):
+            return c
+    return c  # practically unreachable: the constraints leave most of the RGB cube free
+
+
+def sample_params(rng: np.random.Generator, values: tuple[int, ...] | list[int]) -> GarmentParams:
+    """Draw every nuisance factor from ``rng`` for a garment with attribute ``values``.
+
+    The draws do not depend on ``values``, so colour, pose, background and lighting are independent
+    of every attribute.  Colours are uniform in the RGB cube, rejected only where two neighbouring
+    surfaces would be too alike to see the edge between them (same rule for every value).
+    """
+    values = tuple(int(v) for v in values)
+    if len(values) != len(ATTRIBUTES):
+        raise ValueError(f"expected {len(ATTRIBUTES)} attribute values, got {len(values)}")
+    for v, attr in zip(values, ATTRIBUTES):
+        if not 0 <= v < attr.n_values:
+            raise ValueError(f"value {v} out of range for {attr.name} (0..{attr.n_values - 1})")
+    background = _colour(rng)
+    background2 = np.clip(background + rng.integers(-45, 46, 3), 0, 255)
+    body = _pick_colour(rng, [background, background2], 90)
+    garment = _pick_colour(rng, [background, background2, body], 100)
+    accent = _pick_colour(rng, [garment, body], 100)
+    detail = _pick_colour(rng, [garment, accent], 100)
+    scale = float(rng.uniform(0.74, 0.92))
+    room = (1.0 - scale) / 2
+    center = (float(rng.uniform(0.5 - 0.07, 0.5 + 0.07)), float(0.5 + rng.uniform(-room, room) * 0.9))
+    if rng.random() < 0.3:
+        kind = OCCLUDER_KINDS[int(rng.integers(len(OCCLUDER_KINDS)))]
+        w, h = rng.uniform(0.12, 0.26, 2)
+        if kind == "bar":
+            w, h = (w * 1.6, 0.05) if rng.random() < 0.5 else (0.05, h * 1.6)
+        x0, y0 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
+        occluder = (kind, float(x0), float(y0), float(x0 + w), float(y0 + h), tuple(int(c) for c in _colour(rng)))
+    else:
+        occluder = None
+    return GarmentParams(
+        values=values,
+        scale=scale,
+        center=center,
+        rotation=float(rng.uniform(-8.0, 8.0)),
+        arm_angles=(float(rng.uniform(9.0, 24.0)), float(rng.uniform(9.0, 24.0))),
+        hem_offset=float(rng.uniform(-0.02, 0.02)),
+        sleeve_offset=float(rng.uniform(-0.04, 0.04)),
+        garment=_rgb(garment),
+        accent=_rgb(accent),
+        detail=_rgb(detail),
+        body=_rgb(body),
+        background=_rgb(background),
+        background2=_rgb(background2),
+        background_kind=BACKGROUND_KINDS[int(rng.integers(len(BACKGROUND_KINDS)))],
+        background_noise=tuple(float(x) for x in rng.uniform(-1.0, 1.0, 16)),
+        background_angle=float(rng.uniform(0.0, 360.0)),
+        background_period=float(rng.uniform(0.15, 0.3)),
+        pattern_period=float(rng.uniform(0.10, 0.125)),
+        pattern_vertical=bool(rng.random() < 0.5),
+        pattern_phase=(float(rng.random()), float(rng.random())),
+        light_gain=float(rng.uniform(0.75, 1.15)),
+        light_tint=tuple(float(t) for t in rng.uniform(0.9, 1.1, 3)),
+        light_angle=float(rng.uniform(0.0, 360.0)),
+        light_slope=float(rng.uniform(0.0, 0.35)),
+        occluder=occluder,
+    )
+
+
+def _rgb(c: np.ndarray) -> tuple[int, int, int]:
+    return (int(c[0]), int(c[1]), int(c[2]))
+
+
+# --------------------------------------------------------------------------- drawing
+class _Frame:
+    """Maps figure units to canvas pixels: scale, rotation about the figure's middle, translation."""
+
+    def __init__(self, params: GarmentParams, canvas: int):
+        self.canvas = canvas
+        self.unit = params.scale * canvas  # pixels per figure unit
+        theta = math.radians(params.rotation)
+        self.cos, self.sin = math.cos(theta), math.sin(theta)
+        self.cx, self.cy = params.center[0] * canvas, params.center[1] * canvas
+
+    def points(self, pts) -> list[tuple[float, float]]:
+        u, c, s, cx, cy = self.unit, self.cos, self.sin, self.cx, self.cy
+        out = []
+        for x, y in pts:
+            x, y = x * u, (y - 0.5) * u
+            out.append((cx + c * x - s * y, cy + s * x + c * y))
+        return out
+
+    def circle(self, x: float, y: float, r: float) -> list[float]:
+        (px, py), = self.points([(x, y)])
+        rp = r * self.unit
+        return [px - rp, py - rp, px + rp, py + rp]
+
+    def local_grid(self, box) -> tuple[np.ndarray, np.ndarray]:
+        """Figure coordinates (u, v) of the pixel centres in ``box`` (x0, y0, x1, y1) as float32 arrays."""
+        x0, y0, x1, y1 = box
+        dx = (np.arange(x0, x1, dtype=np.float32) + (0.5 - self.cx))[None, :]
+        dy = (np.arange(y0, y1, dtype=np.float32) + (0.5 - self.cy))[:, None]
+        inv = 1.0 / self.unit
+        u = (self.cos * inv) * dx + (self.sin * inv) * dy
+        v = (-self.sin * inv) * dx + (self.cos * inv) * dy + 0.5
+        return u, v
+
+
+def _mirror(side) -> list[tuple[float, float]]:
+    """Right-half outline (top to bottom) -> closed symmetric outline (right side down, left side up)."""
+    side = list(side)
+    return side + [(-x, y) for x, y in reversed(side)]
+
+
+def _cut_at(profile, y_end: float) -> list[tuple[float, float]]:
+    """The points of a top-to-bottom outline above ``y_end``, ending exactly at ``y_end``."""
+    out = [profile[0]]
+    for (x0, y0), (x1, y1) in zip(profile, profile[1:]):
+        if y1 >= y_end:
+            t = (y_end - y0) / (y1 - y0)
+            out.append((x0 + t * (x1 - x0), y_end))
+            return out
+        out.append((x1, y1))
+    return out
+
+
+def hem_height(params: GarmentParams) -> float:
+    return HEM_Y[params.value_of("garment_length")] + params.hem_offset
+
+
+def _garment_profile(hem: float) -> list[tuple[float, float]]:
+    skirt_end = (HIP_HALF + SKIRT_FLARE * (1.0 - HIP_Y), 1.0)
+    return _cut_at(list(_GARMENT_SIDE) + [skirt_end], hem)
+
+
+def _arm(side: int, angle_deg: float, t0: float, t1: float, extra: float) -> list[tuple[float, float]]:
+    """Quadrilateral along the arm between fractions t0..t1 of its length, ``extra`` wider each side."""
+    a = math.radians(angle_deg)
+    dx, dy = side * math.sin(a), math.cos(a)
+    nx, ny = math.cos(a), -side * math.sin(a)
+    sx, sy = side * SHOULDER[0], SHOULDER[1]
+
+    def width(t):
+        return 0.04 + (0.028 - 0.04) * t + extra
+
+    pts = []
+    for t, sign in ((t0, 1), (t1, 1), (t1, -1), (t0, -1)):
+        d = t * ARM_LENGTH
+        w = width(max(0.0, min(1.0, t))) * sign
+        pts.append((sx + dx * d + nx * w, sy + dy * d + ny * w))
+    return pts
+
+
+def _hand(side: int, angle_deg: float) -> tuple[float, float]:
+    a = math.radians(angle_deg)
+    d = ARM_LENGTH + 0.02
+    return (side * SHOULDER[0] + side * math.sin(a) * d, SHOULDER[1] + math.cos(a) * d)
+
+
+def _neckline_cut(value: int) -> list[tuple[float, float]] | None:
+    if value == 0:  # round: a wide, shallow half ellipse
+        return [(0.11 * math.cos(t), 0.12 + 0.10 * math.sin(t)) for t in np.linspace(0.0, math.pi, 13)]
+    if value == 1:  # v: deep and pointed
+        return [(0.10, 0.12), (0.0, 0.325), (-0.10, 0.12)]
+    if value == 2:  # square: deep, straight sides and bottom
+        return [(0.075, 0.12), (0.075, 0.29), (-0.075, 0.29), (-0.075, 0.12)]
+    return None  # turtle: no cut, a collar up to the chin instead
+
+
+def _background(params: GarmentParams, canvas: int) -> Image.Image:
+    kind = params.background_kind
+    base = np.asarray(params.background, dtype=np.float32)
+    other = np.asarray(params.background2, dtype=np.float32)
+    if kind in ("gradient", "blotches"):
+        g = (np.arange(4, dtype=np.float32) - 1.5) / 1.5
+        a = math.radians(params.background_angle)
+        if kind == "gradient":
+            t = 0.5 + 0.5 * (math.cos(a) * g[None, :] + math.sin(a) * g[:, None])
+        else:
+            t = 0.5 + 0.5 * np.asarray(params.background_noise, dtype=np.float32).reshape(4, 4)
+        small = base + t[..., None] * (other - base)
+        img = Image.fromarray(np.clip(small + 0.5, 0, 255).astype(np.uint8)).resize((canvas, canvas), Image.BILINEAR)
+        return img
+    img = Image.new("RGB", (canvas, canvas), params.background)
+    draw = ImageDraw.Draw(img)
+    if kind == "planks":
+        period = max(2, int(round(params.background_period * canvas)))
+        vertical = math.cos(math.radians(params.background_angle)) >= 0
+        for k, start in enumerate(range(0, canvas, period)):
+            if k % 2:
+                box = [start, 0, start + period - 1, canvas] if vertical else [0, start, canvas, start + period - 1]
+                draw.rectangle(box, fill=params.background2)
+    elif kind == "floor":
+        top = int(round(canvas * (1.0 - params.background_period)))
+        draw.rectangle([0, top, canvas, canvas], fill=params.background2)
+    return img
+
+
+def _paste(canvas: Image.Image, colour, mask: Image.Image) -> None:
+    """Fill ``colour`` where ``mask`` is set, touching only the mask's bounding box."""
+    box = mask.getbbox()
+    if box:
+        canvas.paste(colour, box, mask.crop(box))
+
+
+def _pattern_mask(params: GarmentParams, frame: _Frame, box) -> Image.Image | None:
+    """'L' mask of the accent colour over ``box`` of the canvas, in figure coordinates (None for solid)."""
+    kind = params.value_of("pattern")
+    if kind == 0 or not box:
+        return None
+    u, v = frame.local_grid(box)
+    p = params.pattern_period
+    pu, pv = params.pattern_phase
+    if kind == 1:  # stripes
+        w = (u if params.pattern_vertical else v) / p + pu
+        on = (w - np.floor(w)) < 0.5
+    elif kind == 2:  # dots on a square lattice
+        fu, fv = u / p + pu, v / p + pv
+        du, dv = fu - np.floor(fu) - 0.5, fv - np.floor(fv) - 0.5
+        on = du * du + dv * dv < 0.3**2
+    else:  # checks: squares of 0.6 periods
+        fu, fv = u / (0.6 * p) + pu, v / (0.6 * p) + pv
+        on = ((np.floor(fu) + np.floor(fv)) % 2) == 0
+    return Image.fromarray(on.view(np.uint8) * np.uint8(255), "L")
+
+
+def _draw_bow(draw: ImageDraw.ImageDraw, frame: _Frame, fill) -> None:
+    y = WAIST_Y + 0.01
+    draw.polygon(frame.points([(0.0, y), (0.105, y - 0.055), (0.105, y + 0.055)]), fill=fill)
+    draw.polygon(frame.points([(0.0, y), (-0.105, y - 0.055), (-0.105, y + 0.055)]), fill=fill)
+    draw.polygon(frame.points([(0.012, y), (0.055, y + 0.12), (0.025, y + 0.125), (-0.006, y)]), fill=fill)
+    draw.polygon(frame.points([(-0.012, y), (-0.055, y + 0.12), (-0.025, y + 0.125), (0.006, y)]), fill=fill)
+    draw.ellipse(frame.circle(0.0, y, 0.026), fill=fill)
+
+
+def _shade(c, k: float) -> tuple[int, int, int]:
+    return tuple(int(max(0, min(255, round(x * k)))) for x in c)
+
+
+def _contrast_shade(c) -> tuple[int, int, int]:
+    """A darker shade of a light colour, a lighter one of a dark colour (the belt's buckle)."""
+    if sum(c) > 3 * 128:
+        return _shade(c, 0.5)
+    return tuple(min(255, x + 100) for x in c)
+
+
+def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: bool = False) -> Rendering:
+    """Draw the garment described by ``params`` as a ``size`` x ``size`` RGB image with its regions.
+
+    Shapes are drawn at ``supersample`` times the size and box-filtered down (antialiasing);
+    ``supersample=1`` draws aliased edges (faster).  ``masks=True`` also returns the garment and
+    figure masks (for tests of the region boxes).
+    """
+    if size < 16:
+        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    ss = max(1, int(supersample))
+    canvas_size = size * ss
+    frame = _Frame(params, canvas_size)
+    sleeve, neck, length, waist, _ = params.values
+    hem = hem_height(params)
+
+    canvas = _background(params, canvas_size)
+
+    # Mannequin: head, neck, torso, legs, arms, hands, feet.
+    body = Image.new("L", (canvas_size, canvas_size), 0)
+    bd = ImageDraw.Draw(body)
+    bd.ellipse(frame.circle(0.0, 0.055, 0.05), fill=255)
+    bd.polygon(frame.points([(0.036, 0.08), (0.036, 0.17), (-0.036, 0.17), (-0.036, 0.08)]), fill=255)
+    bd.polygon(frame.points(_mirror(_TORSO_SIDE)), fill=255)
+    for side in (1, -1):
+        bd.polygon(frame.points([(side * x, y) for x, y in _LEG]), fill=255)
+        bd.ellipse(frame.circle(side * 0.08, 0.95, 0.032), fill=255)
+    for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
+        bd.polygon(frame.points(_arm(side, angle, -0.05, 1.0, 0.0)), fill=255)
+        bd.ellipse(frame.circle(*_hand(side, angle), 0.03), fill=255)
+    _paste(canvas, params.body, body)
+
+    # Garment: bodice + skirt down to the hem, sleeves, neckline, collar, peplum.
+    gmask = Image.new("L", (canvas_size, canvas_size), 0)
+    gd = ImageDraw.Draw(gmask)
+    gd.polygon(frame.points(_mirror(_garment_profile(hem))), fill=255)
+    fraction = SLEEVE_FRACTION[sleeve] + (params.sleeve_offset if sleeve else 0.0)
+    if sleeve:
+        for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
+            gd.polygon(frame.points(_arm(side, angle, -0.08, fraction, 0.014)), fill=255)
+    cut = _neckline_cut(neck)
+    if cut is not None:
+        gd.polygon(frame.points(cut), fill=0)
+    else:
+        gd.polygon(frame.points([(0.06, 0.075), (0.075, 0.165), (-0.075, 0.165), (-0.06, 0.075)]), fill=255)
+    if waist == 3:  # peplum: a flared frill below the waist
+        gd.polygon(
+            frame.points([(WAIST_HALF, WAIST_Y), (0.275, 0.425), (0.0, 0.435), (-0.275, 0.425), (-WAIST_HALF, WAIST_Y)]),
+            fill=255,
+        )
+    box = gmask.getbbox()
+    pattern = _pattern_mask(params, frame, box)
+    if pattern is None:
+        _paste(canvas, params.garment, gmask)
+    else:
+        cloth = Image.new("RGB", pattern.size, params.garment)
+        cloth.paste(params.accent, (0, 0), pattern)
+        canvas.paste(cloth, box, gmask.crop(box))
+
+    draw = ImageDraw.Draw(canvas)
+    seam = _shade(params.garment, 0.55)
+    line = max(1, int(round(0.012 * frame.unit)))
+    if neck == 3:  # the turtle collar's fold
+        draw.line(frame.points([(-0.075, 0.15), (0.075, 0.15)]), fill=seam, width=line)
+    if waist == 1:  # belt with a buckle
+        draw.polygon(
+            frame.points(_rect(-WAIST_HALF - 0.006, WAIST_Y - 0.03, WAIST_HALF + 0.006, WAIST_Y + 0.03)),
+            fill=params.detail,
+        )
+        draw.polygon(
+            frame.points(_rect(-0.035, WAIST_Y - 0.038, 0.035, WAIST_Y + 0.038)),
+            fill=_contrast_shade(params.detail),
+        )
+    elif waist == 2:
+        _draw_bow(draw, frame, params.detail)
+    elif waist == 3:
+        draw.line(frame.points([(WAIST_HALF, WAIST_Y), (-WAIST_HALF, WAIST_Y)]), fill=seam, width=line)
+
+    if params.occluder is not None:
+        kind, x0, y0, x1, y1, colour = params.occluder
+        box = [x0 * canvas_size, y0 * canvas_size, x1 * canvas_size, y1 * canvas_size]
+        if kind == "disc":
+            draw.ellipse(box, fill=colour)
+        else:
+            draw.rectangle(box, fill=colour)
+
+    if ss > 1:
+        canvas = canvas.reduce(ss)
+    image = _light(canvas, params)
+
+    regions, parts = _regions(params, frame, ss, size)
+    out = Rendering(image=image, regions=regions, parts=parts)
+    if masks:
+        g = np.asarray(gmask.reduce(ss) if ss > 1 else gmask) >= 128
+        b = np.asarray(body.reduce(ss) if ss > 1 else body) >= 128
+        out.garment_mask, out.figure_mask = g, g | b
+    return out
+
+
+def _light(image: Image.Image, params: GarmentParams) -> Image.Image:
+    """Global gain and tint times a linear brightness ramp along ``light_angle``."""
+    size = image.size[0]
+    a = math.radians(params.light_angle)
+    c = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+    gain = params.light_gain * np.asarray(params.light_tint, dtype=np.float32)
+    ramp = (1.0 + params.light_slope * (math.cos(a) * c[None, :] + math.sin(a) * c[:, None]))[..., None] * gain
+    lit = np.asarray(image, dtype=np.float32)
+    lit *= ramp
+    lit += 0.5
+    np.clip(lit, 0, 255, out=lit)
+    return Image.fromarray(lit.astype(np.uint8), "RGB")
+
+
+# --------------------------------------------------------------------------- ground-truth regions
+def _box(frame: _Frame, pts, ss: int, size: int) -> Box:
+    xy = np.asarray(frame.points(pts)) / ss
+    x0, y0 = np.floor(xy.min(axis=0))
+    x1, y1 = np.ceil(xy.max(axis=0))
+    return (
+        int(min(max(x0, 0), size)),
+        int(min(max(y0, 0), size)),
+        int(min(max(x1, 0), size)),
+        int(min(max(y1, 0), size)),
+    )
+
+
+def _square_around(p, r) -> list[tuple[float, float]]:
+    return _rect(p[0] - r, p[1] - r, p[0] + r, p[1] + r)
+
+
+def _rect(x0, y0, x1, y1) -> list[tuple[float, float]]:
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _union(boxes: list[Box]) -> Box:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _regions(params: GarmentParams, frame: _Frame, ss: int, size: int) -> tuple[dict[str, Box], dict[str, list[Box]]]:
+    hem = hem_height(params)
+    hem_half = _garment_profile(hem)[-1][0]
+    arms = [
+        _box(frame, _arm(side, angle, -0.05, 1.0, 0.014) + _square_around(_hand(side, angle), 0.03), ss, size)
+        for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1]))
+    ]
+    parts = {
+        "sleeve_length": arms,
+        "neckline_design": [_box(frame, _rect(*NECK_BOX), ss, size)],
+        "garment_length": [_box(frame, _rect(-hem_half - 0.02, hem - 0.05, hem_half + 0.02, hem + 0.05), ss, size)],
+        "waist_detail": [_box(frame, _rect(*WAIST_BOX), ss, size)],
+        "pattern": [_box(frame, _rect(-0.12, 0.2, 0.12, min(hem, 0.7) - 0.015), ss, size)],
+    }
+    regions = {name: _union(boxes) for name, boxes in parts.items()}
+    return regions, parts
