@@ -108,6 +108,13 @@ def test_unknown_name_and_option():
         build_model("csn", 3, backbone="resnet18", hierarchical=False)
 
 
+def test_option_types_are_checked():
+    with pytest.raises(ValueError, match="option asa must be bool"):
+        build_model("agman", 3, backbone="resnet18", asa="no")
+    with pytest.raises(ValueError, match="option embedding_dim must be int"):
+        build_model("csn", 3, backbone="resnet18", embedding_dim=64.5)
+
+
 def test_common_options_are_ignored_where_meaningless():
     model = build_model("csn", 3, backbone="resnet18", attention_dim=256, pretrained="none")
     assert "attention_dim" not in model.config

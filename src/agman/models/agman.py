@@ -15,6 +15,10 @@ from agman.models.output import ModelOutput
 log = logging.getLogger(__name__)
 
 
+AGA_OPTIONS = ("asa", "sa", "aca", "ca", "sa_kernel", "ca_reduction", "aca_combine", "input_scale",
+               "attribute_masks", "mask_init", "shared_attribute_embedding")
+
+
 class AGA(nn.Module):
     """Attribute-guided attention (§2.3, Fig. 3): 1x1 reduction -> ASA -> SA -> sum-pool -> ACA -> CA.
 
@@ -23,24 +27,9 @@ class AGA(nn.Module):
     table for ASA and ACA) reproduce the released code.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        n_attributes: int,
-        *,
-        asa: bool = True,
-        sa: bool = True,
-        aca: bool = True,
-        ca: bool = True,
-        sa_kernel: int = 7,
-        ca_reduction: int = 16,
-        aca_combine: str = "concat",
-        input_scale: bool = False,
-        attribute_masks: bool = False,
-        mask_init: str = "disjoint",
-        shared_attribute_embedding: bool = False,
-    ):
+    def __init__(self, in_channels: int, channels: int, n_attributes: int, *, asa: bool, sa: bool, aca: bool,
+                 ca: bool, sa_kernel: int, ca_reduction: int, aca_combine: str, input_scale: bool,
+                 attribute_masks: bool, mask_init: str, shared_attribute_embedding: bool):
         super().__init__()
         self.input_scale = nn.Parameter(torch.ones(1)) if input_scale else None
         self.reduce = nn.Conv2d(in_channels, channels, kernel_size=1)
@@ -97,46 +86,27 @@ class AGMAN(AttributeModel):
 
     name = "agman"
     description = "AG-MAN (paper): F2+F3 fusion, attribute classifier, AGA = ASA>SA>ACA>CA, FC to D"
+    DEFAULTS = {
+        "backbone": "resnet50", "embedding_dim": 1024, "attention_dim": 512,
+        "hierarchical": True, "classification": True,
+        "asa": True, "sa": True, "aca": True, "ca": True,
+        "sa_kernel": 7, "ca_reduction": 16, "aca_combine": "concat",
+        "input_scale": False, "attribute_masks": False, "mask_init": "disjoint", "shared_attribute_embedding": False,
+    }
 
-    def __init__(
-        self,
-        n_attributes: int,
-        backbone: str = "resnet50",
-        pretrained: str | None = "none",
-        embedding_dim: int = 1024,
-        attention_dim: int = 512,
-        hierarchical: bool = True,
-        classification: bool = True,
-        asa: bool = True,
-        sa: bool = True,
-        aca: bool = True,
-        ca: bool = True,
-        sa_kernel: int = 7,
-        ca_reduction: int = 16,
-        aca_combine: str = "concat",
-        input_scale: bool = False,
-        attribute_masks: bool = False,
-        mask_init: str = "disjoint",
-        shared_attribute_embedding: bool = False,
-    ):
-        aga_options = dict(
-            asa=bool(asa), sa=bool(sa), aca=bool(aca), ca=bool(ca), sa_kernel=int(sa_kernel),
-            ca_reduction=int(ca_reduction), aca_combine=str(aca_combine), input_scale=bool(input_scale),
-            attribute_masks=bool(attribute_masks), mask_init=str(mask_init),
-            shared_attribute_embedding=bool(shared_attribute_embedding),
-        )
-        config = dict(
-            backbone=backbone, embedding_dim=int(embedding_dim), attention_dim=int(attention_dim),
-            hierarchical=bool(hierarchical), classification=bool(classification), **aga_options,
-        )
-        super().__init__(n_attributes, embedding_dim, config)
-        self.trunk = ResNetTrunk(backbone, with_layer4=classification)
+    def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
+        super().__init__(n_attributes, pretrained, **options)
+        cfg = self.config
+        self.trunk = ResNetTrunk(cfg["backbone"], with_layer4=cfg["classification"])
         c2, c3, c4 = (self.trunk.channels[k] for k in ("layer2", "layer3", "layer4"))
-        self.fusion = HierarchicalFusion(c2, c3) if hierarchical else None
-        self.classifier = nn.Linear(c4, self.n_attributes) if classification else None
-        self.aga = AGA(2 * c3 if hierarchical else c3, attention_dim, self.n_attributes, **aga_options)
-        self.projection = nn.Linear(attention_dim, embedding_dim) if embedding_dim != attention_dim else None
-        self._load_backbone(self.trunk, pretrained)
+        self.fusion = HierarchicalFusion(c2, c3) if cfg["hierarchical"] else None
+        self.classifier = nn.Linear(c4, self.n_attributes) if cfg["classification"] else None
+        aga_options = {k: cfg[k] for k in AGA_OPTIONS}
+        in_channels = 2 * c3 if cfg["hierarchical"] else c3
+        self.aga = AGA(in_channels, cfg["attention_dim"], self.n_attributes, **aga_options)
+        c, d = cfg["attention_dim"], cfg["embedding_dim"]
+        self.projection = nn.Linear(c, d) if d != c else None
+        self._load_backbone(self.trunk)
 
     def encode(self, images: Tensor, with_logits: bool = True):
         f2, f3 = self.trunk(images)
@@ -157,13 +127,6 @@ class AGMAN(AttributeModel):
         return out
 
 
-OFFICIAL_DEFAULTS = dict(
-    backbone="resnet50", embedding_dim=512, attention_dim=512, hierarchical=True, classification=True,
-    asa=True, sa=True, aca=True, ca=False, sa_kernel=7, ca_reduction=16, aca_combine="concat",
-    input_scale=True, attribute_masks=True, mask_init="disjoint", shared_attribute_embedding=True,
-)
-
-
 class AGMANOfficial(AGMAN):
     """AG-MAN as the authors' released code builds it (github.com/Dr-LingXiao/AG-MAN, model.py).
 
@@ -175,14 +138,18 @@ class AGMANOfficial(AGMAN):
 
     name = "agman-official"
     description = "AG-MAN as released: CSN masks instead of CA, input scalar, shared attr table, c'-sized output"
+    DEFAULTS = {
+        **AGMAN.DEFAULTS, "embedding_dim": 512, "ca": False,
+        "input_scale": True, "attribute_masks": True, "shared_attribute_embedding": True,
+    }
 
-    def __init__(self, n_attributes: int, pretrained: str | None = "none", **config):
-        options = {**OFFICIAL_DEFAULTS, **config}
-        if options["embedding_dim"] != options["attention_dim"]:
-            log.warning("agman-official outputs c'=%d like the released code; embedding_dim=%d ignored",
-                        options["attention_dim"], options["embedding_dim"])
-            options["embedding_dim"] = options["attention_dim"]
-        super().__init__(n_attributes, pretrained=pretrained, **options)
+    def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
+        width = options.get("attention_dim", self.DEFAULTS["attention_dim"])
+        if options.get("embedding_dim", width) != width:
+            log.warning("agman-official outputs c'=%d like the released code; embedding_dim=%s ignored",
+                        width, options["embedding_dim"])
+        options["embedding_dim"] = width
+        super().__init__(n_attributes, pretrained, **options)
 
 
 def released_code_layers(n_attributes: int = 8) -> dict[str, int]:

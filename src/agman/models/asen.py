@@ -22,28 +22,20 @@ class ASENetV2(AttributeModel):
 
     name = "asenet-v2"
     description = "ASENet_V2 (Ma et al. 2020): layer3, attribute-aware spatial + channel attention"
+    DEFAULTS = {"backbone": "resnet50", "embedding_dim": None, "attention_dim": 512}
 
-    def __init__(
-        self,
-        n_attributes: int,
-        backbone: str = "resnet50",
-        pretrained: str | None = "none",
-        embedding_dim: int | None = None,
-        attention_dim: int = 512,
-    ):
-        trunk = ResNetTrunk(backbone, with_layer4=False)
-        c3 = trunk.channels["layer3"]
-        embedding_dim = int(embedding_dim or c3)
-        config = dict(backbone=backbone, embedding_dim=embedding_dim, attention_dim=int(attention_dim))
-        super().__init__(n_attributes, embedding_dim, config)
-        self.trunk = trunk
-        shared = nn.Embedding(self.n_attributes, attention_dim)
-        self.asa = ASA(attention_dim, self.n_attributes, in_channels=c3, attribute_activation="tanh",
+    def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
+        super().__init__(n_attributes, pretrained, **options)
+        self.trunk = ResNetTrunk(self.config["backbone"], with_layer4=False)
+        c3, width = self.trunk.channels["layer3"], self.config["attention_dim"]
+        self.embedding_dim = self.config["embedding_dim"] = int(self.embedding_dim or c3)
+        shared = nn.Embedding(self.n_attributes, width)
+        self.asa = ASA(width, self.n_attributes, in_channels=c3, attribute_activation="tanh",
                        scaled=False, embedding=shared)
-        self.aca = ACA(c3, self.n_attributes, attribute_dim=attention_dim, hidden=attention_dim,
+        self.aca = ACA(c3, self.n_attributes, attribute_dim=width, hidden=width,
                        attribute_activation="relu", scaled=False, embedding=shared)
-        self.projection = nn.Linear(c3, embedding_dim) if embedding_dim != c3 else None
-        self._load_backbone(self.trunk, pretrained)
+        self.projection = nn.Linear(c3, self.embedding_dim) if self.embedding_dim != c3 else None
+        self._load_backbone(self.trunk)
 
     def encode(self, images: Tensor, with_logits: bool = True):
         _, f3 = self.trunk(images)

@@ -24,32 +24,24 @@ class AttnFashion(AttributeModel):
 
     name = "attnfashion"
     description = "AttnFashion (Wan et al. 2022, reconstruction): fused layer3+4, sigmoid spatial + SE gates"
+    DEFAULTS = {"backbone": "resnet50", "embedding_dim": 1024, "attention_dim": 512, "channel_reduction": 16}
 
-    def __init__(
-        self,
-        n_attributes: int,
-        backbone: str = "resnet50",
-        pretrained: str | None = "none",
-        embedding_dim: int = 1024,
-        attention_dim: int = 512,
-        channel_reduction: int = 16,
-    ):
-        config = dict(backbone=backbone, embedding_dim=int(embedding_dim), attention_dim=int(attention_dim),
-                      channel_reduction=int(channel_reduction))
-        super().__init__(n_attributes, embedding_dim, config)
-        self.trunk = ResNetTrunk(backbone, with_layer4=True)
+    def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
+        super().__init__(n_attributes, pretrained, **options)
+        self.trunk = ResNetTrunk(self.config["backbone"], with_layer4=True)
         c3, c4 = self.trunk.channels["layer3"], self.trunk.channels["layer4"]
+        width, reduction = self.config["attention_dim"], self.config["channel_reduction"]
         self.fuse = nn.Sequential(
-            nn.Conv2d(c3 + c4, attention_dim, kernel_size=1, bias=False),
-            nn.BatchNorm2d(attention_dim),
+            nn.Conv2d(c3 + c4, width, kernel_size=1, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
-        self.spatial = ASA(attention_dim, self.n_attributes, attribute_activation="tanh",
+        self.spatial = ASA(width, self.n_attributes, attribute_activation="tanh",
                            normalization="sigmoid", scaled=False)
-        self.channel = ACA(attention_dim, self.n_attributes, hidden=max(1, attention_dim // channel_reduction),
+        self.channel = ACA(width, self.n_attributes, hidden=max(1, width // reduction),
                            attribute_activation="relu", scaled=False)
-        self.projection = nn.Linear(attention_dim, embedding_dim)
-        self._load_backbone(self.trunk, pretrained)
+        self.projection = nn.Linear(width, self.embedding_dim)
+        self._load_backbone(self.trunk)
 
     def encode(self, images: Tensor, with_logits: bool = True):
         _, f3 = self.trunk(images)

@@ -26,15 +26,37 @@ class AttributeModel(nn.Module):
 
     name: str = ""
     description: str = ""
+    #: The model's options and their defaults: what ``build_model`` accepts besides ``pretrained``.
+    DEFAULTS: dict[str, Any] = {}
 
-    def __init__(self, n_attributes: int, embedding_dim: int, config: dict[str, Any]):
+    def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__()
         if int(n_attributes) < 1:
             raise ValueError(f"n_attributes must be at least 1, got {n_attributes}")
         self.n_attributes = int(n_attributes)
-        self.embedding_dim = int(embedding_dim)
-        self.config = dict(config)
+        self.config = self.resolve_options(options)
+        self.embedding_dim = self.config.get("embedding_dim")
+        self.pretrained_spec = pretrained
         self.pretrained_report: LoadReport | None = None
+
+    @classmethod
+    def resolve_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``DEFAULTS`` updated with ``options``; unknown names and values of the wrong type are
+        ``ValueError``s that name the option (configs come from YAML)."""
+        unknown = sorted(set(options) - set(cls.DEFAULTS))
+        if unknown:
+            raise ValueError(f"model {cls.name!r} takes no option(s) {', '.join(unknown)}; "
+                             f"it takes {', '.join(sorted(cls.DEFAULTS))} and pretrained")
+        resolved = dict(cls.DEFAULTS)
+        for key, value in options.items():
+            default = cls.DEFAULTS[key]
+            kind = type(default)
+            wrong = (isinstance(default, bool) and not isinstance(value, bool)) or (
+                kind in (int, str) and (not isinstance(value, kind) or isinstance(value, bool)))
+            if wrong:
+                raise ValueError(f"model {cls.name!r}: option {key} must be {kind.__name__}, got {value!r}")
+            resolved[key] = value
+        return resolved
 
     # -- to implement -----------------------------------------------------------------------
     def encode(self, images: Tensor, with_logits: bool = True) -> tuple[Any, Tensor | None]:
@@ -46,8 +68,9 @@ class AttributeModel(nn.Module):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
-    def _load_backbone(self, trunk: ResNetTrunk, pretrained: str | None) -> None:
-        self.pretrained_report = load_pretrained(trunk, pretrained, trunk.arch)
+    def _load_backbone(self, trunk: ResNetTrunk) -> None:
+        """Load ``pretrained`` (given to ``__init__``) into the trunk; the last step of a subclass's ``__init__``."""
+        self.pretrained_report = load_pretrained(trunk, self.pretrained_spec, trunk.arch)
 
     def _check_inputs(self, images: Tensor, attribute_ids: Tensor | None = None) -> None:
         if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():

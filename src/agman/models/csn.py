@@ -30,24 +30,17 @@ class CSN(AttributeModel):
 
     name = "csn"
     description = "CSN (Veit et al. 2017): pooled ResNet feature -> FC -> learned attribute mask"
+    DEFAULTS = {"backbone": "resnet50", "embedding_dim": 1024, "feature_level": "layer3", "mask_init": "normal"}
 
-    def __init__(
-        self,
-        n_attributes: int,
-        backbone: str = "resnet50",
-        pretrained: str | None = "none",
-        embedding_dim: int = 1024,
-        feature_level: str = "layer3",
-        mask_init: str = "normal",
-    ):
-        if feature_level not in FEATURE_LEVELS:
-            raise ValueError(f"feature_level must be one of {FEATURE_LEVELS}, got {feature_level!r}")
-        config = dict(backbone=backbone, embedding_dim=int(embedding_dim), feature_level=feature_level, mask_init=mask_init)
-        super().__init__(n_attributes, embedding_dim, config)
-        self.trunk = ResNetTrunk(backbone, with_layer4=feature_level == "layer4")
-        self.embed = nn.Linear(self.trunk.channels[feature_level], embedding_dim)
-        self.masks = AttributeMasks(self.n_attributes, embedding_dim, mask_init)
-        self._load_backbone(self.trunk, pretrained)
+    def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
+        super().__init__(n_attributes, pretrained, **options)
+        cfg = self.config
+        if cfg["feature_level"] not in FEATURE_LEVELS:
+            raise ValueError(f"feature_level must be one of {FEATURE_LEVELS}, got {cfg['feature_level']!r}")
+        self.trunk = ResNetTrunk(cfg["backbone"], with_layer4=cfg["feature_level"] == "layer4")
+        self.embed = nn.Linear(self.trunk.channels[cfg["feature_level"]], self.embedding_dim)
+        self.masks = AttributeMasks(self.n_attributes, self.embedding_dim, cfg["mask_init"])
+        self._load_backbone(self.trunk)
 
     def encode(self, images: Tensor, with_logits: bool = True):
         _, features = self.trunk(images)
