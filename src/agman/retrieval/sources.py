@@ -1,0 +1,133 @@
+"""What to index: a folder of images, a catalog CSV, or a dataset split, as one :class:`ImageSet`.
+
+Every source becomes parallel lists of item ids, absolute image paths and known labels
+(``{attribute name: value name}``, possibly empty).  Ids are the image path relative to the
+folder / CSV / dataset root, so the same catalog indexed twice gives the same ids.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agman.data.layouts import read_catalog_csv
+from agman.data.spec import UNLABELED, DatasetError, DatasetSpec
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+SPLIT_PARTS = ("all", "candidates", "queries")
+"""Which images of a dataset split to take: all of them (with every label the split gives them), or
+only the images of the candidate (query) rows, labelled by those rows alone."""
+
+
+@dataclass
+class ImageSet:
+    """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value)."""
+
+    ids: list[str]
+    paths: list[str]
+    labels: list[dict[str, str]] = field(default_factory=list)
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.labels:
+            self.labels = [{} for _ in self.ids]
+        if not len(self.ids) == len(self.paths) == len(self.labels):
+            raise ValueError(
+                f"ImageSet needs as many ids, paths and labels: {len(self.ids)}, {len(self.paths)}, {len(self.labels)}"
+            )
+        seen: dict[str, int] = {}
+        for i, item_id in enumerate(self.ids):
+            if item_id in seen:
+                raise ValueError(f"item id {item_id!r} appears twice in {self.description or 'the image set'}")
+            seen[item_id] = i
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _posix(path: Path) -> str:
+    return path.as_posix()
+
+
+def from_directory(folder: str | Path) -> ImageSet:
+    """Every image file under ``folder`` (recursively, sorted by relative path); no labels."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(
+        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+        key=lambda p: _posix(p.relative_to(folder)),
+    )
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    base = folder.resolve()
+    return ImageSet(
+        ids=[_posix(p.relative_to(folder)) for p in files],
+        paths=[str(base / p.relative_to(folder)) for p in files],
+        description=f"folder {folder}",
+    )
+
+
+def from_csv(csv_path: str | Path) -> ImageSet:
+    """A catalog CSV ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; paths relative
+    to the CSV's folder; a non-empty cell is the item's value of that column's attribute), or a CSV
+    with the ``path`` column alone.  Items are sorted by path."""
+    csv_path = Path(csv_path)
+    try:
+        with csv_path.open(encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), [])
+    except FileNotFoundError:
+        raise DatasetError("catalog CSV not found", csv_path) from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", csv_path) from None
+    if [h.strip().lower() for h in header] == ["path"]:
+        rows = list(csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()))[1:]
+        rels = sorted({r[0].strip() for r in rows if r and r[0].strip()})
+        labels: list[dict[str, str]] = [{} for _ in rels]
+    else:
+        spec = read_catalog_csv(csv_path)  # validates every row and names file + line on errors
+        items = {}
+        for s in spec.splits.values():
+            for i, rel in enumerate(s.paths):
+                items[rel] = _named_labels(spec, s.labels[i])
+        rels = sorted(items)
+        labels = [items[r] for r in rels]
+    if not rels:
+        raise DatasetError("no image rows after the header", csv_path)
+    base = csv_path.parent.resolve()
+    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}")
+
+
+def _named_labels(spec: DatasetSpec, row: np.ndarray) -> dict[str, str]:
+    return {a.name: a.values[int(v)] for a, v in zip(spec.attributes, row) if v != UNLABELED}
+
+
+def from_split(spec: DatasetSpec, split: str, part: str = "all") -> ImageSet:
+    """Images of one split of a dataset, in image-index order, with their labels.
+
+    ``part='candidates'`` keeps only the images of the split's candidate rows, labelled by those
+    rows: an attribute-filtered search over such an index ranks exactly the candidates that the
+    evaluation ranks for that attribute, in the same order of positions.
+    """
+    if part not in SPLIT_PARTS:
+        raise ValueError(f"part must be one of {', '.join(SPLIT_PARTS)}, got {part!r}")
+    s = spec.split(split)
+    if part == "all":
+        label_rows = s.labels
+        images = np.arange(len(s))
+    else:
+        rows = s.candidates if part == "candidates" else s.queries
+        label_rows = np.full_like(s.labels, UNLABELED)
+        label_rows[rows[:, 0], rows[:, 1]] = rows[:, 2]
+        images = np.unique(rows[:, 0])
+    root = Path(spec.root).resolve()
+    labels = [_named_labels(spec, label_rows[i]) for i in images]
+    return ImageSet(
+        ids=[s.paths[i] for i in images],
+        paths=[str(root / s.paths[i]) for i in images],
+        labels=labels,
+        description=f"{spec.name} {split} split ({part})",
+    )
