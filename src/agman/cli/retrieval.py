@@ -1,0 +1,343 @@
+"""`agman index`, `agman search`, `agman attention`, `agman compare`: the catalog retrieval commands."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from agman.cli import CLIError
+
+MAX_K = 1000
+"""Largest ``--k`` the CLI accepts (the service's cap is lower and configurable)."""
+
+
+# --------------------------------------------------------------------------- shared options
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def k_value(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_K:
+        raise argparse.ArgumentTypeError(f"k must be at most {MAX_K}, got {value}")
+    return value
+
+
+def add_query_arguments(parser: argparse.ArgumentParser, several_attributes: bool = True) -> None:
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", help="query image file")
+    query.add_argument("--item", help="id of a catalog item to use as the query (no model needed)")
+    if several_attributes:
+        parser.add_argument(
+            "--attribute",
+            "-a",
+            action="append",
+            required=True,
+            metavar="NAME[:WEIGHT]",
+            help="attribute to match, optionally weighted (repeat for a weighted multi-attribute query; "
+            "the score is the weighted sum of per-attribute similarities)",
+        )
+    else:
+        parser.add_argument("--attribute", "-a", required=True, metavar="NAME", help="attribute")
+
+
+def add_search_tuning(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
+    parser.add_argument("--device", default="cpu", help="torch device for image queries (default cpu)")
+    parser.add_argument("--nprobe", type=positive_int, help="IVF cells searched (approximate indexes)")
+    parser.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
+    parser.add_argument("--rerank", type=positive_int, help="shortlist = k x RERANK per attribute, re-scored exactly")
+
+
+def open_retriever(args: argparse.Namespace, index_dir: str | None = None):
+    from agman.retrieval.search import Retriever
+
+    return Retriever.open(
+        index_dir or args.index,
+        getattr(args, "checkpoint", None),
+        device=getattr(args, "device", "cpu"),
+        nprobe=getattr(args, "nprobe", None),
+        ef_search=getattr(args, "ef_search", None),
+        rerank=getattr(args, "rerank", None),
+    )
+
+
+def _user_errors():
+    """Library errors that are the user's input, shown as ``agman: error: ...``."""
+    from agman.data.images import ImageLoadError
+
+    return (ValueError, KeyError, FileNotFoundError, ImageLoadError)
+
+
+def _run(func, args):
+    try:
+        return func(args)
+    except CLIError:
+        raise
+    except _user_errors() as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise CLIError(msg) from None
+
+
+# --------------------------------------------------------------------------- register
+def register(subparsers) -> None:
+    from agman.retrieval.index import INDEX_TYPES
+    from agman.retrieval.sources import SPLIT_PARTS
+
+    idx = subparsers.add_parser(
+        "index",
+        help="embed a catalog with a checkpoint into a FAISS index (resumable, --add for new images)",
+        description="Embed every image for every attribute (one backbone pass per image) and write one "
+        "FAISS index per attribute plus item metadata into --out.  Rerunning an interrupted run continues "
+        "where it stopped; --add adds images not yet indexed.  An index only ever holds embeddings of one "
+        "checkpoint.  Index types: "
+        + "; ".join(f"{k}: {v}" for k, v in INDEX_TYPES.items()),
+    )
+    idx.add_argument("--checkpoint", required=True, help="trained checkpoint (.pt)")
+    idx.add_argument(
+        "--images",
+        required=True,
+        help="a folder of images, a catalog CSV (path[,<attribute>,...]), or a dataset root with --split",
+    )
+    idx.add_argument("--split", help="index this split of the dataset at --images (train/valid/test)")
+    idx.add_argument(
+        "--part",
+        choices=SPLIT_PARTS,
+        default="all",
+        help="with --split: all images, or only the candidate / query images with those rows' labels",
+    )
+    idx.add_argument("--dataset", help="with --split: dataset name (sub-folder and/or meta.json key)")
+    idx.add_argument("--layout", choices=["asen", "csn", "csv"], help="with --split: dataset layout")
+    idx.add_argument("--meta", help="with --split: meta.json to use")
+    idx.add_argument("--yaml", dest="yaml_config", help="with --split: ASEN++ dataset YAML instead of meta.json")
+    idx.add_argument("--image-root", help="with --split: folder the dataset's image paths are relative to")
+    idx.add_argument("--seed", type=int, default=0, help="with --split on a catalog CSV: split seed (default 0)")
+    idx.add_argument("--out", required=True, help="index folder to create, resume or (with --add) grow")
+    idx.add_argument("--add", action="store_true", help="add the images not yet in an existing index")
+    idx.add_argument("--type", dest="index_type", choices=list(INDEX_TYPES), help="index type (new index; default flat)")
+    idx.add_argument("--nlist", type=positive_int, help="IVF cells (default about 4*sqrt(items))")
+    idx.add_argument("--nprobe", type=positive_int, default=32, help="IVF cells searched (default 32)")
+    idx.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW neighbours per node (default 32)")
+    idx.add_argument("--ef-construction", type=positive_int, default=64, help="HNSW build breadth (default 64)")
+    idx.add_argument("--ef-search", type=positive_int, default=128, help="HNSW search breadth (default 128)")
+    idx.add_argument("--pq-m", type=positive_int, help="PQ sub-quantizers (default D/8)")
+    idx.add_argument("--rerank", type=positive_int, default=4, help="approximate: shortlist k x RERANK, re-scored exactly")
+    idx.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    idx.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable shard (default 1024)")
+    idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
+    idx.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    idx.add_argument("--no-progress", action="store_true", help="no progress bar")
+    idx.set_defaults(func=lambda a: _run(run_index, a))
+
+    search = subparsers.add_parser(
+        "search",
+        help="items with the same attribute value(s) as a query image or catalog item",
+        description="Rank catalog items by (weighted) attribute similarity to the query and print them.",
+    )
+    search.add_argument("--index", required=True, help="index folder")
+    add_query_arguments(search)
+    search.add_argument("--k", type=k_value, default=10, help=f"results (1..{MAX_K}, default 10)")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    search.add_argument("--exclude-self", action="store_true", help="leave the query item itself out of the results")
+    search.add_argument(
+        "--annotated-only",
+        action="store_true",
+        help="rank only items annotated with every queried attribute (as the evaluation does)",
+    )
+    search.add_argument("--grid", metavar="PNG", help="also save the query + top-k grid picture (Fig. 5)")
+    add_search_tuning(search)
+    search.set_defaults(func=lambda a: _run(run_search, a))
+
+    att = subparsers.add_parser(
+        "attention",
+        help="save the model's attention heatmap for (image, attribute) (Fig. 7)",
+    )
+    att.add_argument("--index", required=True, help="index folder (its checkpoint draws the map)")
+    add_query_arguments(att, several_attributes=False)
+    att.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
+    att.add_argument("--out", required=True, help="PNG to write")
+    att.add_argument("--checkpoint", help="checkpoint (default: the one that built the index)")
+    att.add_argument("--device", default="cpu")
+    att.set_defaults(func=lambda a: _run(run_attention, a))
+
+    cmp_ = subparsers.add_parser(
+        "compare",
+        help="side-by-side top-k of several checkpoints' indexes of one catalog for one query (Fig. 6)",
+    )
+    cmp_.add_argument("--index", action="append", required=True, help="index folder (repeat: one per checkpoint)")
+    cmp_.add_argument("--name", action="append", help="row label per --index (default: model name + folder)")
+    add_query_arguments(cmp_)
+    cmp_.add_argument("--k", type=k_value, default=5, help="results per row (default 5)")
+    cmp_.add_argument("--exclude-self", action="store_true")
+    cmp_.add_argument("--annotated-only", action="store_true")
+    cmp_.add_argument("--out", required=True, help="PNG to write")
+    cmp_.add_argument("--device", default="cpu")
+    cmp_.set_defaults(func=lambda a: _run(run_compare, a))
+
+
+# --------------------------------------------------------------------------- index
+def image_set_from_args(args: argparse.Namespace):
+    from agman.retrieval import sources
+
+    src = Path(args.images)
+    if args.split:
+        from agman.data.layouts import open_dataset
+
+        spec = open_dataset(
+            src,
+            args.dataset,
+            layout=args.layout,
+            allow_singletons=True,
+            seed=args.seed,
+            meta=args.meta,
+            yaml_config=args.yaml_config,
+            image_root=args.image_root,
+        )
+        return sources.from_split(spec, args.split, args.part)
+    if src.is_file() and src.suffix.lower() == ".csv":
+        return sources.from_csv(src)
+    if src.is_dir():
+        return sources.from_directory(src)
+    raise CLIError(f"--images {src}: not a folder or a .csv file (for a dataset split add --split)")
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from agman.retrieval.index import IndexConfig, build_index
+
+    images = image_set_from_args(args)
+    config = None
+    if args.index_type:
+        config = IndexConfig(
+            kind=args.index_type,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+            hnsw_m=args.hnsw_m,
+            ef_construction=args.ef_construction,
+            ef_search=args.ef_search,
+            pq_m=args.pq_m,
+            rerank=args.rerank,
+        )
+    summary = build_index(
+        args.out,
+        images,
+        args.checkpoint,
+        config=config,
+        add=args.add,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    resumed = f", resumed at row {summary.resumed_from}" if summary.resumed_from else ""
+    speed = f" ({summary.images_per_second:.1f} images/s)" if summary.embedded else ""
+    print(
+        f"index {summary.root} ({summary.index_type}): {summary.count} items; "
+        f"added {summary.added}, already indexed {summary.skipped}, embedded {summary.embedded} now{speed}{resumed}"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- search
+def run_query(retriever, args: argparse.Namespace, attributes, k: int):
+    if args.item is not None:
+        return retriever.search_item(
+            args.item, attributes, k, exclude_self=args.exclude_self, annotated_only=args.annotated_only
+        )
+    return retriever.search(
+        args.image, attributes, k, exclude_self=args.exclude_self, annotated_only=args.annotated_only
+    )
+
+
+def query_image(retriever, args: argparse.Namespace):
+    from agman.retrieval.search import load_query_image
+
+    return retriever.item_image(args.item) if args.item is not None else load_query_image(args.image)
+
+
+def grid_results(retriever, result):
+    from agman.retrieval.search import load_query_image
+
+    return [(load_query_image(h.path), h.score, h.correct) for h in result.hits]
+
+
+def run_search(args: argparse.Namespace) -> int:
+    retriever = open_retriever(args)
+    result = run_query(retriever, args, args.attribute, args.k)
+    if args.grid:
+        from agman.retrieval.render import result_grid
+
+        title = " + ".join(f"{w:g} x {n}" if w != 1 else n for n, w in result.weights.items())
+        image = query_image(retriever, args)
+        result_grid(image, grid_results(retriever, result), title=title).save(args.grid)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False))
+        return 0
+    print(format_table(result))
+    if args.grid:
+        print(f"grid: {args.grid}")
+    return 0
+
+
+def format_table(result) -> str:
+    names = list(result.weights)
+    head = f"query {result.query_id or '(image)'}: " + ", ".join(f"{n}:{w:g}" for n, w in result.weights.items())
+    head += f"; {len(result.hits)} of {result.candidates} items ({'exact' if result.exact else 'approximate'})"
+    lines = [head]
+    cols = ["rank", "score"] + ([f"{n}" for n in names] if len(names) > 1 else []) + ["match", "id"]
+    lines.append("  ".join(cols))
+    for h in result.hits:
+        mark = {True: "yes", False: "no", None: "-"}[h.correct]
+        row = [f"{h.rank:>4}", f"{h.score:.4f}"]
+        if len(names) > 1:
+            row += [f"{h.scores[n]:.4f}" for n in names]
+        row += [f"{mark:>5}", h.id]
+        labels = ", ".join(f"{n}={h.labels[n]}" for n in names if n in h.labels)
+        lines.append("  ".join(row) + (f"  [{labels}]" if labels else ""))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- pictures
+def run_attention(args: argparse.Namespace) -> int:
+    from agman.retrieval.search import load_query_image
+
+    retriever = open_retriever(args)
+    image = retriever.item(args.item).path if args.item is not None else args.image
+    if not 0 <= args.alpha <= 1:
+        raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
+    overlay = retriever.attention_image(load_query_image(image), args.attribute, alpha=args.alpha)
+    if overlay is None:
+        raise CLIError(f"model {retriever.index.meta['model_name']!r} has no spatial attention map")
+    overlay.save(args.out)
+    print(f"attention of {args.attribute}: {args.out}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from agman.retrieval.render import ranking_comparison
+
+    if args.name and len(args.name) != len(args.index):
+        raise CLIError(f"--name given {len(args.name)} times for {len(args.index)} --index folders")
+    rows = {}
+    image = None
+    weights = None
+    for i, index_dir in enumerate(args.index):
+        retriever = open_retriever(args, index_dir)
+        result = run_query(retriever, args, args.attribute, args.k)
+        weights = result.weights
+        name = args.name[i] if args.name else f"{retriever.index.meta['model_name']} ({Path(index_dir).name})"
+        if name in rows:
+            name = f"{name} #{i + 1}"
+        rows[name] = grid_results(retriever, result)
+        if image is None:
+            image = query_image(retriever, args)
+    title = ", ".join(f"{n}:{w:g}" for n, w in weights.items())
+    ranking_comparison(image, rows, title=title).save(args.out)
+    print(f"comparison of {len(rows)} indexes: {args.out}")
+    return 0

@@ -1,0 +1,65 @@
+"""`agman serve`: the HTTP search service and web page over a catalog index (FastAPI + uvicorn)."""
+from __future__ import annotations
+
+import argparse
+
+from agman.cli import CLIError
+
+
+def register(subparsers) -> None:
+    from agman.service.app import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_QUERY_CACHE
+
+    p = subparsers.add_parser(
+        "serve",
+        help="serve an index over HTTP: POST /search, GET /attention, the web page at /, docs at /docs",
+        description="Load the index and its checkpoint once, then serve searches by uploaded image or "
+        "catalog item, attention heatmaps and a web page.",
+    )
+    p.add_argument("--index", required=True, help="index folder built by `agman index`")
+    p.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help=f"largest k a request may ask (default {DEFAULT_MAX_K})")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, help="upload size limit in MiB (default 10)"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"decoded image size limit (default {DEFAULT_MAX_PIXELS})"
+    )
+    p.add_argument("--query-cache", type=int, default=DEFAULT_QUERY_CACHE, help="uploaded queries kept for /attention")
+    p.add_argument("--nprobe", type=int, help="IVF cells searched (approximate indexes)")
+    p.add_argument("--ef-search", type=int, help="HNSW search breadth")
+    p.add_argument("--rerank", type=int, help="approximate: shortlist k x RERANK, re-scored exactly")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agman.data.images import ImageLoadError
+    from agman.retrieval.search import Retriever
+    from agman.service.app import ServiceLimits, create_app
+
+    try:
+        limits = ServiceLimits(
+            max_k=args.max_k,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_pixels=args.max_pixels,
+            query_cache=args.query_cache,
+        )
+        retriever = Retriever.open(
+            args.index,
+            args.checkpoint,
+            device=args.device,
+            load_model=True,
+            nprobe=args.nprobe,
+            ef_search=args.ef_search,
+            rerank=args.rerank,
+        )
+        app = create_app(retriever, limits=limits)
+    except (ValueError, KeyError, FileNotFoundError, ImageLoadError) as exc:
+        raise CLIError(str(exc)) from None
+    print(f"serving {args.index} ({len(retriever)} items) on http://{args.host}:{args.port}/  (docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
