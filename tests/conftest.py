@@ -11,6 +11,12 @@ from PIL import Image
 
 os.environ.setdefault("AGMAN_OFFLINE", "1")  # tests never download
 
+import torch  # noqa: E402
+
+# One intra-op thread per test process: on small VMs the tiny tensors of unit tests run many times
+# slower with several threads, and CI spreads test files over processes (pytest-xdist) instead.
+torch.set_num_threads(1)
+
 REAL_FASHIONAI_SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashionai_split"
 
 

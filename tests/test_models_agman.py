@@ -11,12 +11,6 @@ from agman.models import build_model, count_parameters
 from agman.models.agman import AGMAN, AGMANOfficial, released_code_parameter_count
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # on 2-vCPU VMs intra-op threads make these small tensors many times slower
-    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SMALL = dict(backbone="resnet18")
 SWITCHES = ("hierarchical", "classification", "asa", "sa", "aca", "ca")

@@ -9,13 +9,6 @@ import torch
 from agman.models.attention import ACA, ASA, CA, SA, AttributeMasks, AttributeVector, weighted_sum_pool
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # on 2-vCPU VMs intra-op threads make these small tensors many times slower
-    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def count(module):
     return sum(p.numel() for p in module.parameters())

@@ -18,13 +18,6 @@ from agman.models.backbone import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # on 2-vCPU VMs intra-op threads make these small tensors many times slower
-    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 @pytest.mark.parametrize(
     "arch, widths",

@@ -9,12 +9,6 @@ from agman.models import build_model, count_parameters
 from agman.models.csn import ZAPPOS_ORIGINAL
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # on 2-vCPU VMs intra-op threads make these small tensors many times slower
-    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_csn_masks_feed_the_regularisers_and_learn():
     torch.manual_seed(0)

@@ -10,12 +10,6 @@ from agman.models import MODEL_NAMES, ModelOutput, build_model, describe_models
 from agman.models.agman import released_code_parameter_count
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # on 2-vCPU VMs intra-op threads make these small tensors many times slower
-    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 N_ATTRIBUTES = 5
 
