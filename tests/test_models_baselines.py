@@ -1,7 +1,6 @@
 """Baselines: CSN (masks, original Zappos setting), ASENet_V2 (layer list of its code), AttnFashion (reconstruction)."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
