@@ -43,7 +43,7 @@ MODES = ("all", "single")
 SPLIT_SHARES = (0.8, 0.1, 0.1)
 QUERY_SHARE = 0.2  # queries : candidates = 1 : 4
 TRIPLETS_PER_IMAGE = 5  # default triplets per attribute and split, per image of the split
-PNG_COMPRESS_LEVEL = 3
+PNG_COMPRESS_LEVEL = 1  # zlib level: the encoder is half the cost of an image; level 1 is ~20% faster than 3
 FORMAT_VERSION = 1
 CSN_SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}
 

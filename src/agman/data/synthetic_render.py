@@ -22,11 +22,12 @@ top of the head, the figure being 1 unit tall.  :class:`_Frame` maps figure unit
 """
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from agman.data.spec import Attribute
 
@@ -72,7 +73,7 @@ _TORSO_SIDE = ((0.035, 0.125), (0.185, 0.155), (0.205, 0.19), (0.18, 0.26), (0.1
 _LEG = ((0.004, 0.54), (0.18, 0.50), (0.125, 0.75), (0.10, 0.935), (0.055, 0.935), (0.035, 0.75))
 
 NECK_BOX = (-0.13, 0.07, 0.13, 0.335)
-WAIST_BOX = (-0.28, 0.295, 0.28, 0.445)
+WAIST_BOX = (-0.28, 0.295, 0.28, 0.45)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,8 @@ class GarmentParams:
     pattern_phase: tuple[float, float] = (0.0, 0.0)
     light_gain: float = 1.0
     light_tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    light_angle: float = 0.0
-    light_slope: float = 0.0  # relative brightness change across the image along light_angle
+    light_angle: float = 0.0  # direction the light comes from (sample_params: multiples of 15)
+    light_slope: float = 0.0  # relative brightness change across the image (sample_params: 0 .. 0.35)
     occluder: tuple | None = None  # (kind, x0, y0, x1, y1, (r, g, b)) in image fractions, or None
 
     def value_of(self, attribute: str) -> int:
@@ -140,7 +141,7 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
 
 
 def _far(c: np.ndarray, others: list[np.ndarray], min_distance: float) -> bool:
-    return all(float(np.linalg.norm(c - o)) >= min_distance for o in others)
+    return all(float(((c - o) ** 2).sum()) >= min_distance**2 for o in others)
 
 
 def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray], min_distance: float) -> np.ndarray:
@@ -206,8 +207,8 @@ def sample_params(rng: np.random.Generator, values: tuple[int, ...] | list[int])
         pattern_phase=(float(rng.random()), float(rng.random())),
         light_gain=float(rng.uniform(0.75, 1.15)),
         light_tint=tuple(float(t) for t in rng.uniform(0.9, 1.1, 3)),
-        light_angle=float(rng.uniform(0.0, 360.0)),
-        light_slope=float(rng.uniform(0.0, 0.35)),
+        light_angle=float(15 * rng.integers(0, 24)),
+        light_slope=float(0.05 * rng.integers(0, 8)),
         occluder=occluder,
     )
 
@@ -273,9 +274,12 @@ def hem_height(params: GarmentParams) -> float:
     return HEM_Y[params.value_of("garment_length")] + params.hem_offset
 
 
-def _garment_profile(hem: float) -> list[tuple[float, float]]:
-    skirt_end = (HIP_HALF + SKIRT_FLARE * (1.0 - HIP_Y), 1.0)
-    return _cut_at(list(_GARMENT_SIDE) + [skirt_end], hem)
+_GARMENT_PROFILE = (*_GARMENT_SIDE, (HIP_HALF + SKIRT_FLARE * (1.0 - HIP_Y), 1.0))
+
+
+def hem_half_width(hem: float) -> float:
+    """Half-width of the garment at height ``hem`` (figure units)."""
+    return _cut_at(_GARMENT_PROFILE, hem)[-1][0]
 
 
 def _arm(side: int, angle_deg: float, t0: float, t1: float, extra: float) -> list[tuple[float, float]]:
@@ -312,7 +316,10 @@ def _neckline_cut(value: int) -> list[tuple[float, float]] | None:
     return None  # turtle: no cut, a collar up to the chin instead
 
 
-def _background(params: GarmentParams, canvas: int) -> Image.Image:
+def _background(params: GarmentParams, size: int, ss: int) -> Image.Image:
+    """The backdrop at ``size * ss`` pixels.  Smooth kinds are computed at ``size`` and repeated
+    ``ss`` times (box-filtering them back down restores them exactly)."""
+    canvas = size * ss
     kind = params.background_kind
     base = np.asarray(params.background, dtype=np.float32)
     other = np.asarray(params.background2, dtype=np.float32)
@@ -324,8 +331,8 @@ def _background(params: GarmentParams, canvas: int) -> Image.Image:
         else:
             t = 0.5 + 0.5 * np.asarray(params.background_noise, dtype=np.float32).reshape(4, 4)
         small = base + t[..., None] * (other - base)
-        img = Image.fromarray(np.clip(small + 0.5, 0, 255).astype(np.uint8)).resize((canvas, canvas), Image.BILINEAR)
-        return img
+        img = Image.fromarray(np.clip(small + 0.5, 0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+        return img.resize((canvas, canvas), Image.NEAREST) if ss > 1 else img
     img = Image.new("RGB", (canvas, canvas), params.background)
     draw = ImageDraw.Draw(img)
     if kind == "planks":
@@ -369,12 +376,25 @@ def _pattern_mask(params: GarmentParams, frame: _Frame, box) -> Image.Image | No
     return Image.fromarray(on.view(np.uint8) * np.uint8(255), "L")
 
 
+def _draw_mannequin(draw: ImageDraw.ImageDraw, frame: _Frame, params: GarmentParams, fill) -> None:
+    """Head, neck, torso, legs, feet, arms and hands."""
+    draw.ellipse(frame.circle(0.0, 0.055, 0.05), fill=fill)
+    draw.polygon(frame.points(_rect(-0.036, 0.08, 0.036, 0.17)), fill=fill)
+    draw.polygon(frame.points(_mirror(_TORSO_SIDE)), fill=fill)
+    for side in (1, -1):
+        draw.polygon(frame.points([(side * x, y) for x, y in _LEG]), fill=fill)
+        draw.ellipse(frame.circle(side * 0.08, 0.95, 0.032), fill=fill)
+    for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
+        draw.polygon(frame.points(_arm(side, angle, -0.05, 1.0, 0.0)), fill=fill)
+        draw.ellipse(frame.circle(*_hand(side, angle), 0.03), fill=fill)
+
+
 def _draw_bow(draw: ImageDraw.ImageDraw, frame: _Frame, fill) -> None:
     y = WAIST_Y + 0.01
     draw.polygon(frame.points([(0.0, y), (0.105, y - 0.055), (0.105, y + 0.055)]), fill=fill)
     draw.polygon(frame.points([(0.0, y), (-0.105, y - 0.055), (-0.105, y + 0.055)]), fill=fill)
-    draw.polygon(frame.points([(0.012, y), (0.055, y + 0.12), (0.025, y + 0.125), (-0.006, y)]), fill=fill)
-    draw.polygon(frame.points([(-0.012, y), (-0.055, y + 0.12), (-0.025, y + 0.125), (0.006, y)]), fill=fill)
+    draw.polygon(frame.points([(0.012, y), (0.055, y + 0.085), (0.025, y + 0.09), (-0.006, y)]), fill=fill)
+    draw.polygon(frame.points([(-0.012, y), (-0.055, y + 0.085), (-0.025, y + 0.09), (0.006, y)]), fill=fill)
     draw.ellipse(frame.circle(0.0, y, 0.026), fill=fill)
 
 
@@ -403,27 +423,23 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
     frame = _Frame(params, canvas_size)
     sleeve, neck, length, waist, _ = params.values
     hem = hem_height(params)
+    params, ramp = _lit(params, size)
 
-    canvas = _background(params, canvas_size)
+    canvas = _background(params, size, ss)
 
     # Mannequin: head, neck, torso, legs, arms, hands, feet.
-    body = Image.new("L", (canvas_size, canvas_size), 0)
-    bd = ImageDraw.Draw(body)
-    bd.ellipse(frame.circle(0.0, 0.055, 0.05), fill=255)
-    bd.polygon(frame.points([(0.036, 0.08), (0.036, 0.17), (-0.036, 0.17), (-0.036, 0.08)]), fill=255)
-    bd.polygon(frame.points(_mirror(_TORSO_SIDE)), fill=255)
-    for side in (1, -1):
-        bd.polygon(frame.points([(side * x, y) for x, y in _LEG]), fill=255)
-        bd.ellipse(frame.circle(side * 0.08, 0.95, 0.032), fill=255)
-    for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
-        bd.polygon(frame.points(_arm(side, angle, -0.05, 1.0, 0.0)), fill=255)
-        bd.ellipse(frame.circle(*_hand(side, angle), 0.03), fill=255)
-    _paste(canvas, params.body, body)
+    _draw_mannequin(ImageDraw.Draw(canvas), frame, params, params.body)
+    if masks:
+        body = Image.new("L", (canvas_size, canvas_size), 0)
+        _draw_mannequin(ImageDraw.Draw(body), frame, params, 255)
 
     # Garment: bodice + skirt down to the hem, sleeves, neckline, collar, peplum.
     gmask = Image.new("L", (canvas_size, canvas_size), 0)
     gd = ImageDraw.Draw(gmask)
-    gd.polygon(frame.points(_mirror(_garment_profile(hem))), fill=255)
+    # The full-length dress, then everything below the hem erased: the side seams are then the same
+    # pixels for every length, and only the cloth between two hems differs.
+    gd.polygon(frame.points(_mirror(_GARMENT_PROFILE)), fill=255)
+    gd.polygon(frame.points(_rect(-1.0, hem, 1.0, 1.5)), fill=0)
     fraction = SLEEVE_FRACTION[sleeve] + (params.sleeve_offset if sleeve else 0.0)
     if sleeve:
         for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
@@ -476,7 +492,7 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
 
     if ss > 1:
         canvas = canvas.reduce(ss)
-    image = _light(canvas, params)
+    image = ImageChops.multiply(canvas, ramp)
 
     regions, parts = _regions(params, frame, ss, size)
     out = Rendering(image=image, regions=regions, parts=parts)
@@ -487,31 +503,48 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
     return out
 
 
-def _light(image: Image.Image, params: GarmentParams) -> Image.Image:
-    """Global gain and tint times a linear brightness ramp along ``light_angle``."""
-    size = image.size[0]
-    a = math.radians(params.light_angle)
-    c = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
-    gain = params.light_gain * np.asarray(params.light_tint, dtype=np.float32)
-    ramp = (1.0 + params.light_slope * (math.cos(a) * c[None, :] + math.sin(a) * c[:, None]))[..., None] * gain
-    lit = np.asarray(image, dtype=np.float32)
-    lit *= ramp
-    lit += 0.5
-    np.clip(lit, 0, 255, out=lit)
-    return Image.fromarray(lit.astype(np.uint8), "RGB")
+@functools.lru_cache(maxsize=512)
+def _ramp(size: int, angle: float, slope: float) -> tuple[Image.Image, float]:
+    """Brightness ramp along ``angle`` as an RGB image scaled to peak at 255, and its peak factor.
+
+    Cached: sample_params draws angles and slopes from a small set, so a process builds few."""
+    a = math.radians(angle)
+    c = (np.arange(size, dtype=np.float64) + 0.5) / size - 0.5
+    ramp = 1.0 + slope * (math.cos(a) * c[None, :] + math.sin(a) * c[:, None])
+    peak = float(ramp.max())
+    grey = Image.fromarray(np.round(ramp / peak * 255.0).astype(np.uint8), "L")
+    return Image.merge("RGB", (grey, grey, grey)), peak
+
+
+_COLOUR_FIELDS = ("garment", "accent", "detail", "body", "background", "background2")
+
+
+def _lit(params: GarmentParams, size: int) -> tuple[GarmentParams, Image.Image]:
+    """Lighting, split in two: every colour times gain x tint x the ramp's peak (the scene is flat
+    colours and their averages, so scaling the colours scales the image), and the ramp image
+    (<= 1) that the finished image is multiplied by."""
+    ramp, peak = _ramp(size, params.light_angle, params.light_slope)
+    factors = [params.light_gain * peak * t for t in params.light_tint]
+
+    def scale(c):
+        return tuple(min(255, int(round(x * f))) for x, f in zip(c, factors))
+
+    changes = {name: scale(getattr(params, name)) for name in _COLOUR_FIELDS}
+    if params.occluder is not None:
+        changes["occluder"] = (*params.occluder[:5], scale(params.occluder[5]))
+    return replace(params, **changes), ramp
 
 
 # --------------------------------------------------------------------------- ground-truth regions
 def _box(frame: _Frame, pts, ss: int, size: int) -> Box:
-    xy = np.asarray(frame.points(pts)) / ss
-    x0, y0 = np.floor(xy.min(axis=0))
-    x1, y1 = np.ceil(xy.max(axis=0))
-    return (
-        int(min(max(x0, 0), size)),
-        int(min(max(y0, 0), size)),
-        int(min(max(x1, 0), size)),
-        int(min(max(y1, 0), size)),
-    )
+    """Pixel box (x1, y1 exclusive) around figure points ``pts``, clipped to the image."""
+    xy = frame.points(pts)
+    xs, ys = [x / ss for x, _ in xy], [y / ss for _, y in xy]
+
+    def clip(v: float) -> int:
+        return min(max(int(v), 0), size)
+
+    return clip(math.floor(min(xs))), clip(math.floor(min(ys))), clip(math.ceil(max(xs))), clip(math.ceil(max(ys)))
 
 
 def _square_around(p, r) -> list[tuple[float, float]]:
@@ -528,7 +561,7 @@ def _union(boxes: list[Box]) -> Box:
 
 def _regions(params: GarmentParams, frame: _Frame, ss: int, size: int) -> tuple[dict[str, Box], dict[str, list[Box]]]:
     hem = hem_height(params)
-    hem_half = _garment_profile(hem)[-1][0]
+    hem_half = hem_half_width(hem)
     arms = [
         _box(frame, _arm(side, angle, -0.05, 1.0, 0.014) + _square_around(_hand(side, angle), 0.03), ss, size)
         for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1]))
@@ -536,7 +569,7 @@ def _regions(params: GarmentParams, frame: _Frame, ss: int, size: int) -> tuple[
     parts = {
         "sleeve_length": arms,
         "neckline_design": [_box(frame, _rect(*NECK_BOX), ss, size)],
-        "garment_length": [_box(frame, _rect(-hem_half - 0.02, hem - 0.05, hem_half + 0.02, hem + 0.05), ss, size)],
+        "garment_length": [_box(frame, _rect(-hem_half, hem - 0.05, hem_half, hem + 0.05), ss, size)],
         "waist_detail": [_box(frame, _rect(*WAIST_BOX), ss, size)],
         "pattern": [_box(frame, _rect(-0.12, 0.2, 0.12, min(hem, 0.7) - 0.015), ss, size)],
     }
