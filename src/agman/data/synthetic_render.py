@@ -409,6 +409,60 @@ def _contrast_shade(c) -> tuple[int, int, int]:
     return tuple(min(255, x + 100) for x in c)
 
 
+def _garment_mask(params: GarmentParams, frame: _Frame) -> Image.Image:
+    """'L' mask of the cloth: dress down to the hem, sleeves, neckline cut or collar, peplum."""
+    sleeve, neck, _, waist, _ = params.values
+    gmask = Image.new("L", (frame.canvas, frame.canvas), 0)
+    draw = ImageDraw.Draw(gmask)
+    # The full-length dress, then everything below the hem erased: the side seams are then the same
+    # pixels for every length, and only the cloth between two hems differs.
+    draw.polygon(frame.points(_mirror(_GARMENT_PROFILE)), fill=255)
+    draw.polygon(frame.points(_rect(-1.0, hem_height(params), 1.0, 1.5)), fill=0)
+    if sleeve:
+        fraction = SLEEVE_FRACTION[sleeve] + params.sleeve_offset
+        for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
+            draw.polygon(frame.points(_arm(side, angle, -0.08, fraction, 0.014)), fill=255)
+    cut = _neckline_cut(neck)
+    if cut is not None:
+        draw.polygon(frame.points(cut), fill=0)
+    else:  # turtle collar up to the chin
+        draw.polygon(frame.points([(0.06, 0.075), (0.075, 0.165), (-0.075, 0.165), (-0.06, 0.075)]), fill=255)
+    if waist == 3:  # peplum: a flared frill below the waist
+        flare = [(WAIST_HALF, WAIST_Y), (0.275, 0.425), (0.0, 0.435), (-0.275, 0.425), (-WAIST_HALF, WAIST_Y)]
+        draw.polygon(frame.points(flare), fill=255)
+    return gmask
+
+
+def _dress(canvas: Image.Image, gmask: Image.Image, params: GarmentParams, frame: _Frame) -> None:
+    """Fill the cloth with the garment colour, or its pattern in the garment and accent colours."""
+    box = gmask.getbbox()
+    pattern = _pattern_mask(params, frame, box)
+    if pattern is None:
+        _paste(canvas, params.garment, gmask)
+    else:
+        cloth = Image.new("RGB", pattern.size, params.garment)
+        cloth.paste(params.accent, (0, 0), pattern)
+        canvas.paste(cloth, box, gmask.crop(box))
+
+
+def _draw_details(draw: ImageDraw.ImageDraw, params: GarmentParams, frame: _Frame) -> None:
+    """Turtle collar fold, belt with buckle, bow, peplum seam."""
+    _, neck, _, waist, _ = params.values
+    seam = _shade(params.garment, 0.55)
+    line = max(1, int(round(0.012 * frame.unit)))
+    if neck == 3:
+        draw.line(frame.points([(-0.075, 0.15), (0.075, 0.15)]), fill=seam, width=line)
+    if waist == 1:
+        band = _rect(-WAIST_HALF - 0.006, WAIST_Y - 0.03, WAIST_HALF + 0.006, WAIST_Y + 0.03)
+        draw.polygon(frame.points(band), fill=params.detail)
+        buckle = _rect(-0.035, WAIST_Y - 0.038, 0.035, WAIST_Y + 0.038)
+        draw.polygon(frame.points(buckle), fill=_contrast_shade(params.detail))
+    elif waist == 2:
+        _draw_bow(draw, frame, params.detail)
+    elif waist == 3:
+        draw.line(frame.points([(WAIST_HALF, WAIST_Y), (-WAIST_HALF, WAIST_Y)]), fill=seam, width=line)
+
+
 def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: bool = False) -> Rendering:
     """Draw the garment described by ``params`` as a ``size`` x ``size`` RGB image with its regions.
 
@@ -421,75 +475,18 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
     ss = max(1, int(supersample))
     canvas_size = size * ss
     frame = _Frame(params, canvas_size)
-    sleeve, neck, length, waist, _ = params.values
-    hem = hem_height(params)
-    params, ramp = _lit(params, size)
+    lit, ramp = _lit(params, size)
 
-    canvas = _background(params, size, ss)
-
-    # Mannequin: head, neck, torso, legs, arms, hands, feet.
-    _draw_mannequin(ImageDraw.Draw(canvas), frame, params, params.body)
-    if masks:
-        body = Image.new("L", (canvas_size, canvas_size), 0)
-        _draw_mannequin(ImageDraw.Draw(body), frame, params, 255)
-
-    # Garment: bodice + skirt down to the hem, sleeves, neckline, collar, peplum.
-    gmask = Image.new("L", (canvas_size, canvas_size), 0)
-    gd = ImageDraw.Draw(gmask)
-    # The full-length dress, then everything below the hem erased: the side seams are then the same
-    # pixels for every length, and only the cloth between two hems differs.
-    gd.polygon(frame.points(_mirror(_GARMENT_PROFILE)), fill=255)
-    gd.polygon(frame.points(_rect(-1.0, hem, 1.0, 1.5)), fill=0)
-    fraction = SLEEVE_FRACTION[sleeve] + (params.sleeve_offset if sleeve else 0.0)
-    if sleeve:
-        for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
-            gd.polygon(frame.points(_arm(side, angle, -0.08, fraction, 0.014)), fill=255)
-    cut = _neckline_cut(neck)
-    if cut is not None:
-        gd.polygon(frame.points(cut), fill=0)
-    else:
-        gd.polygon(frame.points([(0.06, 0.075), (0.075, 0.165), (-0.075, 0.165), (-0.06, 0.075)]), fill=255)
-    if waist == 3:  # peplum: a flared frill below the waist
-        gd.polygon(
-            frame.points([(WAIST_HALF, WAIST_Y), (0.275, 0.425), (0.0, 0.435), (-0.275, 0.425), (-WAIST_HALF, WAIST_Y)]),
-            fill=255,
-        )
-    box = gmask.getbbox()
-    pattern = _pattern_mask(params, frame, box)
-    if pattern is None:
-        _paste(canvas, params.garment, gmask)
-    else:
-        cloth = Image.new("RGB", pattern.size, params.garment)
-        cloth.paste(params.accent, (0, 0), pattern)
-        canvas.paste(cloth, box, gmask.crop(box))
-
+    canvas = _background(lit, size, ss)
+    _draw_mannequin(ImageDraw.Draw(canvas), frame, lit, lit.body)
+    gmask = _garment_mask(lit, frame)
+    _dress(canvas, gmask, lit, frame)
     draw = ImageDraw.Draw(canvas)
-    seam = _shade(params.garment, 0.55)
-    line = max(1, int(round(0.012 * frame.unit)))
-    if neck == 3:  # the turtle collar's fold
-        draw.line(frame.points([(-0.075, 0.15), (0.075, 0.15)]), fill=seam, width=line)
-    if waist == 1:  # belt with a buckle
-        draw.polygon(
-            frame.points(_rect(-WAIST_HALF - 0.006, WAIST_Y - 0.03, WAIST_HALF + 0.006, WAIST_Y + 0.03)),
-            fill=params.detail,
-        )
-        draw.polygon(
-            frame.points(_rect(-0.035, WAIST_Y - 0.038, 0.035, WAIST_Y + 0.038)),
-            fill=_contrast_shade(params.detail),
-        )
-    elif waist == 2:
-        _draw_bow(draw, frame, params.detail)
-    elif waist == 3:
-        draw.line(frame.points([(WAIST_HALF, WAIST_Y), (-WAIST_HALF, WAIST_Y)]), fill=seam, width=line)
-
-    if params.occluder is not None:
-        kind, x0, y0, x1, y1, colour = params.occluder
+    _draw_details(draw, lit, frame)
+    if lit.occluder is not None:
+        kind, x0, y0, x1, y1, colour = lit.occluder
         box = [x0 * canvas_size, y0 * canvas_size, x1 * canvas_size, y1 * canvas_size]
-        if kind == "disc":
-            draw.ellipse(box, fill=colour)
-        else:
-            draw.rectangle(box, fill=colour)
-
+        (draw.ellipse if kind == "disc" else draw.rectangle)(box, fill=colour)
     if ss > 1:
         canvas = canvas.reduce(ss)
     image = ImageChops.multiply(canvas, ramp)
@@ -497,6 +494,8 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
     regions, parts = _regions(params, frame, ss, size)
     out = Rendering(image=image, regions=regions, parts=parts)
     if masks:
+        body = Image.new("L", (canvas_size, canvas_size), 0)
+        _draw_mannequin(ImageDraw.Draw(body), frame, params, 255)
         g = np.asarray(gmask.reduce(ss) if ss > 1 else gmask) >= 128
         b = np.asarray(body.reduce(ss) if ss > 1 else body) >= 128
         out.garment_mask, out.figure_mask = g, g | b
