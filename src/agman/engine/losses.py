@@ -1,0 +1,153 @@
+"""Training losses (§2.4): Eq. 7 attribute classification, Eq. 8 triplet ranking, Eq. 9 weighting,
+and CSN's mask / embedding regularisers.
+
+The model sees one batch of ``3B`` images in the order anchors, positives, negatives (the three
+triplet images through the backbone as one batch); :class:`TripletCriterion` splits the output.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agman.models.output import ModelOutput
+
+WEIGHTINGS = ("dynamic", "uncertainty", "fixed")
+
+
+def triplet_ranking_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.2) -> Tensor:
+    """Eq. 8 with the released code's sign: ``mean(max(0, m + s(a, n) - s(a, p)))``.
+
+    ``s`` is the cosine similarity; the embeddings are unit-norm so it is the dot product.  (Eq. 8c
+    as printed swaps the two similarities, which would reward pulling the negative closer.)
+    """
+    anchor, positive, negative = anchor.float(), positive.float(), negative.float()
+    s_ap = (anchor * positive).sum(-1)
+    s_an = (anchor * negative).sum(-1)
+    return F.relu(margin + s_an - s_ap).mean()
+
+
+def attribute_classification_loss(logits: Tensor, attribute_ids: Tensor) -> Tensor:
+    """Eq. 7: binary cross-entropy with logits of ``logits [N, n]`` against the one-hot attribute.
+
+    Every image of a triplet is annotated with the triplet's attribute, so the class is the
+    attribute whatever its value.  With ``N = 3B`` (anchors, positives, negatives of equal count)
+    the mean over all rows is the average of the three per-image-set losses.
+    """
+    target = F.one_hot(attribute_ids, logits.shape[-1]).to(torch.float32)
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+def mask_l1_penalty(masks: Tensor, batch: int) -> Tensor:
+    """CSN: L1 norm of the per-sample masks (all three images), divided by the triplet batch size."""
+    return masks.float().abs().sum() / batch
+
+
+def embedding_l2_penalty(general: Tensor, batch: int) -> Tensor:
+    """CSN: sum over anchor/positive/negative of the L2 (Frobenius) norm of the attribute-independent
+    embeddings, divided by sqrt(batch size)."""
+    return sum(part.float().norm(2) for part in general.chunk(3)) / math.sqrt(batch)
+
+
+class LossWeighting(nn.Module):
+    """How the task losses (``classification``, ``triplet``) are combined.
+
+    ``dynamic``      Eq. 9 as printed: ``sum_i 0.5 * exp(w_i) * L_i + w_i``, ``w_i`` learned (init
+                     ``init``; 0 in the paper, 1 in the released code).  ``dL/dw_i = 0.5 e^{w_i}
+                     L_i + 1 > 0`` always, so the optimizer drives every ``w_i`` down without bound:
+                     the effective weights ``0.5 e^{w_i}`` decay like a schedule.
+    ``uncertainty``  Kendall et al.: ``sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i``, ``s_i`` learned
+                     (init ``init``); it has a finite optimum ``s_i = log L_i``.
+    ``fixed``        ``sum_i weight_i * L_i`` with ``weights`` (default 1 each).
+    """
+
+    def __init__(self, terms: tuple[str, ...], mode: str = "dynamic", init: float = 0.0,
+                 weights: dict[str, float] | None = None):
+        super().__init__()
+        if mode not in WEIGHTINGS:
+            raise ValueError(f"loss weighting must be one of {', '.join(WEIGHTINGS)}, got {mode!r}")
+        self.terms = tuple(terms)
+        self.mode = mode
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(self.terms))
+        if unknown:
+            raise ValueError(f"loss weights given for unknown term(s) {', '.join(unknown)}; terms: {', '.join(self.terms)}")
+        self.fixed = {t: float(weights.get(t, 1.0)) for t in self.terms}
+        if mode == "fixed":
+            self.log_weights = None
+        else:
+            self.log_weights = nn.Parameter(torch.full((len(self.terms),), float(init)))
+
+    def forward(self, losses: dict[str, Tensor]) -> Tensor:
+        total = torch.zeros((), device=next(iter(losses.values())).device)
+        for i, term in enumerate(self.terms):
+            value = losses[term]
+            if self.mode == "fixed":
+                total = total + self.fixed[term] * value
+            elif self.mode == "dynamic":
+                w = self.log_weights[i]
+                total = total + 0.5 * torch.exp(w) * value + w
+            else:
+                s = self.log_weights[i]
+                total = total + 0.5 * torch.exp(-s) * value + 0.5 * s
+        return total
+
+    def effective_weights(self) -> dict[str, float]:
+        """The factor each task loss is multiplied by right now."""
+        if self.mode == "fixed":
+            return dict(self.fixed)
+        w = self.log_weights.detach().float().cpu()
+        sign = 1.0 if self.mode == "dynamic" else -1.0
+        return {t: 0.5 * math.exp(sign * float(w[i])) for i, t in enumerate(self.terms)}
+
+
+@dataclass
+class LossOutput:
+    """The total to back-propagate and its parts (detached floats are taken by the caller)."""
+
+    total: Tensor
+    parts: dict[str, Tensor]
+
+
+class TripletCriterion(nn.Module):
+    """The whole training objective for one batch of triplets.
+
+    ``classification``: add Eq. 7 (only meaningful for models with the classification branch).
+    ``mask_l1`` / ``embed_l2``: CSN's regulariser coefficients (5e-4 / 5e-3 in the original;
+    0 disables), added outside the weighting.
+    """
+
+    def __init__(self, *, margin: float = 0.2, classification: bool = True, weighting: str = "dynamic",
+                 init: float = 0.0, weights: dict[str, float] | None = None, mask_l1: float = 0.0,
+                 embed_l2: float = 0.0):
+        super().__init__()
+        self.margin = float(margin)
+        self.classification = bool(classification)
+        terms = ("classification", "triplet") if self.classification else ("triplet",)
+        self.weighting = LossWeighting(terms, weighting, init, weights)
+        self.mask_l1 = float(mask_l1)
+        self.embed_l2 = float(embed_l2)
+
+    def forward(self, output: ModelOutput, attribute_ids: Tensor) -> LossOutput:
+        """``output`` for ``[anchors; positives; negatives]`` (3B rows), ``attribute_ids [B]``."""
+        batch = attribute_ids.shape[0]
+        anchor, positive, negative = output.embedding.chunk(3)
+        parts = {"triplet": triplet_ranking_loss(anchor, positive, negative, self.margin)}
+        if self.classification:
+            if output.attribute_logits is None:
+                raise ValueError("the classification loss needs a model with a classification branch "
+                                 "(set loss.classification=false or model.classification=true)")
+            parts["classification"] = attribute_classification_loss(output.attribute_logits, attribute_ids.repeat(3))
+        total = self.weighting(parts)
+        if self.mask_l1 or self.embed_l2:
+            if output.masks is None or output.general_embedding is None:
+                raise ValueError("mask_l1/embed_l2 regularisers need a model with attribute masks (CSN, agman-official)")
+            reg = self.mask_l1 * mask_l1_penalty(output.masks, batch)
+            reg = reg + self.embed_l2 * embedding_l2_penalty(output.general_embedding, batch)
+            parts["regularization"] = reg
+            total = total + reg
+        parts["total"] = total
+        return LossOutput(total=total, parts=parts)

@@ -1,0 +1,110 @@
+"""Losses: Eq. 8 sign, Eq. 7 BCE, Eq. 9 exactly as written (and its drift), uncertainty, fixed, CSN."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agman.engine import losses
+from agman.models.output import ModelOutput
+from agman.models.registry import build_model
+
+
+def unit(*rows):
+    return F.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_triplet_loss_penalises_a_negative_not_margin_less_similar():
+    a = unit([1.0, 0.0])
+    p_close, n_far = unit([1.0, 0.1]), unit([0.0, 1.0])
+    assert losses.triplet_ranking_loss(a, p_close, n_far, 0.2).item() == 0.0
+    # swapped: the negative is the similar one -> loss = m + s(a,n) - s(a,p)
+    s_close = float((a * p_close).sum())
+    want = 0.2 + s_close - 0.0
+    assert losses.triplet_ranking_loss(a, n_far, p_close, 0.2).item() == pytest.approx(want, rel=1e-6)
+    # inside the margin: penalised although the positive is closer
+    p = unit([1.0, 0.3])
+    n = unit([1.0, 0.4])
+    assert losses.triplet_ranking_loss(a, p, n, 0.2).item() > 0
+
+
+def test_classification_loss_is_bce_against_the_one_hot_attribute():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 0.0], [-3.0, 1.0, 2.0]])
+    ids = torch.tensor([0, 2, 1])
+    target = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])
+    p = torch.sigmoid(logits)
+    manual = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    assert losses.attribute_classification_loss(logits, ids).item() == pytest.approx(manual.item(), rel=1e-6)
+
+
+def test_dynamic_weighting_is_eq9_and_its_weights_only_fall():
+    w = losses.LossWeighting(("classification", "triplet"), "dynamic", init=0.0)
+    lc, lt = torch.tensor(0.7), torch.tensor(0.3)
+    total = w({"classification": lc, "triplet": lt})
+    assert total.item() == pytest.approx(0.5 * 0.7 + 0 + 0.5 * 0.3 + 0)
+    total.backward()
+    # dL/dw_i = 0.5 e^{w_i} L_i + 1 > 0: gradient descent lowers every w_i whatever the losses
+    assert torch.allclose(w.log_weights.grad, torch.tensor([0.5 * 0.7 + 1, 0.5 * 0.3 + 1]))
+    opt = torch.optim.SGD(w.parameters(), lr=0.1)
+    for _ in range(20):
+        opt.zero_grad()
+        w({"classification": torch.tensor(0.0), "triplet": torch.tensor(0.0)}).backward()
+        opt.step()
+    assert torch.all(w.log_weights < -1.9)
+    eff = w.effective_weights()
+    assert eff["triplet"] == pytest.approx(0.5 * math.exp(float(w.log_weights.detach()[1])))
+    assert losses.LossWeighting(("triplet",), "dynamic", init=1.0).effective_weights()["triplet"] == pytest.approx(0.5 * math.e)
+
+
+def test_uncertainty_and_fixed_weighting():
+    u = losses.LossWeighting(("classification", "triplet"), "uncertainty", init=0.5)
+    total = u({"classification": torch.tensor(2.0), "triplet": torch.tensor(1.0)})
+    want = 0.5 * math.exp(-0.5) * 2 + 0.25 + 0.5 * math.exp(-0.5) * 1 + 0.25
+    assert total.item() == pytest.approx(want, rel=1e-6)
+    f = losses.LossWeighting(("classification", "triplet"), "fixed", weights={"classification": 0.1})
+    assert list(f.parameters()) == []
+    assert f({"classification": torch.tensor(2.0), "triplet": torch.tensor(1.0)}).item() == pytest.approx(1.2)
+    with pytest.raises(ValueError, match="unknown term"):
+        losses.LossWeighting(("triplet",), "fixed", weights={"cls": 1.0})
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        losses.LossWeighting(("triplet",), "softmax")
+
+
+def test_csn_regularisers():
+    masks = torch.tensor([[1.0, -2.0], [0.5, 0.5], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
+    assert losses.mask_l1_penalty(masks, 2).item() == pytest.approx(9.0 / 2)
+    general = torch.ones(6, 4)
+    # three parts of 2 rows x 4 ones: Frobenius norm sqrt(8) each
+    assert losses.embedding_l2_penalty(general, 2).item() == pytest.approx(3 * math.sqrt(8) / math.sqrt(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["agman", "csn", "agman-official"])
+def test_criterion_on_real_model_outputs(name):
+    torch.manual_seed(0)
+    kw = dict(backbone="resnet18", embedding_dim=16)
+    if name != "csn":
+        kw["attention_dim"] = 16
+    model = build_model(name, 3, **kw)
+    images = torch.randn(6, 3, 32, 32)
+    attrs = torch.tensor([0, 2])
+    out = model(images, attrs.repeat(3))
+    has_branch = bool(model.config.get("classification", False))
+    crit = losses.TripletCriterion(classification=has_branch, weighting="dynamic" if has_branch else "fixed",
+                                   mask_l1=5e-4 if name != "agman" else 0.0, embed_l2=5e-3 if name != "agman" else 0.0)
+    res = crit(out, attrs)
+    res.total.backward()
+    assert set(res.parts) >= {"triplet", "total"}
+    assert ("classification" in res.parts) == has_branch
+    assert ("regularization" in res.parts) == (name != "agman")
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.grad is not None)
+    if name == "agman":
+        with pytest.raises(ValueError, match="masks"):
+            losses.TripletCriterion(mask_l1=1.0)(model(images, attrs.repeat(3)), attrs)
+
+
+def test_classification_needs_the_branch():
+    out = ModelOutput(embedding=F.normalize(torch.randn(6, 4), dim=-1))
+    with pytest.raises(ValueError, match="classification branch"):
+        losses.TripletCriterion(classification=True)(out, torch.tensor([0, 1]))
