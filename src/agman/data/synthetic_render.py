@@ -84,7 +84,7 @@ class GarmentParams:
     """
 
     values: tuple[int, ...]  # one value index per attribute of ATTRIBUTES
-    scale: float = 0.85  # figure height / image side
+    scale: float = 0.88  # figure height / image side
     center: tuple[float, float] = (0.5, 0.5)
     rotation: float = 0.0
     arm_angles: tuple[float, float] = (16.0, 16.0)  # right, left: outwards from vertical
@@ -172,7 +172,7 @@ def sample_params(rng: np.random.Generator, values: tuple[int, ...] | list[int])
     garment = _pick_colour(rng, [background, background2, body], 100)
     accent = _pick_colour(rng, [garment, body], 100)
     detail = _pick_colour(rng, [garment, accent], 100)
-    scale = float(rng.uniform(0.74, 0.92))
+    scale = float(rng.uniform(0.8, 0.95))
     room = (1.0 - scale) / 2
     center = (float(rng.uniform(0.5 - 0.07, 0.5 + 0.07)), float(0.5 + rng.uniform(-room, room) * 0.9))
     if rng.random() < 0.3:
