@@ -7,7 +7,12 @@ from agman.cli import CLIError
 
 
 def register(subparsers) -> None:
-    from agman.service.app import DEFAULT_MAX_K, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_QUERY_CACHE
+    from agman.service.app import (
+        DEFAULT_MAX_K,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_UPLOAD_BYTES,
+        DEFAULT_QUERY_CACHE,
+    )
 
     p = subparsers.add_parser(
         "serve",

@@ -29,9 +29,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -103,14 +103,14 @@ class IndexConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "IndexConfig":
+    def from_dict(cls, data: dict) -> IndexConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
 
 def auto_nlist(n: int) -> int:
     """Inverted-list count for ``n`` items: about 4*sqrt(n), with >= 39 training points per list."""
-    return max(1, min(int(round(4 * math.sqrt(max(n, 1)))), n // 39))
+    return max(1, min(round(4 * math.sqrt(max(n, 1))), n // 39))
 
 
 def auto_pq_m(d: int) -> int:

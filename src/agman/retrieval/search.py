@@ -27,7 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agman.retrieval.index import CatalogIndex, IndexConfig, Item, check_identity, import_faiss
+from agman.retrieval.index import (
+    CatalogIndex,
+    IndexConfig,
+    Item,
+    check_identity,
+    import_faiss,
+)
 
 SCAN_CHUNK = 1 << 16  # rows per block of an exact scan
 BORDER_EPS = 1e-5  # float error allowed between FAISS's and the exact score of the same pair
@@ -180,7 +186,7 @@ class Retriever:
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
-    ) -> "Retriever":
+    ) -> Retriever:
         """Open ``index_dir``; ``checkpoint`` defaults to the one recorded at build time.  With
         ``load_model`` the checkpoint is loaded (and checked) now rather than on first need."""
         config = None
@@ -268,7 +274,7 @@ class Retriever:
         from torchvision.transforms import functional as TF
 
         image = load_query_image(image)
-        resized = TF.resize(image, int(round(self.input_size / self.crop_ratio)), antialias=True)
+        resized = TF.resize(image, round(self.input_size / self.crop_ratio), antialias=True)
         return TF.center_crop(resized, [self.input_size, self.input_size])
 
     def attention_image(
@@ -334,7 +340,7 @@ class Retriever:
                 if row is not None:
                     labels = self.index.items[row].labels
             vectors = self.embed(query)
-        excluded = set(int(r) for r in exclude)
+        excluded = {int(r) for r in exclude}
         if exclude_self and row is not None:
             excluded.add(row)
         qid = self.index.items[row].id if row is not None else None

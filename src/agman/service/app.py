@@ -32,6 +32,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import quote, urlencode
 
 import numpy as np
@@ -140,7 +141,7 @@ def attention_url(attribute: str, *, item: str | None = None, query: str | None 
 
 def parse_k(raw: str | None, max_k: int) -> int:
     if raw is None or str(raw).strip() == "":
-        return 10 if max_k >= 10 else max_k
+        return min(10, max_k)
     try:
         k = int(str(raw).strip())
     except ValueError:
@@ -257,15 +258,15 @@ def create_app(
 
     @app.post("/search", summary="Rank catalog items by (weighted) attribute similarity to a query")
     def search(
-        image: UploadFile | None = File(None, description="query image (JPEG, PNG, ...)"),
-        item: str | None = Form(None, description="id of a catalog item to use as the query"),
-        query: str | None = Form(None, description="id of an earlier uploaded query (from a previous answer)"),
-        attributes: list[str] = Form(
-            ..., description="'name[:weight]' entries, comma-separated or repeated; weight defaults to 1"
-        ),
-        k: str | None = Form(None, description="number of results (1..max_k, default 10)"),
-        exclude_self: str | None = Form(None, description="leave the query item itself out (true/false)"),
-        annotated_only: str | None = Form(None, description="rank only items annotated with the attributes"),
+        attributes: Annotated[
+            list[str], Form(description="'name[:weight]' entries, comma-separated or repeated; weight defaults to 1")
+        ],
+        image: Annotated[UploadFile | None, File(description="query image (JPEG, PNG, ...)")] = None,
+        item: Annotated[str | None, Form(description="id of a catalog item to use as the query")] = None,
+        query: Annotated[str | None, Form(description="id of an earlier uploaded query (from a previous answer)")] = None,
+        k: Annotated[str | None, Form(description="number of results (1..max_k, default 10)")] = None,
+        exclude_self: Annotated[str | None, Form(description="leave the query item itself out (true/false)")] = None,
+        annotated_only: Annotated[str | None, Form(description="rank only items annotated with the attributes")] = None,
     ):
         started = time.perf_counter()
         given = [name for name, v in (("image", image), ("item", item), ("query", query)) if v not in (None, "")]
@@ -341,10 +342,10 @@ def create_app(
 
     @app.get("/attention", summary="Attention heatmap PNG for (catalog item or uploaded query, attribute)", response_class=Response)
     def attention(
-        attribute: str = Query(..., description="attribute name"),
-        item: str | None = Query(None, description="catalog item id"),
-        query: str | None = Query(None, description="id of a recent uploaded query"),
-        alpha: float = Query(0.5, ge=0.0, le=1.0, description="heatmap opacity"),
+        attribute: Annotated[str, Query(description="attribute name")],
+        item: Annotated[str | None, Query(description="catalog item id")] = None,
+        query: Annotated[str | None, Query(description="id of a recent uploaded query")] = None,
+        alpha: Annotated[float, Query(ge=0.0, le=1.0, description="heatmap opacity")] = 0.5,
     ):
         if (item is None) == (query is None):
             raise HTTPException(400, "give exactly one of item or query")
