@@ -25,7 +25,8 @@ def test_readme_states_command_and_counts(dataset):
     text = (root / "README.md").read_text()
     assert "--images 150 --size 48 --seed 2 --mode all" in text
     for name, split in spec.splits.items():
-        assert f"| {name} | {len(split)} | {len(split.queries)} | {len(split.candidates)} |" in text
+        q, c = len(set(split.queries[:, 0].tolist())), len(set(split.candidates[:, 0].tolist()))
+        assert f"| {name} | {len(split)} | {q} | {c} | {len(split.queries)} | {len(split.candidates)} |" in text
     for attr in ATTRIBUTES:
         for value in attr.values:
             assert re.search(rf"\| {value} \| \d+ \| \d+ \| \d+ \|", text), value

@@ -71,9 +71,16 @@ def contact_sheet(root: str | Path, spec: DatasetSpec, split: str = "train", per
 
 
 def _counts_table(spec: DatasetSpec) -> list[str]:
-    lines = ["| split | images | queries | candidates |", "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "| split | images | query images | candidate images | query rows | candidate rows |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, split in spec.splits.items():
-        lines.append(f"| {name} | {len(split)} | {len(split.queries)} | {len(split.candidates)} |")
+        q_images, c_images = len(np.unique(split.queries[:, 0])), len(np.unique(split.candidates[:, 0]))
+        lines.append(
+            f"| {name} | {len(split)} | {q_images} | {c_images} | {len(split.queries)} | {len(split.candidates)} |"
+        )
+    lines += ["", "A query or candidate row is one image-attribute pair (`image attribute value`)."]
     return lines
 
 
