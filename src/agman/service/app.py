@@ -18,11 +18,12 @@ loaded and checked against the index at start-up) and serves:
 
 Bad input answers 4xx with ``{"detail": message}``: not an image or truncated (400), over the
 byte or pixel limit (413), unknown attribute / bad weight / bad k (400), unknown item or query
-(404), model without attention (409).  Model inference is serialised by the Retriever's lock;
-searches themselves run concurrently in the thread pool.
+(404), model without attention (409).  Model inference (query embedding, attention) runs on one dedicated
+thread, one request at a time; searches and file responses run concurrently in the thread pool.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import logging
@@ -31,6 +32,8 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote, urlencode
@@ -41,9 +44,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
 
 from agman.data.images import ImageLoadError
-from agman.retrieval.search import NoModelError, QueryError, Retriever, UnknownItemError
+from agman.retrieval.search import (
+    NoModelError,
+    QueryError,
+    Retriever,
+    UnknownItemError,
+    parse_attribute_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +186,13 @@ def create_app(
         retriever.model  # noqa: B018 - load and verify the checkpoint before serving
     limits = limits or ServiceLimits()
     queries = QueryStore(limits.query_cache)
+    # The model runs one request at a time on its own thread, so that requests waiting for it do
+    # not hold the thread pool that item queries and file responses need.
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agman-model")
+
+    async def in_model_thread(fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(model_thread, partial(fn, *args, **kwargs))
+
     meta = retriever.index.meta
 
     app = FastAPI(
@@ -257,7 +274,7 @@ def create_app(
         }
 
     @app.post("/search", summary="Rank catalog items by (weighted) attribute similarity to a query")
-    def search(
+    async def search(
         attributes: Annotated[
             list[str], Form(description="'name[:weight]' entries, comma-separated or repeated; weight defaults to 1")
         ],
@@ -276,31 +293,32 @@ def create_app(
         flags = {"exclude_self": parse_flag(exclude_self, "exclude_self"), "annotated_only": parse_flag(annotated_only, "annotated_only")}
         weights_spec = [a for a in attributes if a is not None]
         if item:
-            result = retriever.search_item(item, weights_spec, k_value, **flags)
+            result = await run_in_threadpool(retriever.search_item, item, weights_spec, k_value, **flags)
             q = {"kind": "item", "id": item, "image_url": item_url(item)}
             key = {"item": item}
         else:
             if image is not None:
-                data = image.file.read(limits.max_upload_bytes + 1)
+                data = await image.read(limits.max_upload_bytes + 1)
                 if len(data) > limits.max_upload_bytes:
                     raise HTTPException(413, f"image file exceeds the {limits.max_upload_bytes}-byte upload limit")
-                picture = decode_upload(data, limits.max_pixels)
-                from agman.retrieval.search import parse_attribute_weights
-
-                parse_attribute_weights(weights_spec, retriever.attributes)  # reject before the model runs
+                parse_attribute_weights(weights_spec, retriever.attributes)  # reject before decoding
+                picture = await run_in_threadpool(decode_upload, data, limits.max_pixels)
                 qid = "q" + hashlib.sha256(data).hexdigest()[:20]
                 entry = queries.get(qid)
                 if entry is None:
+                    vectors = await in_model_thread(retriever.embed, picture)
                     thumb = picture.copy()
                     thumb.thumbnail((QUERY_THUMBNAIL, QUERY_THUMBNAIL))
-                    entry = (picture, thumb, retriever.embed(picture))
+                    entry = (picture, thumb, vectors)
                     queries.put(qid, *entry)
             else:
                 qid = query
                 entry = queries.get(qid)
                 if entry is None:
                     raise HTTPException(404, f"no recent query {qid!r} (uploads are kept for the last {limits.query_cache})")
-            result = retriever.search(entry[2], weights_spec, k_value, annotated_only=flags["annotated_only"])
+            result = await run_in_threadpool(
+                retriever.search, entry[2], weights_spec, k_value, annotated_only=flags["annotated_only"]
+            )
             result.query_id = qid
             q = {"kind": "upload", "id": qid, "image_url": f"/queries/{qid}/image"}
             key = {"query": qid}
@@ -341,7 +359,7 @@ def create_app(
         return png_response(entry[1])
 
     @app.get("/attention", summary="Attention heatmap PNG for (catalog item or uploaded query, attribute)", response_class=Response)
-    def attention(
+    async def attention(
         attribute: Annotated[str, Query(description="attribute name")],
         item: Annotated[str | None, Query(description="catalog item id")] = None,
         query: Annotated[str | None, Query(description="id of a recent uploaded query")] = None,
@@ -352,13 +370,13 @@ def create_app(
         if attribute not in retriever.attributes:
             raise HTTPException(400, f"unknown attribute {attribute!r}; this index has: {', '.join(retriever.attributes)}")
         if item is not None:
-            picture = retriever.item_image(item)
+            picture = await run_in_threadpool(retriever.item_image, item)
         else:
             entry = queries.get(query)
             if entry is None:
                 raise HTTPException(404, f"no recent query {query!r}")
             picture = entry[0]
-        overlay = retriever.attention_image(picture, attribute, alpha=alpha)
+        overlay = await in_model_thread(retriever.attention_image, picture, attribute, alpha=alpha)
         if overlay is None:
             raise HTTPException(409, f"model {meta['model_name']!r} has no spatial attention map")
         return png_response(overlay)
