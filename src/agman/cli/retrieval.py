@@ -55,20 +55,33 @@ def add_search_tuning(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerank", type=positive_int, help="shortlist = k x RERANK per attribute, re-scored exactly")
 
 
-def open_retriever(args: argparse.Namespace, index_dir: str | None = None):
+def open_retriever(args: argparse.Namespace, index_dir: str | None = None, load_model: bool = False):
     from agman.retrieval.search import Retriever
 
     return Retriever.open(
         index_dir or args.index,
         getattr(args, "checkpoint", None),
         device=getattr(args, "device", "cpu"),
+        load_model=load_model,
         nprobe=getattr(args, "nprobe", None),
         ef_search=getattr(args, "ef_search", None),
         rerank=getattr(args, "rerank", None),
     )
 
 
-def _user_errors():
+class _SplitOptions:
+    """Takes ``agman data``'s dataset options (all but its positional root, which is ``--images``
+    here) into an argument group, so both commands open datasets with the same options."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.group = parser.add_argument_group("dataset split (with --split; --images is the dataset root)")
+
+    def add_argument(self, *names, **kwargs):
+        if names != ("root",):
+            self.group.add_argument(*names, **kwargs)
+
+
+def user_errors():
     """Library errors that are the user's input, shown as ``agman: error: ...``."""
     from agman.data.images import ImageLoadError
 
@@ -80,13 +93,14 @@ def _run(func, args):
         return func(args)
     except CLIError:
         raise
-    except _user_errors() as exc:
+    except user_errors() as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise CLIError(msg) from None
 
 
 # --------------------------------------------------------------------------- register
 def register(subparsers) -> None:
+    from agman.cli.data import add_dataset_arguments
     from agman.retrieval.index import INDEX_TYPES
     from agman.retrieval.sources import SPLIT_PARTS
 
@@ -112,12 +126,7 @@ def register(subparsers) -> None:
         default="all",
         help="with --split: all images, or only the candidate / query images with those rows' labels",
     )
-    idx.add_argument("--dataset", help="with --split: dataset name (sub-folder and/or meta.json key)")
-    idx.add_argument("--layout", choices=["asen", "csn", "csv"], help="with --split: dataset layout")
-    idx.add_argument("--meta", help="with --split: meta.json to use")
-    idx.add_argument("--yaml", dest="yaml_config", help="with --split: ASEN++ dataset YAML instead of meta.json")
-    idx.add_argument("--image-root", help="with --split: folder the dataset's image paths are relative to")
-    idx.add_argument("--seed", type=int, default=0, help="with --split on a catalog CSV: split seed (default 0)")
+    add_dataset_arguments(_SplitOptions(idx))
     idx.add_argument("--out", required=True, help="index folder to create, resume or (with --add) grow")
     idx.add_argument("--add", action="store_true", help="add the images not yet in an existing index")
     idx.add_argument("--type", dest="index_type", choices=list(INDEX_TYPES), help="index type (new index; default flat)")
@@ -127,7 +136,7 @@ def register(subparsers) -> None:
     idx.add_argument("--ef-construction", type=positive_int, default=64, help="HNSW build breadth (default 64)")
     idx.add_argument("--ef-search", type=positive_int, default=128, help="HNSW search breadth (default 128)")
     idx.add_argument("--pq-m", type=positive_int, help="PQ sub-quantizers (default D/8)")
-    idx.add_argument("--rerank", type=positive_int, default=4, help="approximate: shortlist k x RERANK, re-scored exactly")
+    idx.add_argument("--rerank", type=positive_int, default=10, help="approximate: shortlist k x RERANK, re-scored exactly (default 10)")
     idx.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     idx.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable shard (default 1024)")
     idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
@@ -187,18 +196,9 @@ def image_set_from_args(args: argparse.Namespace):
 
     src = Path(args.images)
     if args.split:
-        from agman.data.layouts import open_dataset
+        from agman.cli.data import open_from_args
 
-        spec = open_dataset(
-            src,
-            args.dataset,
-            layout=args.layout,
-            allow_singletons=True,
-            seed=args.seed,
-            meta=args.meta,
-            yaml_config=args.yaml_config,
-            image_root=args.image_root,
-        )
+        spec = open_from_args(argparse.Namespace(**vars(args), root=args.images), allow_singletons=True)
         return sources.from_split(spec, args.split, args.part)
     if src.is_file() and src.suffix.lower() == ".csv":
         return sources.from_csv(src)

@@ -42,8 +42,7 @@ def register(subparsers) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from agman.data.images import ImageLoadError
-    from agman.retrieval.search import Retriever
+    from agman.cli.retrieval import open_retriever, user_errors
     from agman.service.app import ServiceLimits, create_app
 
     try:
@@ -53,17 +52,9 @@ def run_serve(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             query_cache=args.query_cache,
         )
-        retriever = Retriever.open(
-            args.index,
-            args.checkpoint,
-            device=args.device,
-            load_model=True,
-            nprobe=args.nprobe,
-            ef_search=args.ef_search,
-            rerank=args.rerank,
-        )
+        retriever = open_retriever(args, load_model=True)
         app = create_app(retriever, limits=limits)
-    except (ValueError, KeyError, FileNotFoundError, ImageLoadError) as exc:
+    except user_errors() as exc:
         raise CLIError(str(exc)) from None
     print(f"serving {args.index} ({len(retriever)} items) on http://{args.host}:{args.port}/  (docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

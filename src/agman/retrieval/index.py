@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class IndexConfig:
     ef_construction: int = 64
     ef_search: int = 128
     pq_m: int | None = None
-    rerank: int = 4
+    rerank: int = 10
 
     def __post_init__(self):
         if self.kind not in INDEX_TYPES:
@@ -194,12 +195,14 @@ def fill_faiss_index(index, vectors: np.ndarray, *, chunk: int = 65536, train_ma
 
 
 # --------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename it over ``path``:
+    readers (and a resumed run) see the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -209,35 +212,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def atomic_write_faiss(path: Path, index) -> None:
     faiss = import_faiss()
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
 
 
 # --------------------------------------------------------------------------- items
@@ -272,7 +256,7 @@ def read_items(path: Path, limit: int | None = None) -> list[Item]:
 
 
 def write_items(path: Path, items: list[Item]) -> None:
-    atomic_write_bytes(path, "".join(item.to_json() + "\n" for item in items).encode())
+    atomic_write(path, lambda f: f.writelines((item.to_json() + "\n").encode() for item in items))
 
 
 # --------------------------------------------------------------------------- layout
