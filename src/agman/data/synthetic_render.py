@@ -72,8 +72,10 @@ _GARMENT_SIDE = ((0.075, 0.14), (0.17, 0.155), (0.16, 0.25), (WAIST_HALF, WAIST_
 _TORSO_SIDE = ((0.035, 0.125), (0.185, 0.155), (0.205, 0.19), (0.18, 0.26), (0.145, WAIST_Y), (0.18, HIP_Y), (0.17, 0.55))
 _LEG = ((0.004, 0.54), (0.18, 0.50), (0.125, 0.75), (0.10, 0.935), (0.055, 0.935), (0.035, 0.75))
 
-NECK_BOX = (-0.13, 0.07, 0.13, 0.335)
-WAIST_BOX = (-0.28, 0.295, 0.28, 0.45)
+NECK_BOX = (-0.145, 0.065, 0.145, 0.335)
+WAIST_BOX = (-0.175, 0.29, 0.175, 0.465)  # belt, bow and its tails
+# With a peplum: the same band widened to the flare's tips (a hexagon, so rotation adds little).
+_PEPLUM_REGION = ((-0.175, 0.29), (0.175, 0.29), (0.30, 0.435), (0.175, 0.465), (-0.175, 0.465), (-0.30, 0.435))
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,7 @@ def _arm(side: int, angle_deg: float, t0: float, t1: float, extra: float) -> lis
     sx, sy = side * SHOULDER[0], SHOULDER[1]
 
     def width(t):
-        return 0.04 + (0.028 - 0.04) * t + extra
+        return 0.048 + (0.034 - 0.048) * t + extra
 
     pts = []
     for t, sign in ((t0, 1), (t1, 1), (t1, -1), (t0, -1)):
@@ -308,11 +310,11 @@ def _hand(side: int, angle_deg: float) -> tuple[float, float]:
 
 def _neckline_cut(value: int) -> list[tuple[float, float]] | None:
     if value == 0:  # round: a wide, shallow half ellipse
-        return [(0.11 * math.cos(t), 0.12 + 0.10 * math.sin(t)) for t in np.linspace(0.0, math.pi, 13)]
+        return [(0.125 * math.cos(t), 0.12 + 0.105 * math.sin(t)) for t in np.linspace(0.0, math.pi, 13)]
     if value == 1:  # v: deep and pointed
-        return [(0.10, 0.12), (0.0, 0.325), (-0.10, 0.12)]
+        return [(0.115, 0.12), (0.0, 0.325), (-0.115, 0.12)]
     if value == 2:  # square: deep, straight sides and bottom
-        return [(0.075, 0.12), (0.075, 0.29), (-0.075, 0.29), (-0.075, 0.12)]
+        return [(0.088, 0.12), (0.088, 0.29), (-0.088, 0.29), (-0.088, 0.12)]
     return None  # turtle: no cut, a collar up to the chin instead
 
 
@@ -386,16 +388,16 @@ def _draw_mannequin(draw: ImageDraw.ImageDraw, frame: _Frame, params: GarmentPar
         draw.ellipse(frame.circle(side * 0.08, 0.95, 0.032), fill=fill)
     for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
         draw.polygon(frame.points(_arm(side, angle, -0.05, 1.0, 0.0)), fill=fill)
-        draw.ellipse(frame.circle(*_hand(side, angle), 0.03), fill=fill)
+        draw.ellipse(frame.circle(*_hand(side, angle), 0.034), fill=fill)
 
 
 def _draw_bow(draw: ImageDraw.ImageDraw, frame: _Frame, fill) -> None:
     y = WAIST_Y + 0.01
-    draw.polygon(frame.points([(0.0, y), (0.105, y - 0.055), (0.105, y + 0.055)]), fill=fill)
-    draw.polygon(frame.points([(0.0, y), (-0.105, y - 0.055), (-0.105, y + 0.055)]), fill=fill)
-    draw.polygon(frame.points([(0.012, y), (0.055, y + 0.085), (0.025, y + 0.09), (-0.006, y)]), fill=fill)
-    draw.polygon(frame.points([(-0.012, y), (-0.055, y + 0.085), (-0.025, y + 0.09), (0.006, y)]), fill=fill)
-    draw.ellipse(frame.circle(0.0, y, 0.026), fill=fill)
+    draw.polygon(frame.points([(0.0, y), (0.125, y - 0.065), (0.125, y + 0.065)]), fill=fill)
+    draw.polygon(frame.points([(0.0, y), (-0.125, y - 0.065), (-0.125, y + 0.065)]), fill=fill)
+    draw.polygon(frame.points([(0.014, y), (0.065, y + 0.1), (0.03, y + 0.105), (-0.007, y)]), fill=fill)
+    draw.polygon(frame.points([(-0.014, y), (-0.065, y + 0.1), (-0.03, y + 0.105), (0.007, y)]), fill=fill)
+    draw.ellipse(frame.circle(0.0, y, 0.03), fill=fill)
 
 
 def _shade(c, k: float) -> tuple[int, int, int]:
@@ -421,14 +423,14 @@ def _garment_mask(params: GarmentParams, frame: _Frame) -> Image.Image:
     if sleeve:
         fraction = SLEEVE_FRACTION[sleeve] + params.sleeve_offset
         for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1])):
-            draw.polygon(frame.points(_arm(side, angle, -0.08, fraction, 0.014)), fill=255)
+            draw.polygon(frame.points(_arm(side, angle, -0.08, fraction, 0.016)), fill=255)
     cut = _neckline_cut(neck)
     if cut is not None:
         draw.polygon(frame.points(cut), fill=0)
     else:  # turtle collar up to the chin
-        draw.polygon(frame.points([(0.06, 0.075), (0.075, 0.165), (-0.075, 0.165), (-0.06, 0.075)]), fill=255)
+        draw.polygon(frame.points([(0.07, 0.07), (0.088, 0.165), (-0.088, 0.165), (-0.07, 0.07)]), fill=255)
     if waist == 3:  # peplum: a flared frill below the waist
-        flare = [(WAIST_HALF, WAIST_Y), (0.275, 0.425), (0.0, 0.435), (-0.275, 0.425), (-WAIST_HALF, WAIST_Y)]
+        flare = [(WAIST_HALF, WAIST_Y), (0.30, 0.435), (0.0, 0.445), (-0.30, 0.435), (-WAIST_HALF, WAIST_Y)]
         draw.polygon(frame.points(flare), fill=255)
     return gmask
 
@@ -451,11 +453,11 @@ def _draw_details(draw: ImageDraw.ImageDraw, params: GarmentParams, frame: _Fram
     seam = _shade(params.garment, 0.55)
     line = max(1, int(round(0.012 * frame.unit)))
     if neck == 3:
-        draw.line(frame.points([(-0.075, 0.15), (0.075, 0.15)]), fill=seam, width=line)
+        draw.line(frame.points([(-0.088, 0.15), (0.088, 0.15)]), fill=seam, width=line)
     if waist == 1:
-        band = _rect(-WAIST_HALF - 0.006, WAIST_Y - 0.03, WAIST_HALF + 0.006, WAIST_Y + 0.03)
+        band = _rect(-WAIST_HALF - 0.008, WAIST_Y - 0.036, WAIST_HALF + 0.008, WAIST_Y + 0.036)
         draw.polygon(frame.points(band), fill=params.detail)
-        buckle = _rect(-0.035, WAIST_Y - 0.038, 0.035, WAIST_Y + 0.038)
+        buckle = _rect(-0.042, WAIST_Y - 0.046, 0.042, WAIST_Y + 0.046)
         draw.polygon(frame.points(buckle), fill=_contrast_shade(params.detail))
     elif waist == 2:
         _draw_bow(draw, frame, params.detail)
@@ -561,15 +563,16 @@ def _union(boxes: list[Box]) -> Box:
 def _regions(params: GarmentParams, frame: _Frame, ss: int, size: int) -> tuple[dict[str, Box], dict[str, list[Box]]]:
     hem = hem_height(params)
     hem_half = hem_half_width(hem)
+    peplum = params.value_of("waist_detail") == 3
     arms = [
-        _box(frame, _arm(side, angle, -0.05, 1.0, 0.014) + _square_around(_hand(side, angle), 0.03), ss, size)
+        _box(frame, _arm(side, angle, -0.05, 1.0, 0.016) + _square_around(_hand(side, angle), 0.034), ss, size)
         for side, angle in ((1, params.arm_angles[0]), (-1, params.arm_angles[1]))
     ]
     parts = {
         "sleeve_length": arms,
         "neckline_design": [_box(frame, _rect(*NECK_BOX), ss, size)],
         "garment_length": [_box(frame, _rect(-hem_half, hem - 0.05, hem_half, hem + 0.05), ss, size)],
-        "waist_detail": [_box(frame, _rect(*WAIST_BOX), ss, size)],
+        "waist_detail": [_box(frame, _PEPLUM_REGION if peplum else _rect(*WAIST_BOX), ss, size)],
         "pattern": [_box(frame, _rect(-0.12, 0.2, 0.12, min(hem, 0.7) - 0.015), ss, size)],
     }
     regions = {name: _union(boxes) for name, boxes in parts.items()}
