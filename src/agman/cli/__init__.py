@@ -12,7 +12,7 @@ import logging
 import sys
 
 # Sub-command modules, in the order they are listed by --help.
-COMMAND_MODULES = ("data", "models", "train", "retrieval", "serve")
+COMMAND_MODULES = ("data", "models", "train", "demo", "retrieval", "serve")
 
 
 class CLIError(Exception):

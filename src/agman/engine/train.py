@@ -220,6 +220,36 @@ def _switch(value, device: torch.device) -> bool:
     return device.type == "cuda" if value == "auto" else bool(value)
 
 
+class TrainStep:
+    """One optimisation step on a batch of triplets: the three images through the model as one
+    batch of 3B (bf16 autocast where asked), the loss, backward, gradient averaging of the loss
+    weights under DDP, optional clipping, the optimizer step."""
+
+    def __init__(self, net: torch.nn.Module, criterion: TripletCriterion, optimizer: torch.optim.Optimizer,
+                 device: torch.device, *, channels_last: bool = False, amp: bool = False, grad_clip: float = 0.0,
+                 ctx: D.DistributedContext | None = None):
+        self.net, self.criterion, self.optimizer, self.device = net, criterion, optimizer, device
+        self.channels_last, self.amp, self.grad_clip = channels_last, amp, grad_clip
+        self.ctx = ctx or D.DistributedContext(device=device)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def __call__(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, attrs: torch.Tensor):
+        images = torch.cat([anchor, positive, negative]).to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        attrs = attrs.to(self.device, non_blocking=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext():
+            output = self.net(images, attrs.repeat(3))
+        loss = self.criterion(output, attrs)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        D.average_gradients(self.criterion.parameters(), self.ctx)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        return loss
+
+
 def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -356,7 +386,8 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
         prefetch_factor=int(tcfg["prefetch_factor"]) if workers > 0 else None,
     )
     amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    step_fn = TrainStep(net, criterion, optimizer, device, channels_last=channels_last, amp=amp,
+                        grad_clip=float(tcfg["grad_clip"]), ctx=ctx)
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -394,19 +425,7 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
                        desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, dynamic_ncols=True)
             step = step0
             for anchor, positive, negative, attrs in loader:
-                images = torch.cat([anchor, positive, negative]).to(device, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                attrs = attrs.to(device, non_blocking=True)
-                with autocast():
-                    output = net(images, attrs.repeat(3))
-                loss = criterion(output, attrs)
-                optimizer.zero_grad(set_to_none=True)
-                loss.total.backward()
-                D.average_gradients(criterion.parameters(), ctx)
-                if tcfg["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
-                optimizer.step()
+                loss = step_fn(anchor, positive, negative, attrs)
                 step += 1
                 global_step += 1
                 n = len(attrs)

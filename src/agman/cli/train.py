@@ -1,0 +1,141 @@
+"""`agman train`, `agman eval`, `agman ablate`: run configs, evaluate checkpoints, the ablation grid."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from agman.cli import CLIError
+
+log = logging.getLogger(__name__)
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.epochs=5 train.lr=3e-4 model.ca=false "
+                             "(a bare key works when only one section has it)")
+
+
+def register(subparsers) -> None:
+    tr = subparsers.add_parser(
+        "train", help="train a model from a config (configs/<dataset>/<model>.yaml)",
+        description="Train from a YAML config plus KEY=VALUE overrides. The run folder (output.dir, "
+                    "default runs/<dataset>-<model>) receives config.yaml, best.pt, last.pt, log.csv, "
+                    "curves.png and TensorBoard logs. Works under torchrun (DDP).",
+    )
+    tr.add_argument("--config", help="config file (resolved against the working directory, then the packaged configs)")
+    tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_OR_CHECKPOINT",
+                    help="continue the run exactly: with no value the config's run folder; or a run folder / last.pt "
+                         "(then --config may be left out)")
+    tr.add_argument("--out", help="run folder (same as output.dir=...)")
+    tr.add_argument("--force", action="store_true", help="start afresh in a run folder that already holds a run")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_override_argument(tr)
+    tr.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint: MAP per attribute (Tables 2-3), R@k, P@k, TR accuracy",
+        description="Evaluate a checkpoint on a split of the dataset its config names. Prints the tables and "
+                    "writes eval-<split>.{csv,md,json} beside the checkpoint (or into --out).",
+    )
+    ev.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a run")
+    ev.add_argument("--split", default="test", help="split to evaluate (default test)")
+    ev.add_argument("--data", help="dataset root (default: the one in the checkpoint's config)")
+    ev.add_argument("--dataset", help="dataset name inside the root (e.g. FashionAI)")
+    ev.add_argument("--out", help="folder for the tables (default: the checkpoint's folder)")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--workers", type=int, default=2, help="image-loading processes (default 2)")
+    ev.set_defaults(func=run_eval)
+
+    ab = subparsers.add_parser(
+        "ablate", help="run the comparison and ablation grid (Tables 2-3, 5-8) and write one table",
+        description="Train and test every variant of the chosen grids on one dataset: models (CSN, ASENet_V2, "
+                    "AttnFashion, AG-MAN), hierarchy (hierarchical x classification), aga (each of ASA/SA/ACA/CA "
+                    "off). Runs that finished are reused, so an interrupted ablation continues.",
+    )
+    ab.add_argument("--config", required=True, help="a config of the dataset folder, e.g. configs/synthetic/agman.yaml")
+    ab.add_argument("--grid", default="models,hierarchy,aga", help="comma-separated grids (default all three)")
+    ab.add_argument("--quick", action="store_true", help="short schedule (see docs/training.md)")
+    ab.add_argument("--split", default="test", help="split to report (default test)")
+    ab.add_argument("--out", default="runs/ablation", help="output folder (default runs/ablation)")
+    add_override_argument(ab)
+    ab.set_defaults(func=run_ablate)
+
+
+def _config_from_args(args: argparse.Namespace) -> dict:
+    from agman.engine.checkpoint import load_checkpoint
+    from agman.engine.config import from_dict, load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "out", None):
+        overrides.append(f"output.dir={args.out}")
+    if getattr(args, "no_progress", False):
+        overrides.append("output.progress=false")
+    if args.config:
+        return load_config(args.config, overrides)
+    if args.resume and args.resume is not True:
+        path = Path(args.resume)
+        path = path / "last.pt" if path.is_dir() else path
+        saved = load_checkpoint(path).get("config") or {}
+        if not saved:
+            raise CLIError(f"{path} carries no config; pass --config")
+        saved = {k: v for k, v in saved.items() if k != "overrides"}
+        run_dir = path.parent.as_posix()
+        return from_dict(saved, [f"output.dir={run_dir}", *overrides], source=str(path))
+    raise CLIError("give --config FILE (or --resume RUN_FOLDER)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from agman.data.images import ImageLoadError
+    from agman.engine.train import train
+
+    config = _config_from_args(args)
+    try:
+        result = train(config, resume=args.resume, overwrite=args.force)
+    except (FileExistsError, ImageLoadError) as exc:
+        raise CLIError(str(exc)) from None
+    from agman.engine.distributed import env_world
+
+    if env_world()[0] != 0:
+        return 0
+    if result.interrupted:
+        print(f"stopped; resume with: agman train --resume {result.run_dir}")
+        return 130
+    print(f"best validation score {result.best_score:.4f}; checkpoints in {result.run_dir} (best.pt, last.pt)")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from agman.engine.distributed import pick_device
+    from agman.engine.evaluate import evaluate_checkpoint
+    from agman.engine.report import write_report_tables
+
+    data = {}
+    if args.data:
+        data.update(root=args.data, synthetic=None)  # a given folder is read, never generated into
+    if args.dataset:
+        data["dataset"] = args.dataset
+    result, info = evaluate_checkpoint(args.checkpoint, args.split, data=data, device=pick_device(args.device),
+                                       batch_size=args.batch_size, workers=args.workers, progress=True)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    label = f"{info.model_name} ({Path(args.checkpoint).name})"
+    metrics = result.to_dict()
+    text = write_report_tables(out, f"eval-{args.split}", {label: metrics}, info.attribute_names,
+                               title=f"{info.model_name} on the {args.split} split ({result.images} images)")
+    (out / f"eval-{args.split}.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    print(text)
+    print(f"\ntables written to {out}/eval-{args.split}.csv and .md ({result.seconds:.1f} s)")
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from agman.engine.ablate import run_ablation
+
+    grids = [g.strip() for g in args.grid.split(",") if g.strip()]
+    result = run_ablation(args.config, args.out, grids=grids, overrides=args.overrides, quick=args.quick,
+                          split=args.split)
+    print(result.tables)
+    print(f"\nablation finished in {result.seconds / 60:.1f} min; tables in {result.out_dir}/ablation*.md/.csv")
+    return 0
