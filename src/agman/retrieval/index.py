@@ -578,6 +578,7 @@ class CatalogIndex:
         self.unfinished = self.layout.progress.is_file()
         self._vectors: dict[int, np.ndarray] = {}
         self._faiss: dict[int, object] = {}
+        self._labelled: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     @property
@@ -626,8 +627,12 @@ class CatalogIndex:
             return self._faiss[a]
 
     def labelled_rows(self, attribute: str) -> np.ndarray:
-        """Rows of the items annotated with ``attribute`` (ascending)."""
-        return np.asarray([i for i, it in enumerate(self.items) if attribute in it.labels], dtype=np.int64)
+        """Rows of the items annotated with ``attribute`` (ascending; computed once per attribute)."""
+        with self._lock:
+            if attribute not in self._labelled:
+                rows = [i for i, it in enumerate(self.items) if attribute in it.labels]
+                self._labelled[attribute] = np.asarray(rows, dtype=np.int64)
+            return self._labelled[attribute]
 
     def memory_bytes(self) -> dict[str, int]:
         """On-disk bytes per attribute: FAISS index and exact vectors (for the trade-off table)."""

@@ -377,9 +377,11 @@ class Retriever:
             allowed = np.arange(len(self.index), dtype=np.int64)
             for _, name, _ in attrs:
                 allowed = np.intersect1d(allowed, self.index.labelled_rows(name), assume_unique=True)
-        excluded_rows = np.asarray(sorted(excluded), dtype=np.int64)
-        pool = np.arange(len(self.index), dtype=np.int64) if allowed is None else allowed
-        n_avail = len(pool) - int(np.isin(excluded_rows, pool).sum())
+        excluded_rows = np.asarray(sorted(r for r in excluded if 0 <= r < len(self.index)), dtype=np.int64)
+        if allowed is None:
+            n_avail = len(self.index) - len(excluded_rows)
+        else:
+            n_avail = len(allowed) - int(np.isin(excluded_rows, allowed).sum())
         k_eff = min(int(k), n_avail)
         if k_eff == 0:
             rows = np.zeros(0, np.int64)
