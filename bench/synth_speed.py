@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     print(f"  sample + render (2x supersampled) + PNG : {r_full:7.0f} images/s  ({1000 / r_full:.2f} ms/image)")
     print(f"  baseline, PNG encoding only             : {r_png:7.0f} images/s  ({mean_bytes / 1024:.1f} KiB/image)")
     print(f"  render without antialiasing + PNG       : {r_aliased:7.0f} images/s")
-    print(f"  ratio full / PNG-only time              : {r_png / r_full:7.2f}x  (one image costs this many PNG encodes)")
+    print(f"  ratio full / PNG-only time              : {r_png / r_full:7.2f}x  (an image costs this many PNG encodes)")
     print(f"  ratio antialiased / aliased time        : {r_aliased / r_full:7.2f}x")
     if size == 128:
         verdict = "met" if r_full >= TARGET else "NOT met"

@@ -23,7 +23,7 @@ from agman.data.synthetic import (
 )
 from agman.data.synthetic_render import ATTRIBUTES, SHAPE_ATTRIBUTES
 
-SMALL = dict(n_images=200, size=64, seed=7, progress=False)
+SMALL = {"n_images": 200, "size": 64, "seed": 7, "progress": False}
 
 
 def tree_hash(root: Path) -> str:
@@ -40,7 +40,8 @@ def small_set(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single_set(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("synth") / "single", n_images=450, size=48, seed=1, mode="single", progress=False)
+    root = tmp_path_factory.mktemp("synth") / "single"
+    return generate(root, n_images=450, size=48, seed=1, mode="single", progress=False)
 
 
 # --------------------------------------------------------------------------- determinism

@@ -61,14 +61,14 @@ def test_contact_sheet_has_a_tile_per_example(dataset):
     tile = np.asarray(sheet.convert("RGB"))
     found = any(
         np.array_equal(tile[y : y + cell : 2, x : x + cell : 2], np.asarray(first))
-        for y in range(0, 80)
+        for y in range(80)
         for x in range(100, 200)
     )
     assert found, "the first example of sleeve_length=sleeveless is not on the sheet"
 
 
 def test_card_text_is_deterministic(dataset):
-    root, spec = dataset
+    _, spec = dataset
     settings = {"images": 150, "size": 48, "seed": 2, "mode": "all", "triplets": [1, 2, 3], "agman_version": "x"}
     assert card_text(spec, settings) == card_text(spec, settings)
     assert "--triplets 1,2,3" in card_text(spec, settings)

@@ -121,5 +121,7 @@ def test_supersampling_off_is_aliased_but_same_layout():
     smooth, hard = render(params, SIZE), render(params, SIZE, supersample=1)
     assert smooth.regions == hard.regions
     # antialiasing creates in-between colours: more distinct colours with supersampling
-    count = lambda r: len(np.unique(_pixels(r).reshape(-1, 3), axis=0))  # noqa: E731
-    assert count(smooth) > count(hard)
+    def colours(r) -> int:
+        return len(np.unique(_pixels(r).reshape(-1, 3), axis=0))
+
+    assert colours(smooth) > colours(hard)

@@ -26,7 +26,9 @@ def register(data_subparsers) -> None:
         "README.md and contact_sheet.png. The same arguments give byte-identical files.",
     )
     synth.add_argument("--out", required=True, help="output folder (new, empty, or a previous synthetic set)")
-    synth.add_argument("--images", type=int, default=DEFAULT_IMAGES, help=f"number of images (default {DEFAULT_IMAGES})")
+    synth.add_argument(
+        "--images", type=int, default=DEFAULT_IMAGES, help=f"number of images (default {DEFAULT_IMAGES})"
+    )
     synth.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"image side in pixels (default {DEFAULT_SIZE})")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument(

@@ -79,8 +79,8 @@ class PlannedImage:
 
 def split_sizes(n_images: int) -> dict[str, int]:
     """Images per split, 8:1:1."""
-    n_train = int(round(SPLIT_SHARES[0] * n_images))
-    n_valid = int(round(SPLIT_SHARES[1] * n_images))
+    n_train = round(SPLIT_SHARES[0] * n_images)
+    n_valid = round(SPLIT_SHARES[1] * n_images)
     return {"train": n_train, "valid": n_valid, "test": n_images - n_train - n_valid}
 
 
@@ -142,14 +142,17 @@ def plan_dataset(n_images: int, seed: int, mode: str = "all") -> list[PlannedIma
     return plan
 
 
-def _pick_queries(rng: np.random.Generator, values: np.ndarray, annotated: list[tuple[int, ...]], group: np.ndarray) -> np.ndarray:
+def _pick_queries(
+    rng: np.random.Generator, values: np.ndarray, annotated: list[tuple[int, ...]], group: np.ndarray
+) -> np.ndarray:
     """One image in five of each annotation group becomes a query, keeping a candidate for every value."""
     n = len(values)
     left = {}  # (attribute, value) -> candidates left
     for i in range(n):
         for a in annotated[i]:
             left[(a, values[i, a])] = left.get((a, values[i, a]), 0) + 1
-    wanted = {int(g): int(round(QUERY_SHARE * c)) for g, c in zip(*np.unique(group, return_counts=True))}
+    groups, sizes = np.unique(group, return_counts=True)
+    wanted = {int(g): round(QUERY_SHARE * int(c)) for g, c in zip(groups, sizes)}
     is_query = np.zeros(n, dtype=bool)
     for i in rng.permutation(n).tolist():
         g = int(group[i])

@@ -31,7 +31,9 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def contact_sheet(root: str | Path, spec: DatasetSpec, split: str = "train", per_value: int = EXAMPLES_PER_VALUE) -> Image.Image:
+def contact_sheet(
+    root: str | Path, spec: DatasetSpec, split: str = "train", per_value: int = EXAMPLES_PER_VALUE
+) -> Image.Image:
     """A grid of ``split`` images: a row per attribute, ``per_value`` examples of each value, captioned."""
     root = Path(root)
     data = spec.split(split)
@@ -48,8 +50,9 @@ def contact_sheet(root: str | Path, spec: DatasetSpec, split: str = "train", per
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     big, small = _font(15), _font(13)
-    draw.text((_GAP, 8), f"{spec.name}: {split} examples per attribute value ({native} px"
-              + (f", shown x{zoom}" if zoom > 1 else "") + "; yellow box = ground-truth region)", fill=(0, 0, 0), font=big)
+    shown = f", shown x{zoom}" if zoom > 1 else ""
+    title = f"{spec.name}: {split} examples per attribute value ({native} px{shown}; yellow box = ground-truth region)"
+    draw.text((_GAP, 8), title, fill=(0, 0, 0), font=big)
     for a, attr in enumerate(spec.attributes):
         y = _TITLE + a * row_h
         kind = "texture" if attr.name in TEXTURE_ATTRIBUTES else "shape"
@@ -98,6 +101,37 @@ def _value_table(spec: DatasetSpec) -> list[str]:
     return lines
 
 
+_NUISANCE_TEXT = (
+    "A mannequin wears a garment whose attributes each live in one region (arms, neck, hem, waist) "
+    "or in the texture (pattern). Everything else is a nuisance drawn independently of every "
+    "attribute: garment, pattern, detail, mannequin and background colours; background texture "
+    "(flat, gradient, blotches, planks, studio floor); position, scale and rotation (up to 8 degrees); "
+    "arm pose; pattern scale, phase and orientation; lighting (gain, tint, ramp); an occluding "
+    "object on about 30% of the images. Ranking by colour does not solve any shape attribute."
+)
+_FILES_TEXT = (
+    "- `meta.json`: ATTRIBUTES, ATTRIBUTES_NUM, ATTRIBUTES_VALUES.",
+    "- `filenames_<split>.txt`: one image path per line (relative to this folder); line = image index.",
+    "- `label_<split>.txt`: `image attribute value [attribute value ...]`.",
+    (
+        "- `query_<split>.txt`, `candidate_<split>.txt` (valid, test): `image attribute value`, "
+        "one line per annotated image-attribute pair; queries : candidates = 1 : 4 by image."
+    ),
+    (
+        "- `regions_<split>.jsonl`: one JSON object per image, in filenames order: `image`, `path`, "
+        "`values` (true value of every attribute), `annotated` (attributes in the label files), "
+        "`regions` (attribute -> `[x0, y0, x1, y1]`, image pixels, x1 and y1 exclusive) and `parts` "
+        "(attribute -> list of such boxes: the two arms for sleeve_length)."
+    ),
+    (
+        "- `triplets/`: `filenames.json` (all images: train, valid, test), `meta.json`, "
+        "`tripletlists/<attribute>_tripletlist_<train|val|test>.txt` with lines `a b c`: image a "
+        "shares the attribute's value with c, not with b."
+    ),
+    "- `images/<split>/NNNNNN.png`, `contact_sheet.png`, `synth.json` (the arguments).",
+)
+
+
 def card_text(spec: DatasetSpec, settings: dict) -> str:
     """The README.md of a generated set (no dates or paths: the same arguments give the same bytes)."""
     mode = settings["mode"]
@@ -119,21 +153,18 @@ def card_text(spec: DatasetSpec, settings: dict) -> str:
         f"Rendered by agman {settings['agman_version']} with `{command}`.",
         "The same arguments give byte-identical files; nothing was downloaded.",
         "",
-        f"{settings['images']} images of {settings['size']} x {settings['size']} px, split 8:1:1; "
-        f"annotation mode `{mode}`: {mode_text}. {annotated} image-attribute labels in all.",
+        (
+            f"{settings['images']} images of {settings['size']} x {settings['size']} px, split 8:1:1; "
+            f"annotation mode `{mode}`: {mode_text}. {annotated} image-attribute labels in all."
+        ),
         "",
-        "A mannequin wears a garment whose attributes each live in one region (arms, neck, hem, waist) "
-        "or in the texture (pattern). Everything else is a nuisance drawn independently of every "
-        "attribute: garment, pattern, detail, mannequin and background colours; background texture "
-        "(flat, gradient, blotches, planks, studio floor); position, scale and rotation (up to 8 degrees); "
-        "arm pose; pattern scale, phase and orientation; lighting (gain, tint, ramp); an occluding "
-        "object on about 30% of the images. Ranking by colour does not solve any shape attribute.",
+        _NUISANCE_TEXT,
         "",
         "## Counts",
         "",
         *_counts_table(spec),
         "",
-        f"Triplet lists (triplets/, CSN layout): {tri[0]} train, {tri[1]} val, {tri[2]} test triplets per attribute.",
+        f"Triplet lists (triplets/, CSN layout), per attribute: {tri[0]} train, {tri[1]} val, {tri[2]} test.",
         "",
         "## Attributes and annotated images per value",
         "",
@@ -144,16 +175,7 @@ def card_text(spec: DatasetSpec, settings: dict) -> str:
         "- `meta.json`: ATTRIBUTES, ATTRIBUTES_NUM, ATTRIBUTES_VALUES.",
         "- `filenames_<split>.txt`: one image path per line (relative to this folder); line = image index.",
         "- `label_<split>.txt`: `image attribute value [attribute value ...]`.",
-        "- `query_<split>.txt`, `candidate_<split>.txt` (valid, test): `image attribute value`, "
-        "one line per annotated image-attribute pair; queries : candidates = 1 : 4 by image.",
-        "- `regions_<split>.jsonl`: one JSON object per image, in filenames order: `image`, `path`, "
-        "`values` (true value of every attribute), `annotated` (attributes in the label files), "
-        "`regions` (attribute -> `[x0, y0, x1, y1]`, image pixels, x1 and y1 exclusive) and `parts` "
-        "(attribute -> list of such boxes: the two arms for sleeve_length).",
-        "- `triplets/`: `filenames.json` (all images: train, valid, test), `meta.json`, "
-        "`tripletlists/<attribute>_tripletlist_<train|val|test>.txt` with lines `a b c`: image a "
-        "shares the attribute's value with c, not with b.",
-        "- `images/<split>/NNNNNN.png`, `contact_sheet.png`, `synth.json` (the arguments).",
+        *_FILES_TEXT,
         "",
         "## Examples",
         "",

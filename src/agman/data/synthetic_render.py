@@ -23,6 +23,7 @@ top of the head, the figure being 1 unit tall.  :class:`_Frame` maps figure unit
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -69,7 +70,9 @@ HIP_HALF = 0.185
 # Right half of the garment's outline from the neck down to the hips; the skirt continues below.
 _GARMENT_SIDE = ((0.075, 0.14), (0.17, 0.155), (0.16, 0.25), (WAIST_HALF, WAIST_Y), (HIP_HALF, HIP_Y))
 # Right half of the mannequin's torso.
-_TORSO_SIDE = ((0.035, 0.125), (0.185, 0.155), (0.205, 0.19), (0.18, 0.26), (0.145, WAIST_Y), (0.18, HIP_Y), (0.17, 0.55))
+_TORSO_SIDE = (
+    (0.035, 0.125), (0.185, 0.155), (0.205, 0.19), (0.18, 0.26), (0.145, WAIST_Y), (0.18, HIP_Y), (0.17, 0.55)
+)
 _LEG = ((0.004, 0.54), (0.18, 0.50), (0.125, 0.75), (0.10, 0.935), (0.055, 0.935), (0.035, 0.75))
 
 NECK_BOX = (-0.145, 0.065, 0.145, 0.335)
@@ -263,7 +266,7 @@ def _mirror(side) -> list[tuple[float, float]]:
 def _cut_at(profile, y_end: float) -> list[tuple[float, float]]:
     """The points of a top-to-bottom outline above ``y_end``, ending exactly at ``y_end``."""
     out = [profile[0]]
-    for (x0, y0), (x1, y1) in zip(profile, profile[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(profile):
         if y1 >= y_end:
             t = (y_end - y0) / (y1 - y0)
             out.append((x0 + t * (x1 - x0), y_end))
@@ -338,14 +341,14 @@ def _background(params: GarmentParams, size: int, ss: int) -> Image.Image:
     img = Image.new("RGB", (canvas, canvas), params.background)
     draw = ImageDraw.Draw(img)
     if kind == "planks":
-        period = max(2, int(round(params.background_period * canvas)))
+        period = max(2, round(params.background_period * canvas))
         vertical = math.cos(math.radians(params.background_angle)) >= 0
         for k, start in enumerate(range(0, canvas, period)):
             if k % 2:
                 box = [start, 0, start + period - 1, canvas] if vertical else [0, start, canvas, start + period - 1]
                 draw.rectangle(box, fill=params.background2)
     elif kind == "floor":
-        top = int(round(canvas * (1.0 - params.background_period)))
+        top = round(canvas * (1.0 - params.background_period))
         draw.rectangle([0, top, canvas, canvas], fill=params.background2)
     return img
 
@@ -451,7 +454,7 @@ def _draw_details(draw: ImageDraw.ImageDraw, params: GarmentParams, frame: _Fram
     """Turtle collar fold, belt with buckle, bow, peplum seam."""
     _, neck, _, waist, _ = params.values
     seam = _shade(params.garment, 0.55)
-    line = max(1, int(round(0.012 * frame.unit)))
+    line = max(1, round(0.012 * frame.unit))
     if neck == 3:
         draw.line(frame.points([(-0.088, 0.15), (0.088, 0.15)]), fill=seam, width=line)
     if waist == 1:
@@ -528,7 +531,7 @@ def _lit(params: GarmentParams, size: int) -> tuple[GarmentParams, Image.Image]:
     factors = [params.light_gain * peak * t for t in params.light_tint]
 
     def scale(c):
-        return tuple(min(255, int(round(x * f))) for x, f in zip(c, factors))
+        return tuple(min(255, round(x * f)) for x, f in zip(c, factors))
 
     changes = {name: scale(getattr(params, name)) for name in _COLOUR_FIELDS}
     if params.occluder is not None:
