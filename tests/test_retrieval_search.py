@@ -269,3 +269,16 @@ def test_incomplete_index_serves_committed_rows_only(tmp_path):
     idx = CatalogIndex(out)
     assert idx.unfinished and len(idx) == 10
     assert len(Retriever(idx).search_item(every.ids[0], "attr0", k=100).hits) == 10
+
+
+def test_approximate_search_that_finds_too_few_falls_back_to_an_exact_scan(tmp_path):
+    csv_path = make_csv(tmp_path / "cat", n=40)
+    spec = open_dataset(csv_path)
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", spec.attributes)
+    out = tmp_path / "ivf"
+    build_index(out, from_csv(csv_path), ckpt, config=IndexConfig("ivf", nlist=8), batch_size=8)
+    r = Retriever.open(out, nprobe=1, rerank=1)
+    res = r.search_item("img/001.png", "pattern", k=30, annotated_only=True)
+    assert len(res.hits) == 30 == min(30, res.candidates)
+    exact_r = Retriever.open(out, nprobe=8, rerank=40)
+    assert res.ids == exact_r.search_item("img/001.png", "pattern", k=30, annotated_only=True).ids

@@ -471,6 +471,8 @@ class Retriever:
         rows = np.unique(np.concatenate(found)).astype(np.int64)
         if len(excluded):
             rows = rows[~np.isin(rows, excluded)]
+        if len(rows) < k:  # the probed cells / graph held too few (allowed) items: scan them exactly
+            return self._scan(vectors, attrs, k, allowed, excluded)
         return self._top(vectors, attrs, rows, k)
 
 
