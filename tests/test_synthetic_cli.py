@@ -17,6 +17,10 @@ def test_synth_command_writes_a_readable_set(tmp_path, capsys):
     assert len(spec.splits["train"]) == 80
     assert {len(t) for t in open_dataset(out / "triplets").splits["train"].triplets.values()} == {10}
     assert (out / "README.md").is_file() and (out / "contact_sheet.png").is_file()
+    capsys.readouterr()
+    assert main(["data", "check", str(out)]) == 0  # `agman data check` finds no problem
+    assert "no problems found" in capsys.readouterr().out
+    assert main(["data", "check", str(out / "triplets")]) == 0
 
 
 def test_synth_command_refuses_a_foreign_folder(tmp_path, capsys):
