@@ -124,7 +124,9 @@ def auto_pq_m(d: int) -> int:
 
 def import_faiss():
     """``faiss``, with its loader's INFO lines about CPU-specific builds silenced."""
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    loader = logging.getLogger("faiss.loader")
+    if loader.level < logging.WARNING:
+        loader.setLevel(logging.WARNING)
     import faiss
 
     return faiss

@@ -133,6 +133,31 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
         raise HTTPException(400, f"cannot decode the image (truncated or corrupt?): {exc}") from None
 
 
+class BodyLimit:
+    """ASGI middleware: a POST whose ``Content-Length`` exceeds ``max_bytes`` is answered 413 before
+    its body is read (multipart parsing would otherwise spool it to disk first)."""
+
+    def __init__(self, app, max_bytes: int, upload_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None:
+                try:
+                    too_big = int(length) > self.max_bytes
+                except ValueError:
+                    await JSONResponse({"detail": "invalid Content-Length header"}, 400)(scope, receive, send)
+                    return
+                if too_big:
+                    detail = f"request body of {int(length)} bytes exceeds the {self.upload_bytes}-byte upload limit"
+                    await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def png_response(image: Image.Image) -> Response:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -204,20 +229,7 @@ def create_app(
     app.state.retriever = retriever
     app.state.limits = limits
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if request.method == "POST" and length is not None:
-            try:
-                too_big = int(length) > limits.max_upload_bytes + 64 * 1024
-            except ValueError:
-                return JSONResponse({"detail": "invalid Content-Length header"}, status_code=400)
-            if too_big:
-                return JSONResponse(
-                    {"detail": f"request body of {length} bytes exceeds the {limits.max_upload_bytes}-byte upload limit"},
-                    status_code=413,
-                )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes + 64 * 1024, upload_bytes=limits.max_upload_bytes)
 
     @app.exception_handler(UnknownItemError)
     async def _unknown_item(request: Request, exc: UnknownItemError):
