@@ -102,9 +102,12 @@ def parse(argv=None) -> argparse.Namespace:
                    help="CPU-sized check: resnet18, 32 px, batches 2,4, embedding 32, 2 steps")
     p.add_argument("--out", help="write the JSON here (it is printed too)")
     args = p.parse_args(argv)
-    if args.tiny:
-        args.backbone, args.size, args.batches = "resnet18", 32, "2,4"
-        args.embedding_dim, args.attention_dim, args.embed_batch, args.steps, args.warmup = 32, 32, 8, 2, 1
+    if args.tiny:  # CPU-sized values for whatever was left at its default
+        tiny = dict(backbone="resnet18", size=32, batches="2,4", embedding_dim=32, attention_dim=32, embed_batch=8,
+                    steps=2, warmup=1)
+        for key, value in tiny.items():
+            if getattr(args, key) == p.get_default(key):
+                setattr(args, key, value)
     return args
 
 

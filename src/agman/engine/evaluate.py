@@ -308,25 +308,15 @@ def evaluate_embeddings(
 
 
 def evaluate_model(
-    model: torch.nn.Module,
-    spec: DatasetSpec,
-    split: str,
-    *,
-    input_size: int,
-    crop_ratio: float,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    workers: int = 0,
-    progress: bool = False,
-    amp: bool = False,
-    ks=metrics.DEFAULT_KS,
-    margin: float = 0.2,
+    model: torch.nn.Module, spec: DatasetSpec, split: str, *, ks=metrics.DEFAULT_KS, margin: float = 0.2,
+    **embed_options,
 ) -> EvalResult:
-    """Embed a split with ``model`` (one backbone pass per image) and evaluate it."""
+    """Embed a split with ``model`` (one backbone pass per image; ``embed_options`` as for
+    :func:`embed_split`: input_size, crop_ratio, batch_size, device, workers, progress, amp) and
+    evaluate it."""
     start = time.perf_counter()
     was_training = model.training
-    emb = embed_split(model, spec, split, input_size=input_size, crop_ratio=crop_ratio, batch_size=batch_size,
-                      device=device, workers=workers, progress=progress, amp=amp)
+    emb = embed_split(model, spec, split, **embed_options)
     model.train(was_training)
     result = evaluate_embeddings(emb, spec, split, ks=ks, margin=margin)
     result.seconds = time.perf_counter() - start
