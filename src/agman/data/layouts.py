@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from agman.data.spec import SPLIT_NAMES, UNLABELED, Attribute, DatasetError, DatasetSpec, Split
+from agman.fileio import atomic_write_text
 
 CSN_CONDITIONS = ("class", "closure", "gender", "heel")
 """Zappos50k conditions in the CSN layout, in index order (the triplet-list file name prefixes)."""
@@ -428,7 +429,7 @@ def write_asen(spec: DatasetSpec, out_dir: str | Path) -> Path:
         "ATTRIBUTES_NUM": {a.name: a.n_values for a in spec.attributes},
         "ATTRIBUTES_VALUES": {a.name: list(a.values) for a in spec.attributes},
     }
-    _write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     root = Path(spec.root).resolve()
     out_resolved = out.resolve()
     for name, split in spec.splits.items():
@@ -440,24 +441,19 @@ def write_asen(spec: DatasetSpec, out_dir: str | Path) -> Path:
             except ValueError:  # different drives (Windows)
                 rel = str(full)
             lines.append(rel.replace(os.sep, "/"))
-        _write_text(out / f"filenames_{name}.txt", "".join(f"{line}\n" for line in lines))
+        atomic_write_text(out / f"filenames_{name}.txt", "".join(f"{line}\n" for line in lines))
         label_lines = []
         for i in range(len(split)):
             pairs = [f"{a} {v}" for a, v in split.labels_of(i).items()]
             if pairs:
                 label_lines.append(f"{i} {' '.join(pairs)}\n")
-        _write_text(out / f"label_{name}.txt", "".join(label_lines))
+        atomic_write_text(out / f"label_{name}.txt", "".join(label_lines))
         if len(split.queries) or len(split.candidates):
             for kind, rows in (("query", split.queries), ("candidate", split.candidates)):
-                _write_text(out / f"{kind}_{name}.txt", "".join(f"{i} {a} {v}\n" for i, a, v in rows.tolist()))
+                atomic_write_text(out / f"{kind}_{name}.txt", "".join(f"{i} {a} {v}\n" for i, a, v in rows.tolist()))
     return out
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- CSN layout (Zappos50k)

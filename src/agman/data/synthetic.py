@@ -25,7 +25,6 @@ from ``np.random.default_rng([seed, 0, k])``, so images can be rendered in any o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from agman.data.layouts import write_asen
 from agman.data.spec import SPLIT_NAMES, UNLABELED, DatasetSpec, Split
 from agman.data.synthetic_render import ATTRIBUTES, GarmentParams, render, sample_params
+from agman.fileio import atomic_write_text
 
 DEFAULT_IMAGES = 4000
 DEFAULT_SIZE = 96
@@ -267,7 +267,7 @@ def default_triplet_counts(n_images: int) -> tuple[int, int, int]:
 def _write_triplets(plan: list[PlannedImage], seed: int, counts: tuple[int, int, int], out: Path) -> dict[str, int]:
     tri = out / "triplets"
     (tri / "tripletlists").mkdir(parents=True, exist_ok=True)
-    _write_text(tri / "filenames.json", json.dumps([p.path for p in plan], indent=0) + "\n")
+    atomic_write_text(tri / "filenames.json", json.dumps([p.path for p in plan], indent=0) + "\n")
     shutil.copyfile(out / "meta.json", tri / "meta.json")
     written = {}
     for s, (split, count) in enumerate(zip(SPLIT_NAMES, counts)):
@@ -279,7 +279,7 @@ def _write_triplets(plan: list[PlannedImage], seed: int, counts: tuple[int, int,
                 rng, np.array([p.number for p in mine], dtype=np.int64), np.array([p.values[a] for p in mine]), count
             )
             name = f"{attr.name}_tripletlist_{CSN_SPLIT_NAMES[split]}.txt"
-            _write_text(tri / "tripletlists" / name, "".join(f"{x} {y} {z}\n" for x, y, z in rows.tolist()))
+            atomic_write_text(tri / "tripletlists" / name, "".join(f"{x} {y} {z}\n" for x, y, z in rows.tolist()))
         written[split] = count
     return written
 
@@ -289,7 +289,7 @@ def _write_regions(plan: list[PlannedImage], records: list[dict], out: Path) -> 
         lines = [
             json.dumps(rec, separators=(",", ":")) + "\n" for item, rec in zip(plan, records) if item.split == split
         ]
-        _write_text(out / f"regions_{split}.jsonl", "".join(lines))
+        atomic_write_text(out / f"regions_{split}.jsonl", "".join(lines))
 
 
 def read_regions(root: str | Path, split: str, *, parts: bool = False) -> np.ndarray | list[dict[str, list]]:
@@ -302,12 +302,6 @@ def read_regions(root: str | Path, split: str, *, parts: bool = False) -> np.nda
         return [rec["parts"] for rec in records]
     names = [a.name for a in ATTRIBUTES]
     return np.array([[rec["regions"][n] for n in names] for rec in records], dtype=np.int64).reshape(-1, len(names), 4)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- the whole set
@@ -376,14 +370,14 @@ def generate(
         return out
     plan = plan_dataset(n_images, seed, mode)
     _prepare_output(out)
-    _write_text(out / "synth.json", json.dumps({**settings, "complete": False}, indent=2) + "\n")
+    atomic_write_text(out / "synth.json", json.dumps({**settings, "complete": False}, indent=2) + "\n")
     records = _render_all(plan, seed, size, out, max(1, int(workers)), progress)
     spec = _spec(plan, out)
     write_asen(spec, out)
     _write_regions(plan, records, out)
     _write_triplets(plan, seed, counts, out)
     write_card(out, spec, settings)
-    _write_text(out / "synth.json", json.dumps({**settings, "complete": True}, indent=2) + "\n")
+    atomic_write_text(out / "synth.json", json.dumps({**settings, "complete": True}, indent=2) + "\n")
     return out
 
 

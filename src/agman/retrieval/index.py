@@ -26,16 +26,15 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from agman.fileio import atomic_write, atomic_write_json
 from agman.retrieval.sources import ImageSet
 
 log = logging.getLogger(__name__)
@@ -197,26 +196,6 @@ def fill_faiss_index(index, vectors: np.ndarray, *, chunk: int = 65536, train_ma
 
 
 # --------------------------------------------------------------------------- atomic files
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync, then rename it over ``path``:
-    readers (and a resumed run) see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array))
 
