@@ -1,0 +1,124 @@
+"""Backbone warm-up where ImageNet weights cannot be had: supervised attribute-value classification.
+
+The paper fine-tunes an ImageNet-pretrained ResNet (§2.2, §3.1).  Offline, agman can instead
+pre-train the same torchvision ResNet on the *train split* of the dataset itself — one softmax head
+per attribute over its values — and hand the trunk to any model as ``pretrained=<file>``, the same
+path a local ImageNet ``.pth`` takes.  Only train labels are used; valid/test are never seen.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from agman.data.images import ImageListDataset
+from agman.data.spec import UNLABELED, DatasetSpec
+from agman.data.transforms import build_transform
+from agman.engine.checkpoint import atomic_torch_save
+from agman.models.backbone import ResNetTrunk
+
+log = logging.getLogger(__name__)
+
+
+class ValueClassifier(nn.Module):
+    """A ResNet trunk (torchvision names) + one linear head per attribute over its values."""
+
+    def __init__(self, backbone: str, value_counts: list[int]):
+        super().__init__()
+        self.trunk = ResNetTrunk(backbone, with_layer4=True)
+        self.value_counts = list(value_counts)
+        self.heads = nn.Linear(self.trunk.channels["layer4"], sum(value_counts))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        _, f3 = self.trunk(images)
+        logits = self.heads(self.trunk.top(f3).mean(dim=(-2, -1)))
+        return list(logits.split(self.value_counts, dim=1))
+
+
+def value_classification_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Mean over attributes of the cross-entropy over values; unlabelled entries are ignored."""
+    losses = [
+        F.cross_entropy(lg, labels[:, a], ignore_index=UNLABELED)
+        for a, lg in enumerate(logits)
+        if bool((labels[:, a] != UNLABELED).any())
+    ]
+    return torch.stack(losses).mean()
+
+
+class _LabelledImages(Dataset):
+    def __init__(self, images: ImageListDataset, labels: np.ndarray):
+        self.images, self.labels = images, torch.as_tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index][0], self.labels[index]
+
+
+@dataclass
+class PretrainResult:
+    path: Path
+    epochs: int
+    final_loss: float
+    seconds: float
+
+
+def pretrain_backbone(
+    spec: DatasetSpec,
+    out_path: str | Path,
+    *,
+    backbone: str = "resnet18",
+    input_size: int = 64,
+    crop_ratio: float = 1.0,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> PretrainResult:
+    """Train a value classifier on ``spec``'s train split and save its trunk to ``out_path``
+    (atomically; torchvision key names, loadable with ``pretrained=out_path``).  An existing file
+    is reused, so an interrupted demo does not pay for this twice."""
+    out_path = Path(out_path)
+    if out_path.is_file():
+        log.info("backbone warm-up: reusing %s", out_path)
+        return PretrainResult(out_path, 0, float("nan"), 0.0)
+    train = spec.split("train")
+    if not (train.labels != UNLABELED).any():
+        raise ValueError(f"dataset {spec.name!r} has no value labels in its train split: nothing to pre-train on")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    images = ImageListDataset(train.paths, spec.root, build_transform(input_size, train=True, crop_ratio=crop_ratio))
+    loader = DataLoader(
+        _LabelledImages(images, train.labels), batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=workers, generator=generator, persistent_workers=workers > 0,
+    )
+    net = ValueClassifier(backbone, spec.value_counts).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    start, loss_value = time.perf_counter(), float("nan")
+    net.train()
+    for epoch in range(epochs):
+        total, steps = 0.0, 0
+        bar = tqdm(loader, desc=f"warm-up {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
+        for x, y in bar:
+            loss = value_classification_loss(net(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.3f}")
+        loss_value = total / max(steps, 1)
+        log.info("backbone warm-up epoch %d/%d: value cross-entropy %.4f", epoch + 1, epochs, loss_value)
+    atomic_torch_save({k: v.detach().cpu() for k, v in net.trunk.state_dict().items()}, out_path)
+    return PretrainResult(out_path, epochs, loss_value, time.perf_counter() - start)

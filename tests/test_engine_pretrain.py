@@ -1,0 +1,49 @@
+"""Backbone warm-up (stand-in for ImageNet weights offline): value classification on the train split."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from agman.data.layouts import open_dataset
+from agman.data.synthetic import generate
+from agman.engine.pretrain import ValueClassifier, pretrain_backbone, value_classification_loss
+from agman.models import build_model
+
+
+def test_loss_ignores_unlabelled_entries():
+    logits = [torch.tensor([[5.0, 0.0], [0.0, 5.0]]), torch.tensor([[0.0, 0.0, 9.0], [1.0, 0.0, 0.0]])]
+    labels = torch.tensor([[0, -1], [1, -1]])
+    only_first = torch.nn.functional.cross_entropy(logits[0], labels[:, 0])
+    assert torch.allclose(value_classification_loss(logits, labels), only_first)
+    labels = torch.tensor([[0, 2], [1, -1]])
+    both = (only_first + torch.nn.functional.cross_entropy(logits[1][:1], labels[:1, 1])) / 2
+    assert torch.allclose(value_classification_loss(logits, labels), both)
+
+
+def test_heads_split_by_value_counts():
+    net = ValueClassifier("resnet18", [3, 5]).eval()
+    out = net(torch.randn(2, 3, 64, 64))
+    assert [o.shape for o in out] == [(2, 3), (2, 5)]
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    return open_dataset(generate(tmp_path_factory.mktemp("synth") / "s", 120, 48, seed=1, progress=False))
+
+
+def test_warm_up_learns_and_loads_into_every_model(tiny_synth, tmp_path, caplog):
+    path = tmp_path / "trunk.pth"
+    with caplog.at_level(logging.INFO, logger="agman.engine.pretrain"):
+        result = pretrain_backbone(tiny_synth, path, input_size=48, epochs=4, batch_size=16, lr=1e-3, progress=False)
+    losses = [float(r.message.split()[-1]) for r in caplog.records if "value cross-entropy" in r.message]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert result.path == path and path.is_file()
+    state = torch.load(path, weights_only=True)
+    assert "layer4.1.bn2.weight" in state and not any(k.startswith("heads") for k in state)
+    model = build_model("agman", tiny_synth.n_attributes, backbone="resnet18", embedding_dim=32,
+                        attention_dim=32, pretrained=str(path))
+    assert torch.equal(model.trunk.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+    again = pretrain_backbone(tiny_synth, path, epochs=4)  # reused, not retrained
+    assert again.epochs == 0 and torch.equal(torch.load(path, weights_only=True)["conv1.weight"], state["conv1.weight"])
