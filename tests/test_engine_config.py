@@ -60,6 +60,10 @@ def test_overrides():
     assert cfg["model"]["ca"] is False and cfg["eval"]["ks"] == [1, 2] and cfg["data"]["root"] == "/x"
     assert cfg["loss"]["weights"] == {"triplet": 2}
     assert cfg["overrides"][0] == "train.epochs=3"
+    cfg = C.load_config("configs/synthetic/agman.yaml", ["epochs=4", "warmup.epochs=0", "warmup.lr=0.01"])
+    assert cfg["train"]["epochs"] == 4 and cfg["warmup"]["epochs"] == 0 and cfg["warmup"]["lr"] == 0.01
+    with pytest.raises(C.ConfigError, match="warmup.epochs must not be negative"):
+        C.load_config("configs/synthetic/agman.yaml", ["warmup.epochs=-1"])
 
 
 @pytest.mark.parametrize("item, message", [

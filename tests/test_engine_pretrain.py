@@ -47,3 +47,46 @@ def test_warm_up_learns_and_loads_into_every_model(tiny_synth, tmp_path, caplog)
     assert torch.equal(model.trunk.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
     again = pretrain_backbone(tiny_synth, path, epochs=4)  # reused, not retrained
     assert again.epochs == 0 and torch.equal(torch.load(path, weights_only=True)["conv1.weight"], state["conv1.weight"])
+
+
+def test_interrupted_warm_up_continues_to_the_same_trunk(tiny_synth, tmp_path):
+    options = dict(input_size=32, epochs=3, batch_size=16, progress=False)
+    whole = pretrain_backbone(tiny_synth, tmp_path / "whole.pth", **options)
+    assert whole.epochs == 3 and not whole.interrupted
+    path = tmp_path / "split.pth"
+    first = pretrain_backbone(tiny_synth, path, **options, stop=lambda epoch: epoch == 1)
+    assert first.interrupted and first.epochs == 1 and not path.exists()
+    assert (tmp_path / "split.pth.partial").is_file()
+    rest = pretrain_backbone(tiny_synth, path, **options)
+    assert rest.epochs == 2 and not rest.interrupted and not (tmp_path / "split.pth.partial").exists()
+    a, b = torch.load(tmp_path / "whole.pth", weights_only=True), torch.load(path, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_config_warm_up(tiny_synth, tmp_path):
+    from agman.engine.config import from_dict
+    from agman.engine.train import train
+
+    def config(out, **model):
+        return from_dict({
+            "model": {"name": "csn", "backbone": "resnet18", "embedding_dim": 8, **model},
+            "data": {"root": str(tiny_synth.root), "input_size": 32, "crop_ratio": 1.0},
+            "warmup": {"epochs": 1, "batch_size": 16},
+            "train": {"epochs": 1, "triplets_per_epoch": 8, "batch_size": 4, "workers": 0},
+            "eval": {"batch_size": 32},
+            "output": {"dir": str(out), "progress": False, "tensorboard": False},
+        })
+
+    result = train(config(tmp_path / "run"))
+    trunk = result.warmup_trunk
+    assert trunk is not None and trunk.parent == tmp_path / "run" and trunk.name.startswith("warmup-resnet18-")
+    state = torch.load(trunk, weights_only=True)
+    model = build_model("csn", tiny_synth.n_attributes, backbone="resnet18", embedding_dim=8, pretrained=str(trunk))
+    assert torch.equal(model.trunk.conv1.weight, state["conv1.weight"])
+    again = train(config(tmp_path / "run"), overwrite=True)  # same settings: the trunk file is reused
+    assert again.warmup_trunk == trunk and torch.equal(torch.load(trunk, weights_only=True)["conv1.weight"],
+                                                       state["conv1.weight"])
+    resumed = train(config(tmp_path / "run"), resume=True)  # resume: weights from last.pt, no warm-up
+    assert resumed.warmup_trunk is None
+    with pytest.raises(ValueError, match="set one of them"):
+        train(config(tmp_path / "other", pretrained=str(trunk)))

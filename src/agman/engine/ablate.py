@@ -10,6 +10,7 @@ Grids (``GRIDS``):
 Identical runs (the full AG-MAN appears in every grid) are trained once.  Each run trains in
 ``<out>/runs/<name>/`` and its test metrics land in ``<out>/runs/<name>/test-metrics.json``; a run
 whose metrics file exists is not repeated, so an interrupted ablation continues where it stopped.
+Runs with a backbone warm-up (``warmup.epochs``) share one trunk file in ``<out>/warmup/``.
 """
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def run_ablation(
             log.info("[%d/%d] %s: done before (score %.4f)", i, len(runs), v.name, metrics[v.name]["score"])
             continue
         t0 = time.perf_counter()
-        config = load_config(folder / f"{v.model_file}.yaml", [*extra, *v.overrides, f"output.dir={run_dir.as_posix()}"])
+        config = load_config(folder / f"{v.model_file}.yaml", [*extra, *v.overrides, f"output.dir={run_dir.as_posix()}",
+                                                              f"warmup.dir={(out / 'warmup').as_posix()}"])
         log.info("[%d/%d] training %s (%s)", i, len(runs), v.name, " ".join(v.overrides) or "as configured")
         resume = (run_dir / "last.pt").is_file()
         result = train(config, resume=resume, overwrite=True)

@@ -1,9 +1,10 @@
 """Run configs: YAML files with ``base:`` inheritance, ``key=value`` overrides, validation.
 
-A config has six sections (see :data:`DEFAULTS` for every key and its default)::
+A config has seven sections (see :data:`DEFAULTS` for every key and its default)::
 
     model:   name + the model's keyword arguments (build_model(name, n, **rest)); pretrained
     data:    where the dataset is and how images are prepared
+    warmup:  optional backbone warm-up on the train split's values (offline stand-in for ImageNet)
     train:   optimisation, schedule, devices, speed switches
     loss:    margin, classification on/off, Eq. 9 weighting, CSN regularisers
     eval:    validation split, Recall/Precision cut-offs
@@ -37,6 +38,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "input_size": 224,
         "crop_ratio": 0.875,  # resize to input_size / crop_ratio, centre-crop input_size
         "synthetic": None,  # {images, size, seed, mode}: generate the synthetic set at root if absent
+    },
+    "warmup": {  # agman.engine.pretrain: used when epochs > 0 and model.pretrained is none
+        "epochs": 0,
+        "batch_size": 64,  # images per step
+        "lr": 1e-3,  # Adam
+        "dir": None,  # folder for the trunk file (default: the run folder); runs may share one
     },
     "train": {
         "epochs": 50,
@@ -106,11 +113,13 @@ CHOICES = {
 AT_LEAST_ONE = {
     ("train", "epochs"), ("train", "triplets_per_epoch"), ("train", "batch_size"), ("train", "lr_step"),
     ("eval", "every"), ("eval", "batch_size"), ("output", "log_every"), ("train", "prefetch_factor"),
+    ("warmup", "batch_size"),
 }
 NON_NEGATIVE = {
     ("train", "workers"), ("train", "checkpoint_every_steps"), ("train", "max_steps_per_epoch"),
     ("train", "threads"), ("train", "lr"), ("train", "weight_decay"), ("train", "grad_clip"),
     ("loss", "margin"), ("loss", "mask_l1"), ("loss", "embed_l2"), ("train", "lr_gamma"),
+    ("warmup", "epochs"), ("warmup", "lr"),
 }
 
 
@@ -323,6 +332,8 @@ def _locate(config: dict, key: str, item: str, where: str) -> tuple[str, str]:
             )
         return section, name
     owners = [s for s in DEFAULTS if key in DEFAULTS[s] or (s == "model" and key in config["model"])]
+    if len(owners) > 1 and "warmup" in owners:  # a bare epochs / lr means the training's
+        owners.remove("warmup")
     if len(owners) == 1:
         return owners[0], key
     if not owners:
@@ -333,7 +344,8 @@ def _locate(config: dict, key: str, item: str, where: str) -> tuple[str, str]:
 
 
 def apply_overrides(config: dict, overrides, source: str = "<overrides>") -> dict:
-    """Apply ``section.key=value`` items (YAML values; a bare ``key`` is allowed when unambiguous)."""
+    """Apply ``section.key=value`` items (YAML values; a bare ``key`` is allowed when unambiguous,
+    ``warmup`` keys always need their section: a bare ``epochs`` or ``lr`` is the training's)."""
     config = copy.deepcopy(config)
     where = f"config {source}"
     for item in overrides:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +69,15 @@ class _LabelledImages(Dataset):
 @dataclass
 class PretrainResult:
     path: Path
-    epochs: int
+    epochs: int  # epochs run by this call (0: an existing trunk file was reused)
     final_loss: float
     seconds: float
+    interrupted: bool = False
+
+
+def partial_path(out_path: Path) -> Path:
+    """Where the warm-up keeps its state between epochs (removed when the trunk is written)."""
+    return out_path.with_name(out_path.name + ".partial")
 
 
 def pretrain_backbone(
@@ -85,12 +93,20 @@ def pretrain_backbone(
     seed: int = 0,
     workers: int = 0,
     device: str | torch.device = "cpu",
+    amp: bool = False,
+    channels_last: bool = False,
     progress: bool = True,
+    stop: Callable[[int], bool] | None = None,
 ) -> PretrainResult:
     """Train a value classifier on ``spec``'s train split and save its trunk to ``out_path``
-    (atomically; torchvision key names, loadable with ``pretrained=out_path``).  An existing file
-    is reused, so an interrupted demo does not pay for this twice."""
-    out_path = Path(out_path)
+    (atomically; torchvision key names, loadable with ``pretrained=out_path``).
+
+    An existing ``out_path`` is reused.  After every epoch the classifier, optimizer and RNG states
+    go (atomically) to :func:`partial_path`; a later call continues from there and ends with the
+    same trunk as an uninterrupted run.  ``stop(epoch)`` returning True after an epoch ends the call
+    early (``interrupted``; tests use it).  ``amp``: bf16 autocast; ``channels_last``: NHWC layout.
+    """
+    out_path, device = Path(out_path), torch.device(device)
     if out_path.is_file():
         log.info("backbone warm-up: reusing %s", out_path)
         return PretrainResult(out_path, 0, float("nan"), 0.0)
@@ -104,15 +120,28 @@ def pretrain_backbone(
         _LabelledImages(images, train.labels), batch_size=batch_size, shuffle=True, drop_last=True,
         num_workers=workers, generator=generator, persistent_workers=workers > 0,
     )
-    net = ValueClassifier(backbone, spec.value_counts).to(device)
+    net = ValueClassifier(backbone, spec.value_counts)
+    net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    first, partial = 0, partial_path(out_path)
+    if partial.is_file():
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first = int(state["epoch"])
+        log.info("backbone warm-up: continuing %s after epoch %d", partial, first)
     start, loss_value = time.perf_counter(), float("nan")
     net.train()
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         total, steps = 0.0, 0
         bar = tqdm(loader, desc=f"warm-up {epoch + 1}/{epochs}", unit="batch", disable=not progress, leave=False)
         for x, y in bar:
-            loss = value_classification_loss(net(x.to(device)), y.to(device))
+            x = x.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16) if amp else nullcontext():
+                logits = net(x)
+            loss = value_classification_loss([lg.float() for lg in logits], y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -120,5 +149,10 @@ def pretrain_backbone(
             bar.set_postfix(loss=f"{total / steps:.3f}")
         loss_value = total / max(steps, 1)
         log.info("backbone warm-up epoch %d/%d: value cross-entropy %.4f", epoch + 1, epochs, loss_value)
+        atomic_torch_save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                           "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, partial)
+        if stop is not None and epoch + 1 < epochs and stop(epoch + 1):
+            return PretrainResult(out_path, epoch + 1 - first, loss_value, time.perf_counter() - start, True)
     atomic_torch_save({k: v.detach().cpu() for k, v in net.trunk.state_dict().items()}, out_path)
-    return PretrainResult(out_path, epochs, loss_value, time.perf_counter() - start)
+    partial.unlink(missing_ok=True)
+    return PretrainResult(out_path, epochs - first, loss_value, time.perf_counter() - start)

@@ -14,6 +14,8 @@ Determinism (what makes ``--resume`` end with the weights of an uninterrupted ru
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import random
@@ -56,6 +58,7 @@ class TrainResult:
     interrupted: bool = False
     model: torch.nn.Module | None = None  # the trained module (this process's replica), last state
     criterion: TripletCriterion | None = None
+    warmup_trunk: Path | None = None  # the warm-up trunk this run started from (fresh runs with warmup)
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -271,11 +274,42 @@ def build_criterion(config: dict, model: torch.nn.Module) -> TripletCriterion:
     )
 
 
-def build_from_config(config: dict, n_attributes: int) -> torch.nn.Module:
+def build_from_config(config: dict, n_attributes: int, **extra) -> torch.nn.Module:
+    """The config's model; ``extra`` replaces model options (the warm-up trunk as ``pretrained``)."""
     from agman.models.registry import build_model
 
     name, options = model_options(config)
-    return build_model(name, n_attributes, **options)
+    return build_model(name, n_attributes, **{**options, **extra})
+
+
+def warm_up(config: dict, spec: DatasetSpec, run_dir: Path, ctx: D.DistributedContext, progress: bool) -> Path:
+    """The ``warmup`` section: value-classification pre-training of the configured backbone on the
+    train split (:mod:`agman.engine.pretrain`), run by rank 0 and reused from the run folder when a
+    trunk with the same settings is there; returns the trunk file for ``pretrained``."""
+    from agman.engine.pretrain import pretrain_backbone
+    from agman.models.registry import option
+
+    name, options = model_options(config)
+    if str(options.get("pretrained", "none")).lower() not in ("none", ""):
+        raise ValueError(f"warmup.epochs={config['warmup']['epochs']} replaces model.pretrained="
+                         f"{options['pretrained']!r}: set one of them")
+    wcfg, tcfg, dcfg = config["warmup"], config["train"], config["data"]
+    settings = dict(backbone=option(name, options, "backbone"), input_size=int(dcfg["input_size"]),
+                    crop_ratio=float(dcfg["crop_ratio"]), epochs=int(wcfg["epochs"]),
+                    batch_size=int(wcfg["batch_size"]), lr=float(wcfg["lr"]), seed=int(tcfg["seed"]))
+    key = hashlib.sha256(json.dumps([str(spec.root), spec.name, settings], sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(wcfg["dir"]) if wcfg["dir"] else run_dir
+    path = folder / f"warmup-{settings['backbone']}-{key}.pth"
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and ctx.device.type == "cuda")
+        result = pretrain_backbone(spec, path, **settings, workers=int(tcfg["workers"]), device=ctx.device, amp=amp,
+                                   channels_last=_switch(tcfg["channels_last"], ctx.device), progress=progress)
+        if result.epochs:
+            log.info("backbone warm-up: %d epochs in %.0f s, value cross-entropy %.4f -> %s",
+                     result.epochs, result.seconds, result.final_loss, path)
+    D.barrier(ctx)
+    return path
 
 
 def _find_resume(resume, run_dir: Path) -> Path | None:
@@ -331,9 +365,12 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
     seed = int(tcfg["seed"])
     sampler = make_sampler(train_split, int(tcfg["triplets_per_epoch"]), seed)
 
-    # Model, loss, optimisation.
+    # Model (on the warm-up trunk for a fresh run that asks for one), loss, optimisation.
+    extra = {}
+    if resume_path is None and int(config["warmup"]["epochs"]) > 0:
+        extra["pretrained"] = str(warm_up(config, spec, run_dir, ctx, progress))
     seed_everything(seed)
-    model = build_from_config(config, spec.n_attributes)
+    model = build_from_config(config, spec.n_attributes, **extra)
     criterion = build_criterion(config, model)
     channels_last = _switch(tcfg["channels_last"], device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -386,6 +423,8 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
         prefetch_factor=int(tcfg["prefetch_factor"]) if workers > 0 else None,
     )
     amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
+    if amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("train.amp=bf16 on a CPU without native bf16 instructions is slow; train.amp=none is faster here")
     step_fn = TrainStep(net, criterion, optimizer, device, channels_last=channels_last, amp=amp,
                         grad_clip=float(tcfg["grad_clip"]), ctx=ctx)
 
@@ -492,7 +531,7 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
     runlog.close()
     best = run_dir / BEST
     return TrainResult(run_dir, run_dir / LAST, best if best.exists() else None, best_score, history, interrupted,
-                       model, criterion)
+                       model, criterion, Path(extra["pretrained"]) if extra else None)
 
 
 def _epoch_line(row: dict, split: str, best: float) -> str:

@@ -37,6 +37,13 @@ def build_model(name: str, n_attributes: int, **config) -> AttributeModel:
     return cls(int(n_attributes), **config)
 
 
+def option(name: str, config: dict, key: str):
+    """The value model ``name`` uses for option ``key`` given ``config`` (the model's default if unset)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    return config.get(key, _MODELS[name].DEFAULTS.get(key))
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters, each shared tensor counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
