@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REAL_FASHIONAI_SPLIT
 
 from agman.cli import main
 from agman.data.check import check_dataset
 from agman.data.layouts import read_asen
-from conftest import REAL_FASHIONAI_SPLIT
 
 
 def test_clean_dataset_passes(asen_root, capsys):

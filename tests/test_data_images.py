@@ -6,7 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from agman.data.images import ImageListDataset, ImageLoadError, TripletImageDataset, load_image
+from agman.data.images import (
+    ImageListDataset,
+    ImageLoadError,
+    TripletImageDataset,
+    load_image,
+)
 from agman.data.layouts import read_asen
 from agman.data.transforms import IMAGENET_MEAN, build_transform, denormalize
 from agman.data.triplets import TripletSampler

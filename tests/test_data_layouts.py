@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL_FASHIONAI_SPLIT, make_asen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,6 @@ from agman.data.layouts import (
     write_asen,
 )
 from agman.data.spec import UNLABELED, DatasetError
-from conftest import REAL_FASHIONAI_SPLIT, make_asen
 
 
 # --------------------------------------------------------------------------- real FashionAI split

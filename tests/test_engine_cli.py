@@ -10,7 +10,7 @@ from agman.engine.config import packaged_config_dir
 
 TINY = ["model.embedding_dim=16", "model.attention_dim=16", "data.input_size=32", "train.workers=0",
         "train.batch_size=4", "train.triplets_per_epoch=8", "train.epochs=1", "eval.batch_size=16",
-        "output.tensorboard=false", "train.threads=1"]
+        "output.tensorboard=false", "train.threads=1", "warmup.epochs=1", "warmup.batch_size=8"]
 
 
 def tiny_train_args(root, out):

@@ -8,7 +8,11 @@ import torch
 
 from agman.data.layouts import open_dataset
 from agman.data.synthetic import generate
-from agman.engine.pretrain import ValueClassifier, pretrain_backbone, value_classification_loss
+from agman.engine.pretrain import (
+    ValueClassifier,
+    pretrain_backbone,
+    value_classification_loss,
+)
 from agman.models import build_model
 
 

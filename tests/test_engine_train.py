@@ -115,23 +115,32 @@ def test_missing_data_and_bad_switches(tmp_path):
 
 @pytest.mark.slow
 def test_training_on_the_synthetic_set_learns(tmp_path):
-    """A short run on a small synthetic set: validation MAP clearly above the untrained model."""
+    """A short run on a small synthetic set (backbone warm-up, then the paper's training): validation
+    MAP clearly above the untrained network and above the warm-up trunk with untrained heads."""
     from agman.data.synthetic import generate
     from agman.engine.evaluate import evaluate_model, open_data
     from agman.engine.train import build_from_config, seed_everything
 
-    root = generate(tmp_path / "synth", 600, 64, seed=0, progress=False)
+    root = generate(tmp_path / "synth", 1200, 32, seed=0, progress=False)
     cfg = from_dict({
-        "model": {"name": "agman", "backbone": "resnet18", "embedding_dim": 32, "attention_dim": 32},
-        "data": {"root": str(root), "input_size": 48, "crop_ratio": 1.0},
-        "train": {"epochs": 3, "triplets_per_epoch": 960, "batch_size": 32, "lr": 2e-3, "workers": 0},
+        "model": {"name": "agman", "backbone": "resnet18", "embedding_dim": 32, "attention_dim": 64},
+        "data": {"root": str(root), "input_size": 32, "crop_ratio": 1.0},
+        "warmup": {"epochs": 10, "batch_size": 32},
+        "train": {"epochs": 3, "triplets_per_epoch": 960, "batch_size": 32, "lr": 3e-4, "workers": 0},
         "eval": {"batch_size": 100},
         "output": {"dir": str(tmp_path / "run"), "progress": False, "tensorboard": False},
     })
     result = train(cfg)
+    assert result.warmup_trunk is not None and result.warmup_trunk.is_file()
     spec = open_data(cfg["data"])
-    seed_everything(0)
-    untrained = evaluate_model(build_from_config(cfg, spec.n_attributes).eval(), spec, "valid", input_size=48,
-                               crop_ratio=1.0, batch_size=100)
-    assert result.best_score > untrained.score + 0.05, (result.best_score, untrained.score)
+    view = dict(input_size=32, crop_ratio=1.0, batch_size=100)
+    scores = {}
+    for name, extra in (("random init", {}), ("warm-up only", {"pretrained": str(result.warmup_trunk)})):
+        seed_everything(0)
+        scores[name] = evaluate_model(build_from_config(cfg, spec.n_attributes, **extra).eval(), spec, "valid",
+                                      **view).score
+    print("valid MAP", result.best_score, scores)
+    # measured: 0.396 vs random init ~0.27 and warm-up only 0.295
+    assert result.best_score > scores["random init"] + 0.08, (result.best_score, scores)
+    assert result.best_score > scores["warm-up only"] + 0.05, (result.best_score, scores)
     assert math.isfinite(result.history[-1]["train_total"])

@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from agman.models import build_model, count_parameters
 from agman.models.agman import AGMAN, AGMANOfficial, released_code_parameter_count
 
-
-
 SMALL = dict(backbone="resnet18")
 SWITCHES = ("hierarchical", "classification", "asa", "sa", "aca", "ca")
 

@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from agman.models.attention import ACA, ASA, CA, SA, AttributeMasks, AttributeVector, weighted_sum_pool
-
+from agman.models.attention import (
+    ACA,
+    ASA,
+    CA,
+    SA,
+    AttributeMasks,
+    AttributeVector,
+    weighted_sum_pool,
+)
 
 
 def count(module):

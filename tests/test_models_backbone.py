@@ -18,7 +18,6 @@ from agman.models.backbone import (
 )
 
 
-
 @pytest.mark.parametrize(
     "arch, widths",
     [("resnet18", (128, 256, 512)), ("resnet34", (128, 256, 512)), ("resnet50", (512, 1024, 2048)),

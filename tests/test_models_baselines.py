@@ -8,7 +8,6 @@ from agman.models import build_model, count_parameters
 from agman.models.csn import ZAPPOS_ORIGINAL
 
 
-
 def test_csn_masks_feed_the_regularisers_and_learn():
     torch.manual_seed(0)
     model = build_model("csn", 4, backbone="resnet18", embedding_dim=32, mask_init="disjoint")

@@ -9,8 +9,6 @@ import torch
 from agman.models import MODEL_NAMES, ModelOutput, build_model, describe_models
 from agman.models.agman import released_code_parameter_count
 
-
-
 N_ATTRIBUTES = 5
 
 

@@ -6,7 +6,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agman.data.synthetic_render import ATTRIBUTES, SHAPE_ATTRIBUTES, GarmentParams, render, sample_params
+from agman.data.synthetic_render import (
+    ATTRIBUTES,
+    SHAPE_ATTRIBUTES,
+    GarmentParams,
+    render,
+    sample_params,
+)
 
 SIZE = 64
 NAMES = [a.name for a in ATTRIBUTES]

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.data.spec import SPLIT_NAMES, UNLABELED, Attribute, DatasetError, DatasetSpec, Split
+from agman.data.spec import (
+    SPLIT_NAMES,
+    UNLABELED,
+    Attribute,
+    DatasetError,
+    DatasetSpec,
+    Split,
+)
 from agman.fileio import atomic_write_text
 
 CSN_CONDITIONS = ("class", "closure", "gender", "heel")

@@ -208,7 +208,7 @@ class RunLog:
             w.writerows(history)
         try:
             plot_training_curves(history, self.run_dir / "curves.png")
-        except Exception as exc:  # noqa: BLE001 - a picture must never stop training
+        except Exception as exc:
             log.warning("could not draw curves.png: %s", exc)
         if self.writer is not None:
             self.writer.flush()

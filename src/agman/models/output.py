@@ -33,7 +33,7 @@ class ModelOutput:
     masks: Tensor | None = None
     general_embedding: Tensor | None = None
 
-    def select(self, k: int) -> "ModelOutput":
+    def select(self, k: int) -> ModelOutput:
         """Take attribute slot ``k`` of the per-attribute fields (``[B, K, ...] -> [B, ...]``)."""
         per_attribute = ("embedding", "attention", "masks", "general_embedding")
         changes = {
