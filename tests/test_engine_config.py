@@ -85,25 +85,18 @@ def test_bad_overrides_name_the_key_and_the_file(item, message):
     assert "synthetic/agman" in str(err.value)
 
 
-def test_bad_files(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epocs: 3\n", r"bad\.yaml: unknown key train\.epocs"),
+    ("train: {epochs: many}\n", r"bad\.yaml: train\.epochs must be an integer"),
+    ("train: [1, 2]\n", "must be a mapping"),
+    ("train: {epochs: 1\n", "not valid YAML"),
+    ("base: bad.yaml\n", "loops"),
+    ("base: missing.yaml\n", "base config not found"),
+])
+def test_bad_files(tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  epocs: 3\n")
-    with pytest.raises(C.ConfigError, match=r"bad\.yaml: unknown key train\.epocs"):
-        C.load_config(bad)
-    bad.write_text("train: {epochs: many}\n")
-    with pytest.raises(C.ConfigError, match=r"bad\.yaml: train\.epochs must be an integer"):
-        C.load_config(bad)
-    bad.write_text("train: [1, 2]\n")
-    with pytest.raises(C.ConfigError, match="must be a mapping"):
-        C.load_config(bad)
-    bad.write_text("train: {epochs: 1\n")
-    with pytest.raises(C.ConfigError, match="not valid YAML"):
-        C.load_config(bad)
-    bad.write_text("base: bad.yaml\n")
-    with pytest.raises(C.ConfigError, match="loops"):
-        C.load_config(bad)
-    bad.write_text("base: missing.yaml\n")
-    with pytest.raises(C.ConfigError, match="base config not found"):
+    bad.write_text(text)
+    with pytest.raises(C.ConfigError, match=message):
         C.load_config(bad)
 
 
