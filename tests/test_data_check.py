@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from conftest import REAL_FASHIONAI_SPLIT
+from conftest import REAL_FASHIONAI_SPLIT, needs_real_split
 
 from agman.cli import main
 from agman.data.check import check_dataset
@@ -70,7 +69,7 @@ def test_csn_and_csv_layouts(csn_root, catalog_csv, capsys):
     assert "train: 48 images" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not REAL_FASHIONAI_SPLIT.is_dir(), reason="shared FashionAI split files not present")
+@needs_real_split
 def test_real_split_counts(capsys):
     assert main(["data", "check", str(REAL_FASHIONAI_SPLIT), "--no-images"]) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REAL_FASHIONAI_SPLIT, make_asen
+from conftest import REAL_FASHIONAI_SPLIT, make_asen, needs_real_split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +22,7 @@ from agman.data.spec import UNLABELED, DatasetError
 
 
 # --------------------------------------------------------------------------- real FashionAI split
-@pytest.mark.skipif(not REAL_FASHIONAI_SPLIT.is_dir(), reason="shared FashionAI split files not present")
+@needs_real_split
 def test_real_fashionai_validation_split():
     spec = open_dataset(REAL_FASHIONAI_SPLIT)
     meta = json.loads((REAL_FASHIONAI_SPLIT / "meta.json").read_text())

@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from conftest import needs_real_split
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -27,6 +29,7 @@ def test_gpu_train_benchmark_runs_tiny_on_cpu(tmp_path):
     assert result["device"].startswith("cpu")
 
 
+@needs_real_split
 def test_eval_speed_benchmark_agrees_with_the_loop(tmp_path):
     result = load("eval_speed").main(["--dim", "8", "--queries", "120", "--repeat", "1"])
     assert result["queries"] == 120 and result["candidates"] == 14400

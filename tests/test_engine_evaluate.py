@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REAL_FASHIONAI_SPLIT
+from conftest import REAL_FASHIONAI_SPLIT, needs_real_split
 from test_engine_metrics import reference_ap
 
 from agman.data.layouts import open_dataset
@@ -83,6 +83,7 @@ def test_triplet_evaluation():
     assert tr.average_loss == pytest.approx((0.0 + 0.0 + 1.2) / 3)
 
 
+@needs_real_split
 def test_fashionai_validation_scale_runs(tmp_path):
     spec = open_dataset(REAL_FASHIONAI_SPLIT, allow_singletons=True)
     split = spec.split("valid")
