@@ -11,7 +11,7 @@ from PIL import Image
 
 os.environ.setdefault("AGMAN_OFFLINE", "1")  # tests never download
 
-import torch
+import torch  # noqa: E402
 
 # One intra-op thread per test process: on small VMs the tiny tensors of unit tests run many times
 # slower with several threads, and CI spreads test files over processes (pytest-xdist) instead.

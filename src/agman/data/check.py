@@ -74,7 +74,7 @@ def check_image(path: Path) -> str | None:
             im.load()
     except FileNotFoundError:
         return f"missing image file: {path}"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a finding, not a crash
         return f"unreadable image file: {path} ({type(exc).__name__}: {exc})"
     return None
 
@@ -85,7 +85,7 @@ def _split_counts(spec: DatasetSpec, name: str) -> SplitCounts:
     for a, attr in enumerate(spec.attributes):
         col = split.labels[:, a]
         labelled[attr.name] = np.bincount(col[col != UNLABELED], minlength=attr.n_values).tolist()
-    per_attr = lambda rows: {
+    per_attr = lambda rows: {  # noqa: E731
         spec.attributes[a].name: int(n) for a, n in enumerate(np.bincount(rows[:, 1], minlength=spec.n_attributes)) if n
     }
     triplets = sum(len(t) for t in (split.triplets or {}).values())

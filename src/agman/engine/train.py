@@ -208,7 +208,7 @@ class RunLog:
             w.writerows(history)
         try:
             plot_training_curves(history, self.run_dir / "curves.png")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a picture must never stop training
             log.warning("could not draw curves.png: %s", exc)
         if self.writer is not None:
             self.writer.flush()
@@ -221,6 +221,11 @@ class RunLog:
 # --------------------------------------------------------------------------- the run
 def _switch(value, device: torch.device) -> bool:
     return device.type == "cuda" if value == "auto" else bool(value)
+
+
+def _amp(tcfg: dict, device: torch.device) -> bool:
+    """``train.amp``: bf16 autocast when asked, or by default (``auto``) on GPU."""
+    return tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
 
 
 class TrainStep:
@@ -302,8 +307,8 @@ def warm_up(config: dict, spec: DatasetSpec, run_dir: Path, ctx: D.DistributedCo
     path = folder / f"warmup-{settings['backbone']}-{key}.pth"
     if ctx.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and ctx.device.type == "cuda")
-        result = pretrain_backbone(spec, path, **settings, workers=int(tcfg["workers"]), device=ctx.device, amp=amp,
+        result = pretrain_backbone(spec, path, **settings, workers=int(tcfg["workers"]), device=ctx.device,
+                                   amp=_amp(tcfg, ctx.device),
                                    channels_last=_switch(tcfg["channels_last"], ctx.device), progress=progress)
         if result.epochs:
             log.info("backbone warm-up: %d epochs in %.0f s, value cross-entropy %.4f -> %s",
@@ -422,7 +427,7 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
         persistent_workers=bool(tcfg["persistent_workers"]) and workers > 0,
         prefetch_factor=int(tcfg["prefetch_factor"]) if workers > 0 else None,
     )
-    amp = tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
+    amp = _amp(tcfg, device)
     if amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("train.amp=bf16 on a CPU without native bf16 instructions is slow; train.amp=none is faster here")
     step_fn = TrainStep(net, criterion, optimizer, device, channels_last=channels_last, amp=amp,

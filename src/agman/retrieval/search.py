@@ -200,7 +200,7 @@ class Retriever:
             config = IndexConfig.from_dict(base)
         retriever = cls(CatalogIndex(index_dir, config), checkpoint=checkpoint, device=device)
         if load_model:
-            retriever.model
+            retriever.model  # noqa: B018 - load and verify now
         return retriever
 
     # ------------------------------------------------------------------ model

@@ -208,7 +208,7 @@ def create_app(
     if not isinstance(retriever, Retriever):
         retriever = Retriever.open(retriever, checkpoint, device=device, load_model=True)
     else:
-        retriever.model
+        retriever.model  # noqa: B018 - load and verify the checkpoint before serving
     limits = limits or ServiceLimits()
     queries = QueryStore(limits.query_cache)
     # The model runs one request at a time on its own thread, so that requests waiting for it do
