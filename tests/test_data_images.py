@@ -13,7 +13,7 @@ from agman.data.images import (
     load_image,
 )
 from agman.data.layouts import read_asen
-from agman.data.transforms import IMAGENET_MEAN, build_transform, denormalize
+from agman.data.transforms import IMAGENET_MEAN, build_transform, denormalize, model_view
 from agman.data.triplets import TripletSampler
 
 
@@ -40,6 +40,17 @@ def test_train_transform_flips_sometimes():
 def test_bad_transform_arguments():
     with pytest.raises(ValueError, match="crop_ratio"):
         build_transform(64, crop_ratio=1.5)
+
+
+def test_model_view_is_the_evaluation_crop():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    view = model_view(image, 64, 0.875)
+    assert view.size == (64, 64)
+    as_tensor = build_transform(64, train=False, crop_ratio=0.875).transforms[2:]
+    expected = build_transform(64, train=False, crop_ratio=0.875)(image)
+    assert torch.equal(as_tensor[1](as_tensor[0](view)), expected)
+    with pytest.raises(ValueError, match="crop_ratio"):
+        model_view(image, 64, 1.5)
 
 
 def test_corrupt_image_reported_with_path(tmp_path):

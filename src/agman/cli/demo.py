@@ -127,21 +127,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_view(info, image):
-    """The crop the model sees (resize + centre crop of the evaluation transform), as a PIL image."""
-    from agman.data.transforms import build_transform
-
-    resize_crop = build_transform(info.input_size, train=False, crop_ratio=info.crop_ratio).transforms[:2]
-    for t in resize_crop:
-        image = t(image)
-    return image
-
-
 def _pictures(model, info, spec, out: Path, trained_embeddings: np.ndarray) -> dict[str, list[str]]:
     import torch
 
     from agman.data.images import load_image
-    from agman.data.transforms import build_transform
+    from agman.data.transforms import build_transform, model_view
     from agman.engine.evaluate import rank_split
     from agman.retrieval.render import attention_overlay, result_grid
 
@@ -175,8 +165,8 @@ def _pictures(model, info, spec, out: Path, trained_embeddings: np.ndarray) -> d
             maps = model.attention_map(torch.stack([transform(p) for p in pil]), torch.full((len(pil),), a))
         if maps is None:
             continue
-        tiles = [attention_overlay(_model_view(info, p).resize((160, 160)), m.float().numpy(), 0.5)
-                 for p, m in zip(pil, maps)]
+        views = [model_view(p, info.input_size, info.crop_ratio).resize((160, 160)) for p in pil]
+        tiles = [attention_overlay(v, m.float().numpy(), 0.5) for v, m in zip(views, maps)]
         labels = [f"{attr.values[int(split.labels[i, a])]} (image {i})" for i in sample]
         sheet = _strip(tiles, labels, f"ASA attention for {attr.name} (red = high), over the {info.input_size}-px model view")
         path = heatmaps / f"{attr.name}.png"

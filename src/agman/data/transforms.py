@@ -11,16 +11,25 @@ def build_transform(input_size: int = 224, train: bool = False, crop_ratio: floa
     """Resize the short side to ``input_size / crop_ratio``, centre-crop ``input_size``, (train: random
     horizontal flip), to tensor, ImageNet-normalise.  ``crop_ratio=1`` keeps the whole image (used for
     the synthetic set, whose garments fill the frame)."""
-    if input_size < 16:
-        raise ValueError(f"input_size must be at least 16 pixels, got {input_size}")
-    if not 0 < crop_ratio <= 1:
-        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
-    resize = int(round(input_size / crop_ratio))
-    steps = [T.Resize(resize, antialias=True), T.CenterCrop(input_size)]
+    steps = _view_steps(input_size, crop_ratio)
     if train:
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return T.Compose(steps)
+
+
+def _view_steps(input_size: int, crop_ratio: float) -> list:
+    if input_size < 16:
+        raise ValueError(f"input_size must be at least 16 pixels, got {input_size}")
+    if not 0 < crop_ratio <= 1:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    return [T.Resize(int(round(input_size / crop_ratio)), antialias=True), T.CenterCrop(input_size)]
+
+
+def model_view(image, input_size: int, crop_ratio: float):
+    """The PIL image as the model sees it (the resize and centre crop of :func:`build_transform`),
+    for drawing attention maps over the pixels they came from."""
+    return T.Compose(_view_steps(input_size, crop_ratio))(image)
 
 
 def denormalize(tensor):

@@ -271,11 +271,9 @@ class Retriever:
 
     def model_view(self, image: Image.Image | str | os.PathLike) -> Image.Image:
         """The image as the model sees it (short side resized, centre crop), for overlays."""
-        from torchvision.transforms import functional as TF
+        from agman.data.transforms import model_view
 
-        image = load_query_image(image)
-        resized = TF.resize(image, round(self.input_size / self.crop_ratio), antialias=True)
-        return TF.center_crop(resized, [self.input_size, self.input_size])
+        return model_view(load_query_image(image), self.input_size, self.crop_ratio)
 
     def attention_image(
         self, image: Image.Image | str | os.PathLike, attribute: str, alpha: float = 0.5
