@@ -10,6 +10,7 @@ from agman.retrieval.render import (
     QUERY_BLUE,
     RED,
     attention_overlay,
+    captioned_strip,
     fit_image,
     heat_colors,
     ranking_comparison,
@@ -102,3 +103,20 @@ def test_ranking_comparison_one_row_per_model():
     assert two.width == one.width
     with pytest.raises(ValueError):
         ranking_comparison(_img(), {})
+
+
+def test_captioned_strip_places_every_image_and_checks_captions():
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
+    strip = captioned_strip([Image.new("RGB", (64, 64), c) for c in colours], ["a", "b", "c"], tile_size=64)
+    titled = captioned_strip([Image.new("RGB", (64, 64), c) for c in colours], ["a", "b", "c"], "title",
+                             tile_size=64)
+    assert strip.width == titled.width and titled.height > strip.height
+    pixels = np.asarray(strip)
+    y = 6 + 32  # the middle of the tiles' row
+    for k, colour in enumerate(colours):  # each image's colour sits in its own column, left to right
+        x = 6 + k * (64 + 6) + 32
+        assert tuple(pixels[y, x]) == colour
+    with pytest.raises(ValueError, match="one caption per image"):
+        captioned_strip([Image.new("RGB", (8, 8))], ["a", "b"])
+    with pytest.raises(ValueError, match="at least one image"):
+        captioned_strip([], [])

@@ -133,7 +133,7 @@ def _pictures(model, info, spec, out: Path, trained_embeddings: np.ndarray) -> d
     from agman.data.images import load_image
     from agman.data.transforms import build_transform, model_view
     from agman.engine.evaluate import rank_split
-    from agman.retrieval.render import attention_overlay, result_grid
+    from agman.retrieval.render import attention_overlay, captioned_strip, result_grid
 
     split = spec.split("test")
     grids, heatmaps = out / "grids", out / "attention"
@@ -168,26 +168,12 @@ def _pictures(model, info, spec, out: Path, trained_embeddings: np.ndarray) -> d
         views = [model_view(p, info.input_size, info.crop_ratio).resize((160, 160)) for p in pil]
         tiles = [attention_overlay(v, m.float().numpy(), 0.5) for v, m in zip(views, maps)]
         labels = [f"{attr.values[int(split.labels[i, a])]} (image {i})" for i in sample]
-        sheet = _strip(tiles, labels, f"ASA attention for {attr.name} (red = high), over the {info.input_size}-px model view")
+        sheet = captioned_strip(tiles, labels,
+                                f"ASA attention for {attr.name} (red = high), over the {info.input_size}-px model view")
         path = heatmaps / f"{attr.name}.png"
         sheet.save(path)
         written["attention"].append(path.name)
     return written
-
-
-def _strip(tiles, captions: list[str], title: str):
-    """Pictures side by side with a caption under each and a title above."""
-    from PIL import Image, ImageDraw
-
-    gap, band, size = 8, 22, tiles[0].width
-    sheet = Image.new("RGB", (gap + len(tiles) * (size + gap), 2 * band + size + gap), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((gap, 5), title, fill="black")
-    for k, (tile, caption) in enumerate(zip(tiles, captions)):
-        x = gap + k * (size + gap)
-        sheet.paste(tile, (x, band))
-        draw.text((x, band + size + 4), caption, fill="black")
-    return sheet
 
 
 def _summary(rows: dict, names: list[str], elapsed: float, t_data: float, t_train: float, config: dict,

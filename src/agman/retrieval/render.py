@@ -157,6 +157,22 @@ def ranking_comparison(
     return _stack([band, out]) if band else out
 
 
+def captioned_strip(images: Sequence[Image.Image], captions: Sequence[str], title: str = "", *,
+                    tile_size: int = 160) -> Image.Image:
+    """Images side by side, each with its caption below, under an optional title (e.g. Fig. 7's
+    attention maps over several images)."""
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"captioned_strip needs one caption per image and at least one image, "
+                         f"got {len(images)} images and {len(captions)} captions")
+    font = _font(max(10, tile_size // 12))
+    tiles = [_tile(image, caption, None, tile_size, font) for image, caption in zip(images, captions)]
+    row = Image.new("RGB", (_GAP + len(tiles) * (tile_size + _GAP), tiles[0].height + 2 * _GAP), BACKGROUND)
+    for k, tile in enumerate(tiles):
+        row.paste(tile, (_GAP + k * (tile_size + _GAP), _GAP))
+    band = _title_band(title, row.width, _font(max(12, tile_size // 10)))
+    return _stack([band, row]) if band else row
+
+
 def heat_colors(values: np.ndarray) -> np.ndarray:
     """The 'jet' colour map: values in [0, 1] ``[...]`` -> uint8 RGB ``[..., 3]`` (blue = low, red = high)."""
     v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
