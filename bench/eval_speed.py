@@ -53,6 +53,7 @@ def main(argv=None) -> dict:
 
     from agman.data.layouts import open_dataset
     from agman.engine.evaluate import evaluate_asfr
+    from agman.fileio import atomic_write_json
 
     split = open_dataset(args.split_dir, allow_singletons=True).split("valid")
     if args.queries:
@@ -81,10 +82,9 @@ def main(argv=None) -> dict:
         out["speedup"] = round(out["loop_seconds"] / out["vectorised_seconds"], 1)
         if out["max_abs_difference"] > 1e-9:
             raise SystemExit(f"vectorised and loop AP differ by {out['max_abs_difference']}")
-    text = json.dumps(out, indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+        atomic_write_json(args.out, out, indent=2)
+    print(json.dumps(out, indent=2))
     return out
 
 

@@ -15,12 +15,12 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from agman.engine.losses import TripletCriterion
 from agman.engine.train import TrainStep
+from agman.fileio import atomic_write_json
 from agman.models.registry import build_model
 
 
@@ -134,10 +134,9 @@ def main(argv=None) -> dict:
         "embed_all": [bench_embedding(args, device, d == "bf16") for d in dtypes],
     }
     result["total_seconds"] = round(time.perf_counter() - start, 1)
-    text = json.dumps(result, indent=2)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+        atomic_write_json(args.out, result, indent=2)
+    print(json.dumps(result, indent=2))
     return result
 
 
