@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -111,6 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from agman.engine.distributed import pick_device
     from agman.engine.evaluate import evaluate_checkpoint
     from agman.engine.report import write_report_tables
+    from agman.fileio import atomic_write_json
 
     data = {}
     if args.data:
@@ -124,7 +124,7 @@ def run_eval(args: argparse.Namespace) -> int:
     metrics = result.to_dict()
     text = write_report_tables(out, f"eval-{args.split}", {label: metrics}, info.attribute_names,
                                title=f"{info.model_name} on the {args.split} split ({result.images} images)")
-    (out / f"eval-{args.split}.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    atomic_write_json(out / f"eval-{args.split}.json", metrics)
     print(text)
     print(f"\ntables written to {out}/eval-{args.split}.csv and .md ({result.seconds:.1f} s)")
     return 0

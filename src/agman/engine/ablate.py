@@ -24,6 +24,7 @@ from agman.engine.config import load_config
 from agman.engine.evaluate import evaluate_checkpoint
 from agman.engine.report import write_report_tables
 from agman.engine.train import train
+from agman.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,8 @@ def run_ablation(
         metrics[v.name] = evaluation.to_dict()
         attribute_names = info.attribute_names
         seconds[v.name] = time.perf_counter() - t0
-        metrics_file.write_text(json.dumps({"metrics": metrics[v.name], "attributes": attribute_names,
-                                            "seconds": seconds[v.name], "overrides": list(v.overrides)}, indent=1),
-                                encoding="utf-8")
+        atomic_write_json(metrics_file, {"metrics": metrics[v.name], "attributes": attribute_names,
+                                         "seconds": seconds[v.name], "overrides": list(v.overrides)})
         log.info("[%d/%d] %s: %s score %.4f in %.0f s", i, len(runs), v.name, split, evaluation.score, seconds[v.name])
     texts = []
     for grid, variants in per_grid.items():
@@ -167,7 +167,7 @@ def run_ablation(
     everything = {f"{v.name}": metrics[v.name] for v in runs}
     texts.append(write_report_tables(out, "ablation", everything, attribute_names, title=f"All runs, {split} split"))
     total = time.perf_counter() - start
-    (out / "ablation-times.json").write_text(json.dumps({"total_seconds": total, "runs": seconds}, indent=1), encoding="utf-8")
+    atomic_write_json(out / "ablation-times.json", {"total_seconds": total, "runs": seconds})
     return AblationResult(out, metrics, "\n\n".join(texts), total, seconds)
 
 
