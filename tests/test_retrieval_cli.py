@@ -105,7 +105,7 @@ def test_search_errors_for_items_images_indexes_and_checkpoints(catalog, capsys,
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     rc, _, err = run(capsys, "search", "--index", out, "--image", bad, "-a", "attr0")
-    assert rc == 2 and "cannot read image" in err
+    assert rc == 1 and "cannot read image" in err  # the file exists but is damaged: a runtime error
     rc, _, err = run(capsys, "search", "--index", out, "--image", tmp_path / "missing.jpg", "-a", "attr0")
     assert rc == 2 and "not found" in err
     rc, _, err = run(capsys, "search", "--index", tmp_path / "no-index", "--item", "x", "-a", "attr0")

@@ -12,12 +12,14 @@ import logging
 import os
 import sys
 
+from agman.errors import AgmanError, UsageError
+
 # Sub-command modules, in the order they are listed by --help.
 COMMAND_MODULES = ("data", "models", "train", "demo", "retrieval", "serve")
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as ``agman: error: <message>`` with exit code 2."""
+class CLIError(UsageError):
+    """A wrong command line: printed as ``agman: error: <message>`` with exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"agman.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name == f"agman.cli.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"agman.cli.{name}").register(sub)
     return parser
 
 
@@ -53,14 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except CLIError as exc:
+    except AgmanError as exc:  # the one place errors become messages; anything else is a bug
         print(f"agman: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        # Library errors carry the file/line/value; show them without a traceback.
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"agman: error: {msg}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from agman.cli import data_synth
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,13 +57,7 @@ def register(subparsers) -> None:
     imp.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     imp.set_defaults(func=run_import_csv)
 
-    try:
-        synth = importlib.import_module("agman.cli.data_synth")
-    except ModuleNotFoundError as exc:
-        if exc.name != "agman.cli.data_synth":
-            raise
-    else:
-        synth.register(sub)
+    data_synth.register(sub)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 

@@ -51,24 +51,20 @@ def register(data_subparsers) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from agman.cli import CLIError
     from agman.data.layouts import open_dataset
     from agman.data.synthetic import generate
 
-    try:
-        out = generate(
-            args.out,
-            args.images,
-            args.size,
-            args.seed,
-            args.mode,
-            progress=not args.no_progress,
-            workers=args.workers,
-            triplets=args.triplets,
-            reuse=args.reuse,
-        )
-    except FileExistsError as exc:
-        raise CLIError(str(exc)) from None
+    out = generate(
+        args.out,
+        args.images,
+        args.size,
+        args.seed,
+        args.mode,
+        progress=not args.no_progress,
+        workers=args.workers,
+        triplets=args.triplets,
+        reuse=args.reuse,
+    )
     spec = open_dataset(out)
     counts = ", ".join(
         f"{name} {len(s)}" + (f" ({len(s.queries)} queries, {len(s.candidates)} candidates)" if len(s.queries) else "")

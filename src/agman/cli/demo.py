@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.cli import CLIError
 from agman.cli.train import add_override_argument
 
 log = logging.getLogger(__name__)
@@ -46,15 +45,6 @@ def register(subparsers) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from agman.data.images import ImageLoadError
-
-    try:
-        return _run(args)
-    except (FileExistsError, ImageLoadError) as exc:
-        raise CLIError(str(exc)) from None
-
-
-def _run(args: argparse.Namespace) -> int:
     from agman.engine.checkpoint import load_model
     from agman.engine.config import load_config
     from agman.engine.evaluate import (

@@ -81,23 +81,6 @@ class _SplitOptions:
             self.group.add_argument(*names, **kwargs)
 
 
-def user_errors():
-    """Library errors that are the user's input, shown as ``agman: error: ...``."""
-    from agman.data.images import ImageLoadError
-
-    return (ValueError, KeyError, FileNotFoundError, ImageLoadError)
-
-
-def _run(func, args):
-    try:
-        return func(args)
-    except CLIError:
-        raise
-    except user_errors() as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise CLIError(msg) from None
-
-
 # --------------------------------------------------------------------------- register
 def register(subparsers) -> None:
     from agman.cli.data import add_dataset_arguments
@@ -142,7 +125,7 @@ def register(subparsers) -> None:
     idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     idx.add_argument("--device", default="cpu", help="torch device (default cpu)")
     idx.add_argument("--no-progress", action="store_true", help="no progress bar")
-    idx.set_defaults(func=lambda a: _run(run_index, a))
+    idx.set_defaults(func=run_index)
 
     search = subparsers.add_parser(
         "search",
@@ -161,7 +144,7 @@ def register(subparsers) -> None:
     )
     search.add_argument("--grid", metavar="PNG", help="also save the query + top-k grid picture (Fig. 5)")
     add_search_tuning(search)
-    search.set_defaults(func=lambda a: _run(run_search, a))
+    search.set_defaults(func=run_search)
 
     att = subparsers.add_parser(
         "attention",
@@ -173,7 +156,7 @@ def register(subparsers) -> None:
     att.add_argument("--out", required=True, help="PNG to write")
     att.add_argument("--checkpoint", help="checkpoint (default: the one that built the index)")
     att.add_argument("--device", default="cpu")
-    att.set_defaults(func=lambda a: _run(run_attention, a))
+    att.set_defaults(func=run_attention)
 
     cmp_ = subparsers.add_parser(
         "compare",
@@ -187,7 +170,7 @@ def register(subparsers) -> None:
     cmp_.add_argument("--annotated-only", action="store_true")
     cmp_.add_argument("--out", required=True, help="PNG to write")
     cmp_.add_argument("--device", default="cpu")
-    cmp_.set_defaults(func=lambda a: _run(run_compare, a))
+    cmp_.set_defaults(func=run_compare)
 
 
 # --------------------------------------------------------------------------- index

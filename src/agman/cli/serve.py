@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from agman.cli import CLIError
-
 
 def register(subparsers) -> None:
     from agman.service.app import (
@@ -42,20 +40,17 @@ def register(subparsers) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from agman.cli.retrieval import open_retriever, user_errors
+    from agman.cli.retrieval import open_retriever
     from agman.service.app import ServiceLimits, create_app
 
-    try:
-        limits = ServiceLimits(
-            max_k=args.max_k,
-            max_upload_bytes=int(args.max_upload_mb * 2**20),
-            max_pixels=args.max_pixels,
-            query_cache=args.query_cache,
-        )
-        retriever = open_retriever(args, load_model=True)
-        app = create_app(retriever, limits=limits)
-    except user_errors() as exc:
-        raise CLIError(str(exc)) from None
+    limits = ServiceLimits(
+        max_k=args.max_k,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=args.max_pixels,
+        query_cache=args.query_cache,
+    )
+    retriever = open_retriever(args, load_model=True)
+    app = create_app(retriever, limits=limits)
     print(f"serving {args.index} ({len(retriever)} items) on http://{args.host}:{args.port}/  (docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -87,14 +87,10 @@ def _config_from_args(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from agman.data.images import ImageLoadError
     from agman.engine.train import train
 
     config = _config_from_args(args)
-    try:
-        result = train(config, resume=args.resume, overwrite=args.force)
-    except (FileExistsError, ImageLoadError) as exc:
-        raise CLIError(str(exc)) from None
+    result = train(config, resume=args.resume, overwrite=args.force)
     from agman.engine.distributed import env_world
 
     if env_world()[0] != 0:

@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from agman.errors import AgmanError
 
-class ImageLoadError(RuntimeError):
+
+class ImageLoadError(AgmanError, RuntimeError):
     """An image file is missing or cannot be decoded; the message names its path."""
 
 

@@ -40,6 +40,7 @@ from agman.data.spec import (
     DatasetSpec,
     Split,
 )
+from agman.errors import InvalidValueError
 from agman.fileio import atomic_write_text
 
 CSN_CONDITIONS = ("class", "closure", "gender", "heel")
@@ -642,4 +643,4 @@ def open_dataset(
         return read_csn(root, image_root=image_root)
     if layout == "csv":
         return read_catalog_csv(root, seed=seed)
-    raise ValueError(f"unknown layout {layout!r}: expected 'asen', 'csn' or 'csv'")
+    raise InvalidValueError(f"unknown layout {layout!r}: expected 'asen', 'csn' or 'csv'")

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from agman.errors import AgmanError, UnknownNameError
+
 UNLABELED = -1
 """Value stored in ``Split.labels`` where an image carries no value for an attribute."""
 
 SPLIT_NAMES = ("train", "valid", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(AgmanError, ValueError):
     """A dataset file is malformed.  The message names the file, the line and what was expected."""
 
     def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
@@ -101,13 +103,13 @@ class DatasetSpec:
         for i, a in enumerate(self.attributes):
             if a.name == name:
                 return i
-        raise KeyError(f"unknown attribute {name!r}; known: {', '.join(self.attribute_names)}")
+        raise UnknownNameError(f"unknown attribute {name!r}; known: {', '.join(self.attribute_names)}")
 
     def split(self, name: str) -> Split:
         try:
             return self.splits[name]
         except KeyError:
-            raise KeyError(f"dataset {self.name!r} has no split {name!r}; it has: {', '.join(self.splits)}") from None
+            raise UnknownNameError(f"dataset {self.name!r} has no split {name!r}; it has: {', '.join(self.splits)}") from None
 
     def image_path(self, split: str, index: int) -> Path:
         return self.root / self.split(split).paths[index]

@@ -34,6 +34,7 @@ import numpy as np
 from agman.data.layouts import write_asen
 from agman.data.spec import SPLIT_NAMES, UNLABELED, DatasetSpec, Split
 from agman.data.synthetic_render import ATTRIBUTES, GarmentParams, render, sample_params
+from agman.errors import AlreadyExistsError, InvalidValueError
 from agman.fileio import atomic_write_text
 
 DEFAULT_IMAGES = 4000
@@ -107,14 +108,14 @@ def _balanced_counts(n: int, k: int) -> list[int]:
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown annotation mode {mode!r}: expected 'all' (every image, every attribute) or 'single'")
+        raise InvalidValueError(f"unknown annotation mode {mode!r}: expected 'all' (every image, every attribute) or 'single'")
 
 
 def plan_dataset(n_images: int, seed: int, mode: str = "all") -> list[PlannedImage]:
     """Assign every image its split, true values, annotated attributes and query/candidate role."""
     _check_mode(mode)
     if n_images < minimum_images(mode):
-        raise ValueError(
+        raise InvalidValueError(
             f"{n_images} images are too few for mode {mode!r}: every value needs two annotated images in each "
             f"split (8:1:1); use at least {minimum_images(mode)}"
         )
@@ -323,12 +324,12 @@ def _settings(n_images: int, size: int, seed: int, mode: str, triplets: tuple[in
 def _prepare_output(out: Path) -> None:
     """Empty folder: fine.  A previous synthetic set: its files are replaced.  Anything else: refuse."""
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
+        raise AlreadyExistsError(f"{out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         out.mkdir(parents=True, exist_ok=True)
         return
     if not (out / "synth.json").is_file():
-        raise FileExistsError(
+        raise AlreadyExistsError(
             f"{out} is not empty and holds no synthetic set (no synth.json): choose an empty or new folder"
         )
     for name in _OUTPUT_DIRS:
@@ -360,10 +361,10 @@ def generate(
 
     _check_mode(mode)
     if size < 32:
-        raise ValueError(f"size must be at least 32 pixels (attributes are not visible below), got {size}")
+        raise InvalidValueError(f"size must be at least 32 pixels (attributes are not visible below), got {size}")
     counts = tuple(int(c) for c in (triplets if triplets is not None else default_triplet_counts(n_images)))
     if len(counts) != 3 or min(counts) < 0:
-        raise ValueError(f"triplets must be three non-negative counts (train, valid, test), got {triplets!r}")
+        raise InvalidValueError(f"triplets must be three non-negative counts (train, valid, test), got {triplets!r}")
     out = Path(out_dir)
     settings = _settings(n_images, size, seed, mode, counts)
     if reuse and _is_complete(out, settings):

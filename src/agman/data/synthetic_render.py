@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 from agman.data.spec import Attribute
+from agman.errors import InvalidValueError
 
 ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("sleeve_length", ("sleeveless", "short", "elbow", "long")),
@@ -476,7 +477,7 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
     figure masks (for tests of the region boxes).
     """
     if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+        raise InvalidValueError(f"size must be at least 16 pixels, got {size}")
     ss = max(1, int(supersample))
     canvas_size = size * ss
     frame = _Frame(params, canvas_size)

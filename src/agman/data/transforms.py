@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torchvision import transforms as T
 
+from agman.errors import InvalidValueError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -20,9 +22,9 @@ def build_transform(input_size: int = 224, train: bool = False, crop_ratio: floa
 
 def _view_steps(input_size: int, crop_ratio: float) -> list:
     if input_size < 16:
-        raise ValueError(f"input_size must be at least 16 pixels, got {input_size}")
+        raise InvalidValueError(f"input_size must be at least 16 pixels, got {input_size}")
     if not 0 < crop_ratio <= 1:
-        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+        raise InvalidValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
     return [T.Resize(int(round(input_size / crop_ratio)), antialias=True), T.CenterCrop(input_size)]
 
 

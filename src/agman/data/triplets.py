@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agman.data.spec import UNLABELED, Split
+from agman.data.spec import UNLABELED, DatasetError, Split
 
 TRIPLET_COLUMNS = ("attribute", "anchor", "positive", "negative")
 
@@ -50,7 +50,7 @@ class TripletSampler:
         self.groups = {a: _AttributeGroups(split.labels[:, a]) for a in range(split.labels.shape[1])}
         self.attributes = np.array([a for a, g in self.groups.items() if g.usable], dtype=np.int64)
         if not len(self.attributes):
-            raise ValueError(
+            raise DatasetError(
                 f"split {split.name!r} cannot form any triplet: no attribute has a value with two images "
                 "and a second value"
             )
@@ -92,7 +92,7 @@ class TripletListSampler:
 
     def __init__(self, split: Split, n_triplets: int | None = None, seed: int = 0):
         if not split.triplets:
-            raise ValueError(f"split {split.name!r} has no triplet lists")
+            raise DatasetError(f"split {split.name!r} has no triplet lists")
         parts = []
         for a, rows in sorted(split.triplets.items()):
             anchor, far, close = rows[:, 0], rows[:, 1], rows[:, 2]

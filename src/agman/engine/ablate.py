@@ -24,6 +24,7 @@ from agman.engine.config import load_config
 from agman.engine.evaluate import evaluate_checkpoint
 from agman.engine.report import write_report_tables
 from agman.engine.train import train
+from agman.errors import InvalidValueError
 from agman.fileio import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def plan(grids: list[str]) -> tuple[dict[str, list[Variant]], list[Variant]]:
     """The variants of each requested grid and the unique runs they need."""
     unknown = [g for g in grids if g not in GRIDS]
     if unknown:
-        raise ValueError(f"unknown grid(s) {', '.join(unknown)}; choose from {', '.join(GRIDS)}")
+        raise InvalidValueError(f"unknown grid(s) {', '.join(unknown)}; choose from {', '.join(GRIDS)}")
     per_grid = {g: GRIDS[g]() for g in grids}
     unique: dict[tuple, Variant] = {}
     for variants in per_grid.values():

@@ -13,13 +13,14 @@ from typing import Any
 import torch
 
 from agman.data.spec import Attribute
+from agman.errors import AgmanError, NotFoundError
 from agman.fileio import atomic_write
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_name", "model_config", "attributes", "input_size", "state_dict")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AgmanError, ValueError):
     """A checkpoint file is missing, unreadable or lacks what agman needs; the message names the file."""
 
 
@@ -111,7 +112,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load and validate a checkpoint dict (``weights_only``: no code runs while loading)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise NotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file must name itself

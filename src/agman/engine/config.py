@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from agman.errors import UsageError
+
 PACKAGED_PREFIX = "configs"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -123,7 +125,7 @@ NON_NEGATIVE = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file or override is wrong; the message names the key and where it came from."""
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from agman.errors import InvalidValueError
+
 
 @dataclass
 class DistributedContext:
@@ -50,7 +52,7 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={requested!r} but CUDA is not available on this machine")
+            raise InvalidValueError(f"train.device={requested!r} but CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agman.data.spec import DatasetSpec, Split
+from agman.data.spec import DatasetError, DatasetSpec, Split
 from agman.engine import metrics
 from agman.engine.embed import embed_images
+from agman.errors import InvalidValueError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def evaluate_embeddings(
     if s.triplets:
         result.tr = evaluate_triplets(embeddings, s, names, margin)
     if result.asfr is None and result.tr is None:
-        raise ValueError(f"split {split!r} of {spec.name!r} has neither query/candidate lists nor triplet lists")
+        raise DatasetError(f"split {split!r} of {spec.name!r} has neither query/candidate lists nor triplet lists")
     return result
 
 
@@ -330,7 +331,7 @@ def open_data(data: dict, progress: bool = False) -> DatasetSpec:
 
     root = data.get("root")
     if not root:
-        raise ValueError("no dataset given: set data.root in the config (or data.root=PATH / --data PATH)")
+        raise InvalidValueError("no dataset given: set data.root in the config (or data.root=PATH / --data PATH)")
     root = Path(root)
     synth = data.get("synthetic")
     if synth:
@@ -339,12 +340,12 @@ def open_data(data: dict, progress: bool = False) -> DatasetSpec:
         known = {"images", "size", "seed", "mode", "workers"}
         unknown = sorted(set(synth) - known)
         if unknown:
-            raise ValueError(f"data.synthetic: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+            raise InvalidValueError(f"data.synthetic: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         log.info("synthetic set at %s (generated if absent)", root)
         generate(root, int(synth.get("images", 4000)), int(synth.get("size", 96)), int(synth.get("seed", 0)),
                  mode=str(synth.get("mode", "all")), progress=progress, workers=int(synth.get("workers", 2)), reuse=True)
     if not root.exists():
-        raise FileNotFoundError(f"data root {root} does not exist (set data.root=PATH or --data PATH)")
+        raise NotFoundError(f"data root {root} does not exist (set data.root=PATH or --data PATH)")
     return open_dataset(root, data.get("dataset"), layout=data.get("layout"), meta=data.get("meta"),
                         yaml_config=data.get("yaml"), image_root=data.get("image_root"))
 
@@ -369,7 +370,7 @@ def evaluate_checkpoint(
     data_cfg.update(data or {})
     spec = open_data(data_cfg)
     if spec.attribute_names != info.attribute_names:
-        raise ValueError(
+        raise InvalidValueError(
             f"checkpoint {checkpoint} was trained on attributes {info.attribute_names}; "
             f"dataset {data_cfg.get('root')} has {spec.attribute_names}"
         )

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agman.errors import InvalidValueError
 from agman.models.output import ModelOutput
 
 WEIGHTINGS = ("dynamic", "uncertainty", "fixed")
@@ -68,13 +69,13 @@ class LossWeighting(nn.Module):
                  weights: dict[str, float] | None = None):
         super().__init__()
         if mode not in WEIGHTINGS:
-            raise ValueError(f"loss weighting must be one of {', '.join(WEIGHTINGS)}, got {mode!r}")
+            raise InvalidValueError(f"loss weighting must be one of {', '.join(WEIGHTINGS)}, got {mode!r}")
         self.terms = tuple(terms)
         self.mode = mode
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.terms))
         if unknown:
-            raise ValueError(f"loss weights given for unknown term(s) {', '.join(unknown)}; terms: {', '.join(self.terms)}")
+            raise InvalidValueError(f"loss weights given for unknown term(s) {', '.join(unknown)}; terms: {', '.join(self.terms)}")
         self.fixed = {t: float(weights.get(t, 1.0)) for t in self.terms}
         if mode == "fixed":
             self.log_weights = None
@@ -138,13 +139,13 @@ class TripletCriterion(nn.Module):
         parts = {"triplet": triplet_ranking_loss(anchor, positive, negative, self.margin)}
         if self.classification:
             if output.attribute_logits is None:
-                raise ValueError("the classification loss needs a model with a classification branch "
+                raise InvalidValueError("the classification loss needs a model with a classification branch "
                                  "(set loss.classification=false or model.classification=true)")
             parts["classification"] = attribute_classification_loss(output.attribute_logits, attribute_ids.repeat(3))
         total = self.weighting(parts)
         if self.mask_l1 or self.embed_l2:
             if output.masks is None or output.general_embedding is None:
-                raise ValueError("mask_l1/embed_l2 regularisers need a model with attribute masks (CSN, agman-official)")
+                raise InvalidValueError("mask_l1/embed_l2 regularisers need a model with attribute masks (CSN, agman-official)")
             reg = self.mask_l1 * mask_l1_penalty(output.masks, batch)
             reg = reg + self.embed_l2 * embedding_l2_penalty(output.general_embedding, batch)
             parts["regularization"] = reg

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from agman.data.images import ImageListDataset
-from agman.data.spec import UNLABELED, DatasetSpec
+from agman.data.spec import UNLABELED, DatasetError, DatasetSpec
 from agman.data.transforms import build_transform
 from agman.engine.checkpoint import atomic_torch_save
 from agman.models.backbone import ResNetTrunk
@@ -112,7 +112,7 @@ def pretrain_backbone(
         return PretrainResult(out_path, 0, float("nan"), 0.0)
     train = spec.split("train")
     if not (train.labels != UNLABELED).any():
-        raise ValueError(f"dataset {spec.name!r} has no value labels in its train split: nothing to pre-train on")
+        raise DatasetError(f"dataset {spec.name!r} has no value labels in its train split: nothing to pre-train on")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     images = ImageListDataset(train.paths, spec.root, build_transform(input_size, train=True, crop_ratio=crop_ratio))

@@ -42,6 +42,7 @@ from agman.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from agman.engine.config import default_run_dir, model_options, plain, save_config
 from agman.engine.evaluate import evaluate_model, open_data
 from agman.engine.losses import TripletCriterion
+from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def warm_up(config: dict, spec: DatasetSpec, run_dir: Path, ctx: D.DistributedCo
 
     name, options = model_options(config)
     if str(options.get("pretrained", "none")).lower() not in ("none", ""):
-        raise ValueError(f"warmup.epochs={config['warmup']['epochs']} replaces model.pretrained="
+        raise InvalidValueError(f"warmup.epochs={config['warmup']['epochs']} replaces model.pretrained="
                          f"{options['pretrained']!r}: set one of them")
     wcfg, tcfg, dcfg = config["warmup"], config["train"], config["data"]
     settings = dict(backbone=option(name, options, "backbone"), input_size=int(dcfg["input_size"]),
@@ -324,7 +325,7 @@ def _find_resume(resume, run_dir: Path) -> Path | None:
     if path.is_dir():
         path = path / LAST
     if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {path} not found")
+        raise NotFoundError(f"nothing to resume: {path} not found")
     return path
 
 
@@ -356,7 +357,7 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
     run_dir = default_run_dir(config)
     resume_path = _find_resume(resume, run_dir)
     if ctx.is_main and resume_path is None and (run_dir / LAST).exists() and not overwrite:
-        raise FileExistsError(f"{run_dir} already holds a run ({LAST}); resume it (--resume), "
+        raise AlreadyExistsError(f"{run_dir} already holds a run ({LAST}); resume it (--resume), "
                               f"choose another output.dir, or overwrite it (--force)")
     progress = bool(ocfg["progress"]) and ctx.is_main
 
@@ -388,9 +389,9 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location="cpu")
         if ckpt["model_name"] != config["model"]["name"]:
-            raise ValueError(f"{resume_path} holds a {ckpt['model_name']!r} model; the config trains {config['model']['name']!r}")
+            raise InvalidValueError(f"{resume_path} holds a {ckpt['model_name']!r} model; the config trains {config['model']['name']!r}")
         if "optimizer" not in ckpt:
-            raise ValueError(f"{resume_path} has no training state to resume from (is it a best.pt?)")
+            raise InvalidValueError(f"{resume_path} has no training state to resume from (is it a best.pt?)")
         model.load_state_dict(ckpt["state_dict"])
         criterion.load_state_dict(ckpt["loss_state"])
         optimizer.load_state_dict(ckpt["optimizer"])

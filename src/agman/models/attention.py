@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agman.errors import InvalidValueError
+
 ATTRIBUTE_ACTIVATIONS = ("gate", "tanh", "relu")
 
 
@@ -20,7 +22,7 @@ class AttributeVector(nn.Module):
     def __init__(self, n_attributes: int, dim: int, activation: str = "gate", embedding: nn.Embedding | None = None):
         super().__init__()
         if activation not in ATTRIBUTE_ACTIVATIONS:
-            raise ValueError(f"attribute activation must be one of {ATTRIBUTE_ACTIVATIONS}, got {activation!r}")
+            raise InvalidValueError(f"attribute activation must be one of {ATTRIBUTE_ACTIVATIONS}, got {activation!r}")
         # A shared table (the released code shares one between ASA and ACA) is used, not owned.
         self.embedding = embedding if embedding is not None else nn.Embedding(n_attributes, dim)
         self.fc = nn.Linear(self.embedding.embedding_dim, dim)
@@ -56,7 +58,7 @@ class ASA(nn.Module):
     ):
         super().__init__()
         if normalization not in ("softmax", "sigmoid"):
-            raise ValueError(f"ASA normalization must be 'softmax' or 'sigmoid', got {normalization!r}")
+            raise InvalidValueError(f"ASA normalization must be 'softmax' or 'sigmoid', got {normalization!r}")
         self.project = nn.Conv2d(in_channels, channels, kernel_size=1) if in_channels else None
         self.norm = nn.BatchNorm2d(channels)
         self.attribute = AttributeVector(n_attributes, channels, attribute_activation, embedding)
@@ -90,7 +92,7 @@ class SA(nn.Module):
     def __init__(self, kernel_size: int = 7):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"SA kernel size must be odd and positive, got {kernel_size}")
+            raise InvalidValueError(f"SA kernel size must be odd and positive, got {kernel_size}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -124,9 +126,9 @@ class ACA(nn.Module):
         attribute_dim = attribute_dim or channels
         hidden = hidden or channels
         if combine not in ("concat", "add"):
-            raise ValueError(f"ACA combine must be 'concat' or 'add', got {combine!r}")
+            raise InvalidValueError(f"ACA combine must be 'concat' or 'add', got {combine!r}")
         if combine == "add" and attribute_dim != channels:
-            raise ValueError(f"ACA combine='add' needs attribute_dim == channels ({attribute_dim} != {channels})")
+            raise InvalidValueError(f"ACA combine='add' needs attribute_dim == channels ({attribute_dim} != {channels})")
         self.attribute = AttributeVector(n_attributes, attribute_dim, attribute_activation, embedding)
         self.fc1 = nn.Linear(channels + attribute_dim if combine == "concat" else channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
@@ -147,7 +149,7 @@ class CA(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         if reduction < 1 or channels // reduction < 1:
-            raise ValueError(f"CA reduction {reduction} is invalid for {channels} channels")
+            raise InvalidValueError(f"CA reduction {reduction} is invalid for {channels} channels")
         self.down = nn.Linear(channels, channels // reduction, bias=False)
         self.up = nn.Linear(channels // reduction, channels, bias=False)
 
@@ -170,7 +172,7 @@ class AttributeMasks(nn.Module):
     def __init__(self, n_attributes: int, dim: int, init: str = "normal"):
         super().__init__()
         if init not in MASK_INITS:
-            raise ValueError(f"mask init must be one of {MASK_INITS}, got {init!r}")
+            raise InvalidValueError(f"mask init must be one of {MASK_INITS}, got {init!r}")
         block = dim // n_attributes
         if init == "normal":
             table = torch.empty(n_attributes, dim).normal_(0.9, 0.7)

@@ -13,13 +13,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from agman.errors import AgmanError, InvalidValueError
+
 log = logging.getLogger(__name__)
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 OFFLINE_ENV = "AGMAN_OFFLINE"
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(AgmanError, RuntimeError):
     """Pretrained weights could not be found or loaded; the message says where they were expected."""
 
 
@@ -51,7 +53,7 @@ class ResNetTrunk(nn.Module):
     def __init__(self, arch: str = "resnet50", with_layer4: bool = True):
         super().__init__()
         if arch not in BACKBONES:
-            raise ValueError(f"unknown backbone {arch!r}; choose one of {', '.join(BACKBONES)}")
+            raise InvalidValueError(f"unknown backbone {arch!r}; choose one of {', '.join(BACKBONES)}")
         net = getattr(torchvision.models, arch)(weights=None)
         self.arch = arch
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from agman.errors import InvalidValueError
 from agman.models.backbone import LoadReport, ResNetTrunk, load_pretrained
 from agman.models.output import ModelOutput
 
@@ -32,7 +33,7 @@ class AttributeModel(nn.Module):
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__()
         if int(n_attributes) < 1:
-            raise ValueError(f"n_attributes must be at least 1, got {n_attributes}")
+            raise InvalidValueError(f"n_attributes must be at least 1, got {n_attributes}")
         self.n_attributes = int(n_attributes)
         self.config = self.resolve_options(options)
         self.embedding_dim = self.config.get("embedding_dim")
@@ -45,7 +46,7 @@ class AttributeModel(nn.Module):
         ``ValueError``s that name the option (configs come from YAML)."""
         unknown = sorted(set(options) - set(cls.DEFAULTS))
         if unknown:
-            raise ValueError(f"model {cls.name!r} takes no option(s) {', '.join(unknown)}; "
+            raise InvalidValueError(f"model {cls.name!r} takes no option(s) {', '.join(unknown)}; "
                              f"it takes {', '.join(sorted(cls.DEFAULTS))} and pretrained")
         resolved = dict(cls.DEFAULTS)
         for key, value in options.items():
@@ -54,7 +55,7 @@ class AttributeModel(nn.Module):
             wrong = (isinstance(default, bool) and not isinstance(value, bool)) or (
                 kind in (int, str) and (not isinstance(value, kind) or isinstance(value, bool)))
             if wrong:
-                raise ValueError(f"model {cls.name!r}: option {key} must be {kind.__name__}, got {value!r}")
+                raise InvalidValueError(f"model {cls.name!r}: option {key} must be {kind.__name__}, got {value!r}")
             resolved[key] = value
         return resolved
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agman.errors import InvalidValueError
 from agman.models.attention import AttributeMasks
 from agman.models.backbone import ResNetTrunk
 from agman.models.base import AttributeModel
@@ -36,7 +37,7 @@ class CSN(AttributeModel):
         super().__init__(n_attributes, pretrained, **options)
         cfg = self.config
         if cfg["feature_level"] not in FEATURE_LEVELS:
-            raise ValueError(f"feature_level must be one of {FEATURE_LEVELS}, got {cfg['feature_level']!r}")
+            raise InvalidValueError(f"feature_level must be one of {FEATURE_LEVELS}, got {cfg['feature_level']!r}")
         self.trunk = ResNetTrunk(cfg["backbone"], with_layer4=cfg["feature_level"] == "layer4")
         self.embed = nn.Linear(self.trunk.channels[cfg["feature_level"]], self.embedding_dim)
         self.masks = AttributeMasks(self.n_attributes, self.embedding_dim, cfg["mask_init"])

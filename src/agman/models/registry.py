@@ -5,6 +5,7 @@ import logging
 
 import torch
 
+from agman.errors import InvalidValueError
 from agman.models.agman import AGMAN, AGMANOfficial
 from agman.models.asen import ASENetV2
 from agman.models.attnfashion import AttnFashion
@@ -29,7 +30,7 @@ def build_model(name: str, n_attributes: int, **config) -> AttributeModel:
     ``build_model(model.name, model.n_attributes, **model.config)`` never downloads).
     """
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise InvalidValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     cls = _MODELS[name]
     for key in set(COMMON_KEYS) - set(cls.DEFAULTS) - {"pretrained"}:
         if key in config:  # e.g. attention_dim for CSN: the model has no such part
@@ -40,7 +41,7 @@ def build_model(name: str, n_attributes: int, **config) -> AttributeModel:
 def option(name: str, config: dict, key: str):
     """The value model ``name`` uses for option ``key`` given ``config`` (the model's default if unset)."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise InvalidValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     return config.get(key, _MODELS[name].DEFAULTS.get(key))
 
 

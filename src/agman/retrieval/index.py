@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agman.errors import AgmanError, InvalidValueError, UnknownNameError, UsageError
 from agman.fileio import atomic_write, atomic_write_json
 from agman.retrieval.sources import ImageSet
 
@@ -50,19 +51,19 @@ INDEX_TYPES = {
 }
 
 
-class CatalogIndexError(ValueError):
+class CatalogIndexError(AgmanError, ValueError):
     """An index directory is missing, malformed, or cannot take what was asked."""
 
 
-class IndexMismatchError(CatalogIndexError):
+class IndexMismatchError(UsageError, CatalogIndexError):
     """The index was built by another checkpoint (different weight identity): embeddings cannot mix."""
 
 
-class IndexExistsError(CatalogIndexError):
+class IndexExistsError(UsageError, CatalogIndexError):
     """The output folder already holds a complete index and no images were asked to be added."""
 
 
-class IndexNotFoundError(CatalogIndexError):
+class IndexNotFoundError(UsageError, CatalogIndexError):
     """No index in the folder (no index.json)."""
 
 
@@ -87,13 +88,13 @@ class IndexConfig:
 
     def __post_init__(self):
         if self.kind not in INDEX_TYPES:
-            raise ValueError(f"unknown index type {self.kind!r}; choose one of {', '.join(INDEX_TYPES)}")
+            raise InvalidValueError(f"unknown index type {self.kind!r}; choose one of {', '.join(INDEX_TYPES)}")
         for name in ("nprobe", "hnsw_m", "ef_construction", "ef_search", "rerank"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("nlist", "pq_m"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InvalidValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @property
     def exact(self) -> bool:
@@ -146,7 +147,7 @@ def factory_string(config: IndexConfig, d: int, n: int) -> tuple[str, int]:
         return f"IVF{nlist},SQ8", faiss.METRIC_L2
     m = config.pq_m or auto_pq_m(d)
     if d % m:
-        raise ValueError(f"pq_m={m} must divide the embedding size {d}")
+        raise InvalidValueError(f"pq_m={m} must divide the embedding size {d}")
     nbits = 8 if n >= 256 * 39 else max(1, min(8, int(math.log2(max(n // 39, 2)))))
     return f"IVF{nlist},PQ{m}x{nbits}", faiss.METRIC_L2
 
@@ -577,7 +578,7 @@ class CatalogIndex:
         try:
             return self.attribute_names.index(name)
         except ValueError:
-            raise KeyError(f"unknown attribute {name!r}; this index has: {', '.join(self.attribute_names)}") from None
+            raise UnknownNameError(f"unknown attribute {name!r}; this index has: {', '.join(self.attribute_names)}") from None
 
     def vectors(self, a: int) -> np.ndarray:
         """Exact embeddings ``[count, D]`` float32 of attribute ``a`` (memory-mapped, read-only)."""

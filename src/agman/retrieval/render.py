@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from agman.errors import InvalidValueError
+
 Result = tuple[Image.Image, float, "bool | None"]
 
 GREEN = (34, 160, 60)
@@ -106,7 +108,7 @@ def result_grid(
     More than ``columns`` results wrap onto further rows, which leave the query column empty.
     """
     if columns < 1:
-        raise ValueError(f"columns must be at least 1, got {columns}")
+        raise InvalidValueError(f"columns must be at least 1, got {columns}")
     _check_results(results, "results")
     font = _font(max(10, tile_size // 10))
     query = _tile(query_image, "query", QUERY_BLUE, tile_size, font)
@@ -196,7 +198,7 @@ def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 
     if not np.all(np.isfinite(att)):
         raise ValueError("attention map contains NaN or infinite values")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InvalidValueError(f"alpha must be in [0, 1], got {alpha}")
     image = image.convert("RGB")
     lo, hi = float(att.min()), float(att.max())
     norm = (att - lo) / (hi - lo) if hi > lo else np.zeros_like(att)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from agman.errors import NotFoundError, UsageError
 from agman.retrieval.index import (
     CatalogIndex,
     IndexConfig,
@@ -39,7 +40,7 @@ SCAN_CHUNK = 1 << 16  # rows per block of an exact scan
 BORDER_EPS = 1e-5  # float error allowed between FAISS's and the exact score of the same pair
 
 
-class QueryError(ValueError):
+class QueryError(UsageError, ValueError):
     """A query the index cannot answer as asked (unknown attribute, bad weight, bad k, ...)."""
 
 
@@ -510,4 +511,6 @@ def load_query_image(image: Image.Image | str | os.PathLike) -> Image.Image:
         return image.convert("RGB") if image.mode != "RGB" else image
     from agman.data.images import load_image
 
+    if not Path(image).exists():  # a path the user typed: a usage error, unlike a catalog image gone missing
+        raise NotFoundError(f"query image not found: {image}")
     return load_image(image)

@@ -14,6 +14,7 @@ import numpy as np
 
 from agman.data.layouts import read_catalog_csv
 from agman.data.spec import UNLABELED, DatasetError, DatasetSpec
+from agman.errors import InvalidValueError, NotFoundError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -41,7 +42,7 @@ class ImageSet:
         seen: dict[str, int] = {}
         for i, item_id in enumerate(self.ids):
             if item_id in seen:
-                raise ValueError(f"item id {item_id!r} appears twice in {self.description or 'the image set'}")
+                raise InvalidValueError(f"item id {item_id!r} appears twice in {self.description or 'the image set'}")
             seen[item_id] = i
 
     def __len__(self) -> int:
@@ -56,13 +57,13 @@ def from_directory(folder: str | Path) -> ImageSet:
     """Every image file under ``folder`` (recursively, sorted by relative path); no labels."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise NotFoundError(f"image folder not found: {folder}")
     files = sorted(
         (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
         key=lambda p: _posix(p.relative_to(folder)),
     )
     if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        raise InvalidValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     base = folder.resolve()
     return ImageSet(
         ids=[_posix(p.relative_to(folder)) for p in files],
@@ -113,7 +114,7 @@ def from_split(spec: DatasetSpec, split: str, part: str = "all") -> ImageSet:
     evaluation ranks for that attribute, in the same order of positions.
     """
     if part not in SPLIT_PARTS:
-        raise ValueError(f"part must be one of {', '.join(SPLIT_PARTS)}, got {part!r}")
+        raise InvalidValueError(f"part must be one of {', '.join(SPLIT_PARTS)}, got {part!r}")
     s = spec.split(split)
     if part == "all":
         label_rows = s.labels

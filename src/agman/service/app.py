@@ -47,6 +47,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from agman.data.images import ImageLoadError
+from agman.errors import InvalidValueError
 from agman.retrieval.search import (
     NoModelError,
     QueryError,
@@ -78,7 +79,7 @@ class ServiceLimits:
     ):
         for name, value in (("max_k", max_k), ("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels)):
             if int(value) < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise InvalidValueError(f"{name} must be at least 1, got {value}")
         self.max_k = int(max_k)
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_pixels = int(max_pixels)
