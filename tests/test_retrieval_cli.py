@@ -74,7 +74,8 @@ def test_search_table_json_and_grid(catalog, capsys):
     assert len([ln for ln in lines if ln.strip().split(" ")[0].isdigit()]) == 4
     with Image.open(tmp / "grid.png") as im:
         assert im.width > 4 * 128
-    rc, stdout, _ = run(capsys, "search", "--index", out, "--image", tmp / "ds" / item, "-a", "attr1", "--k", "3", "--json")
+    rc, stdout, _ = run(capsys, "search", "--index", out, "--image", tmp / "ds" / item, "-a", "attr1", "--k", "3",
+                        "--json")
     body = json.loads(stdout)
     assert body["query"]["id"] == item and body["attributes"] == {"attr1": 1.0}
     assert [r["rank"] for r in body["results"]] == [1, 2, 3]
@@ -121,7 +122,8 @@ def test_search_errors_for_items_images_indexes_and_checkpoints(catalog, capsys,
 def test_attention_and_compare_pictures(catalog, capsys, tmp_path):
     tmp, spec, _ck_a, ck_b, out = catalog
     item = spec.split("test").paths[2]
-    rc, stdout, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--out", tmp_path / "h.png")
+    rc, stdout, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1",
+                          "--out", tmp_path / "h.png")
     assert rc == 0, err
     with Image.open(tmp_path / "h.png") as im:
         assert im.size == (64, 64)

@@ -15,19 +15,17 @@ from conftest import make_asen, make_csv, write_image
 from agman.data.layouts import open_dataset
 from agman.engine.checkpoint import save_checkpoint
 from agman.models import build_model
-from agman.retrieval.index import (
+from agman.retrieval.build import build_index
+from agman.retrieval.faiss_index import auto_nlist, auto_pq_m, factory_string
+from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.info import (
     INDEX_TYPES,
-    CatalogIndex,
     CatalogIndexError,
     IndexConfig,
     IndexExistsError,
     IndexMismatchError,
-    auto_nlist,
-    auto_pq_m,
-    build_index,
-    factory_string,
-    read_items,
 )
+from agman.retrieval.items import read_items
 from agman.retrieval.sources import ImageSet, from_csv, from_directory, from_split
 
 INPUT_SIZE = 64
@@ -37,7 +35,8 @@ def tiny_checkpoint(path: Path, attributes, seed: int = 0, model: str = "agman")
     """A real, randomly initialised small model saved as a checkpoint."""
     torch.manual_seed(seed)
     net = build_model(model, len(attributes), backbone="resnet18", embedding_dim=32, attention_dim=16)
-    return save_checkpoint(path, model=net, model_name=model, attributes=attributes, input_size=INPUT_SIZE, crop_ratio=1.0)
+    return save_checkpoint(path, model=net, model_name=model, attributes=attributes, input_size=INPUT_SIZE,
+                           crop_ratio=1.0)
 
 
 def tiny_dataset(root: Path, n_test: int = 30) -> Path:
@@ -136,13 +135,14 @@ def test_build_writes_the_documented_directory(tmp_path):
     spec, _ckpt, out = build_tiny_index(tmp_path, shard_size=8)
     meta = json.loads((out / "index.json").read_text())
     assert meta["count"] == 30 and meta["dim"] == 32 and meta["index"]["kind"] == "flat"
-    assert meta["model_name"] == "agman" and len(meta["checkpoint"]["identity"]) == 16
+    assert meta["format_version"] == 2 and "model_name" not in meta  # v2: the model name once, in "checkpoint"
+    assert meta["checkpoint"]["model_name"] == "agman" and len(meta["checkpoint"]["identity"]) == 16
     assert [a["name"] for a in meta["attributes"]] == ["attr0", "attr1"]
     assert not (out / "progress.json").exists() and not (out / "shards").exists()
     items = read_items(out / "items.jsonl")
     assert [it.id for it in items] == spec.split("test").paths
     assert items[1].labels == {"attr0": "attr0_v1", "attr1": "attr1_v1"}
-    idx = CatalogIndex(out)
+    idx = FaissStore(out)
     for a in range(2):
         v = idx.vectors(a)
         assert v.shape == (30, 32)
@@ -161,7 +161,7 @@ def test_index_embeddings_equal_the_one_pass_embedding(tmp_path):
     model, info = load_model(ckpt)
     paths = [str(spec.root / p) for p in spec.split("test").paths]
     ref = embed_images(model, paths, None, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=8)
-    idx = CatalogIndex(out)
+    idx = FaissStore(out)
     for a in range(2):
         assert np.array_equal(np.asarray(idx.vectors(a)), ref[:, a])
     from agman.data.images import load_image
@@ -187,7 +187,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
         build_index(out, images, ckpt, batch_size=4, shard_size=8, on_shard=crash_after_first_shard)
     progress = json.loads((out / "progress.json").read_text())
     assert progress["embedded"] == 8 and len(progress["shards"]) == 1
-    assert CatalogIndex(out).count == 0  # nothing searchable until the run completes
+    assert FaissStore(out).count == 0  # nothing searchable until the run completes
 
     # a broken image stops the run with its path; shards before it are kept
     broken = Path(images.paths[13])
@@ -207,7 +207,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     fresh = tmp_path / "fresh"
     build_index(fresh, images, ckpt, batch_size=4, shard_size=8)
     for a in range(2):
-        assert np.array_equal(np.asarray(CatalogIndex(out).vectors(a)), np.asarray(CatalogIndex(fresh).vectors(a)))
+        assert np.array_equal(np.asarray(FaissStore(out).vectors(a)), np.asarray(FaissStore(fresh).vectors(a)))
 
 
 def test_add_appends_new_images_only_and_grows_faiss(tmp_path):
@@ -221,7 +221,7 @@ def test_add_appends_new_images_only_and_grows_faiss(tmp_path):
         build_index(out, every, ckpt)
     summary = build_index(out, every, ckpt, add=True, batch_size=8)
     assert (summary.added, summary.skipped, summary.count, summary.embedded) == (10, 20, 30, 10)
-    idx = CatalogIndex(out)
+    idx = FaissStore(out)
     assert [it.id for it in idx.items] == every.ids
     assert idx.faiss_index(0).ntotal == 30 and idx.kind == "hnsw"
     again = build_index(out, every, ckpt, add=True)
@@ -277,9 +277,9 @@ def test_every_index_type_builds_and_finds_exact_neighbours_on_a_small_catalog(t
     from agman.retrieval.search import Retriever
 
     _, _, out = build_tiny_index(tmp_path, kind=kind)
-    exact = CatalogIndex(out).vectors(0)
+    exact = FaissStore(out).vectors(0)
     r = Retriever.open(out)
-    assert r.index.kind == kind
+    assert r.store.kind == kind
     q = r.item_vectors(3)
     res = r.search(q, "attr0", k=5)
     truth = np.lexsort((np.arange(len(exact)), -np.einsum("ij,j->i", np.asarray(exact), q[0])))[:5]

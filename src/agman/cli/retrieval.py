@@ -47,44 +47,45 @@ def add_query_arguments(parser: argparse.ArgumentParser, several_attributes: boo
         parser.add_argument("--attribute", "-a", required=True, metavar="NAME", help="attribute")
 
 
+def add_model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """``--checkpoint`` (the index's own by default) and ``--device``, for commands that embed queries."""
+    if checkpoint:
+        parser.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+
+
 def add_search_tuning(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
-    parser.add_argument("--device", default="cpu", help="torch device for image queries (default cpu)")
-    parser.add_argument("--nprobe", type=positive_int, help="IVF cells searched (approximate indexes)")
-    parser.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
-    parser.add_argument("--rerank", type=positive_int, help="shortlist = k x RERANK per attribute, re-scored exactly")
+    """The index's search-time settings: stored by `agman index`, overridden by search/serve/compare."""
+    from agman.retrieval.info import IndexConfig
+
+    d = IndexConfig()
+    parser.add_argument("--nprobe", type=positive_int, help=f"IVF cells searched (index default {d.nprobe})")
+    parser.add_argument("--ef-search", type=positive_int, help=f"HNSW search breadth (index default {d.ef_search})")
+    parser.add_argument(
+        "--rerank",
+        type=positive_int,
+        help=f"approximate: shortlist k x RERANK per attribute, re-scored exactly (index default {d.rerank})",
+    )
 
 
 def open_retriever(args: argparse.Namespace, index_dir: str | None = None, load_model: bool = False):
+    """The Retriever of ``--index`` (or ``index_dir``) with the command's model options and search settings."""
+    from agman.retrieval.info import IndexConfig
     from agman.retrieval.search import Retriever
 
     return Retriever.open(
         index_dir or args.index,
         getattr(args, "checkpoint", None),
-        device=getattr(args, "device", "cpu"),
+        device=args.device,
         load_model=load_model,
-        nprobe=getattr(args, "nprobe", None),
-        ef_search=getattr(args, "ef_search", None),
-        rerank=getattr(args, "rerank", None),
+        **{name: getattr(args, name, None) for name in IndexConfig.SEARCH_SETTINGS},
     )
-
-
-class _SplitOptions:
-    """Takes ``agman data``'s dataset options (all but its positional root, which is ``--images``
-    here) into an argument group, so both commands open datasets with the same options."""
-
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.group = parser.add_argument_group("dataset split (with --split; --images is the dataset root)")
-
-    def add_argument(self, *names, **kwargs):
-        if names != ("root",):
-            self.group.add_argument(*names, **kwargs)
 
 
 # --------------------------------------------------------------------------- register
 def register(subparsers) -> None:
     from agman.cli.data import add_dataset_arguments
-    from agman.retrieval.index import INDEX_TYPES
+    from agman.retrieval.info import INDEX_TYPES, IndexConfig
     from agman.retrieval.sources import SPLIT_PARTS
 
     idx = subparsers.add_parser(
@@ -109,21 +110,24 @@ def register(subparsers) -> None:
         default="all",
         help="with --split: all images, or only the candidate / query images with those rows' labels",
     )
-    add_dataset_arguments(_SplitOptions(idx))
+    split_options = idx.add_argument_group("dataset split (with --split; --images is the dataset root)")
+    add_dataset_arguments(split_options, root=False)
     idx.add_argument("--out", required=True, help="index folder to create, resume or (with --add) grow")
     idx.add_argument("--add", action="store_true", help="add the images not yet in an existing index")
-    idx.add_argument("--type", dest="index_type", choices=list(INDEX_TYPES), help="index type (new index; default flat)")
+    idx.add_argument(
+        "--type", dest="index_type", choices=list(INDEX_TYPES), help="index type (new index; default flat)"
+    )
     idx.add_argument("--nlist", type=positive_int, help="IVF cells (default about 4*sqrt(items))")
-    idx.add_argument("--nprobe", type=positive_int, default=32, help="IVF cells searched (default 32)")
-    idx.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW neighbours per node (default 32)")
-    idx.add_argument("--ef-construction", type=positive_int, default=64, help="HNSW build breadth (default 64)")
-    idx.add_argument("--ef-search", type=positive_int, default=128, help="HNSW search breadth (default 128)")
+    idx.add_argument("--hnsw-m", type=positive_int, help=f"HNSW neighbours per node (default {IndexConfig.hnsw_m})")
+    idx.add_argument(
+        "--ef-construction", type=positive_int, help=f"HNSW build breadth (default {IndexConfig.ef_construction})"
+    )
     idx.add_argument("--pq-m", type=positive_int, help="PQ sub-quantizers (default D/8)")
-    idx.add_argument("--rerank", type=positive_int, default=10, help="approximate: shortlist k x RERANK, re-scored exactly (default 10)")
+    add_search_tuning(idx)
     idx.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     idx.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable shard (default 1024)")
     idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
-    idx.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_model_options(idx, checkpoint=False)  # --checkpoint is required here, above
     idx.add_argument("--no-progress", action="store_true", help="no progress bar")
     idx.set_defaults(func=run_index)
 
@@ -143,6 +147,7 @@ def register(subparsers) -> None:
         help="rank only items annotated with every queried attribute (as the evaluation does)",
     )
     search.add_argument("--grid", metavar="PNG", help="also save the query + top-k grid picture (Fig. 5)")
+    add_model_options(search)
     add_search_tuning(search)
     search.set_defaults(func=run_search)
 
@@ -154,8 +159,7 @@ def register(subparsers) -> None:
     add_query_arguments(att, several_attributes=False)
     att.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
     att.add_argument("--out", required=True, help="PNG to write")
-    att.add_argument("--checkpoint", help="checkpoint (default: the one that built the index)")
-    att.add_argument("--device", default="cpu")
+    add_model_options(att)
     att.set_defaults(func=run_attention)
 
     cmp_ = subparsers.add_parser(
@@ -169,7 +173,8 @@ def register(subparsers) -> None:
     cmp_.add_argument("--exclude-self", action="store_true")
     cmp_.add_argument("--annotated-only", action="store_true")
     cmp_.add_argument("--out", required=True, help="PNG to write")
-    cmp_.add_argument("--device", default="cpu")
+    add_model_options(cmp_, checkpoint=False)  # each index embeds with its own checkpoint
+    add_search_tuning(cmp_)
     cmp_.set_defaults(func=run_compare)
 
 
@@ -181,7 +186,7 @@ def image_set_from_args(args: argparse.Namespace):
     if args.split:
         from agman.cli.data import open_from_args
 
-        spec = open_from_args(argparse.Namespace(**vars(args), root=args.images), allow_singletons=True)
+        spec = open_from_args(args, allow_singletons=True, root=args.images)
         return sources.from_split(spec, args.split, args.part)
     if src.is_file() and src.suffix.lower() == ".csv":
         return sources.from_csv(src)
@@ -190,22 +195,18 @@ def image_set_from_args(args: argparse.Namespace):
     raise CLIError(f"--images {src}: not a folder or a .csv file (for a dataset split add --split)")
 
 
+BUILD_SETTINGS = ("nlist", "hnsw_m", "ef_construction", "pq_m", "nprobe", "ef_search", "rerank")
+
+
 def run_index(args: argparse.Namespace) -> int:
-    from agman.retrieval.index import IndexConfig, build_index
+    from agman.retrieval.build import build_index
+    from agman.retrieval.info import IndexConfig
 
     images = image_set_from_args(args)
     config = None
-    if args.index_type:
-        config = IndexConfig(
-            kind=args.index_type,
-            nlist=args.nlist,
-            nprobe=args.nprobe,
-            hnsw_m=args.hnsw_m,
-            ef_construction=args.ef_construction,
-            ef_search=args.ef_search,
-            pq_m=args.pq_m,
-            rerank=args.rerank,
-        )
+    if args.index_type:  # a new index's type and settings (an existing index keeps its own)
+        given = {name: getattr(args, name) for name in BUILD_SETTINGS if getattr(args, name) is not None}
+        config = IndexConfig(kind=args.index_type, **given)
     summary = build_index(
         args.out,
         images,
@@ -239,13 +240,14 @@ def run_query(retriever, args: argparse.Namespace, attributes, k: int):
 
 
 def query_image(retriever, args: argparse.Namespace):
-    from agman.retrieval.search import load_query_image
+    """The query as a picture: the catalog item's image or the image file, loaded once."""
+    from agman.retrieval.query import load_query_image
 
     return retriever.item_image(args.item) if args.item is not None else load_query_image(args.image)
 
 
 def grid_results(retriever, result):
-    from agman.retrieval.search import load_query_image
+    from agman.retrieval.query import load_query_image
 
     return [(load_query_image(h.path), h.score, h.correct) for h in result.hits]
 
@@ -288,15 +290,12 @@ def format_table(result) -> str:
 
 # --------------------------------------------------------------------------- pictures
 def run_attention(args: argparse.Namespace) -> int:
-    from agman.retrieval.search import load_query_image
-
-    retriever = open_retriever(args)
-    image = retriever.item(args.item).path if args.item is not None else args.image
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
-    overlay = retriever.attention_image(load_query_image(image), args.attribute, alpha=args.alpha)
+    retriever = open_retriever(args)
+    overlay = retriever.attention_image(query_image(retriever, args), args.attribute, alpha=args.alpha)
     if overlay is None:
-        raise CLIError(f"model {retriever.index.meta['model_name']!r} has no spatial attention map")
+        raise CLIError(f"model {retriever.info.model_name!r} has no spatial attention map")
     overlay.save(args.out)
     print(f"attention of {args.attribute}: {args.out}")
     return 0
@@ -314,7 +313,7 @@ def run_compare(args: argparse.Namespace) -> int:
         retriever = open_retriever(args, index_dir)
         result = run_query(retriever, args, args.attribute, args.k)
         weights = result.weights
-        name = args.name[i] if args.name else f"{retriever.index.meta['model_name']} ({Path(index_dir).name})"
+        name = args.name[i] if args.name else f"{retriever.info.model_name} ({Path(index_dir).name})"
         if name in rows:
             name = f"{name} #{i + 1}"
         rows[name] = grid_results(retriever, result)

@@ -5,7 +5,8 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from agman.service.app import (
+    from agman.cli.retrieval import add_model_options, add_search_tuning, positive_int
+    from agman.service.limits import (
         DEFAULT_MAX_K,
         DEFAULT_MAX_PIXELS,
         DEFAULT_MAX_UPLOAD_BYTES,
@@ -19,21 +20,17 @@ def register(subparsers) -> None:
         "catalog item, attention heatmaps and a web page.",
     )
     p.add_argument("--index", required=True, help="index folder built by `agman index`")
-    p.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help=f"largest k a request may ask (default {DEFAULT_MAX_K})")
-    p.add_argument(
-        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, help="upload size limit in MiB (default 10)"
-    )
-    p.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"decoded image size limit (default {DEFAULT_MAX_PIXELS})"
-    )
+    add_model_options(p)
+    p.add_argument("--max-k", type=positive_int, default=DEFAULT_MAX_K,
+                   help=f"largest k a request may ask (default {DEFAULT_MAX_K})")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+                   help="upload size limit in MiB (default 10)")
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"decoded image size limit (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--query-cache", type=int, default=DEFAULT_QUERY_CACHE, help="uploaded queries kept for /attention")
-    p.add_argument("--nprobe", type=int, help="IVF cells searched (approximate indexes)")
-    p.add_argument("--ef-search", type=int, help="HNSW search breadth")
-    p.add_argument("--rerank", type=int, help="approximate: shortlist k x RERANK, re-scored exactly")
+    add_search_tuning(p)
     p.set_defaults(func=run_serve)
 
 
@@ -41,7 +38,8 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from agman.cli.retrieval import open_retriever
-    from agman.service.app import ServiceLimits, create_app
+    from agman.service.app import create_app
+    from agman.service.limits import ServiceLimits
 
     limits = ServiceLimits(
         max_k=args.max_k,
@@ -51,6 +49,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     retriever = open_retriever(args, load_model=True)
     app = create_app(retriever, limits=limits)
-    print(f"serving {args.index} ({len(retriever)} items) on http://{args.host}:{args.port}/  (docs: /docs)", flush=True)
+    url = f"http://{args.host}:{args.port}/"
+    print(f"serving {args.index} ({len(retriever)} items) on {url}  (docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -58,10 +58,8 @@ def from_directory(folder: str | Path) -> ImageSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"image folder not found: {folder}")
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-        key=lambda p: _posix(p.relative_to(folder)),
-    )
+    images = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted((p for p in images if p.is_file()), key=lambda p: _posix(p.relative_to(folder)))
     if not files:
         raise InvalidValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     base = folder.resolve()
