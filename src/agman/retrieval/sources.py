@@ -87,11 +87,11 @@ def from_csv(csv_path: str | Path) -> ImageSet:
         rels = sorted({r[0].strip() for r in rows if r and r[0].strip()})
         labels: list[dict[str, str]] = [{} for _ in rels]
     else:
-        spec = read_catalog_csv(csv_path)  # validates every row and names file + line on errors
-        items = {}
-        for s in spec.splits.values():
-            for i, rel in enumerate(s.paths):
-                items[rel] = _named_labels(spec, s.labels[i])
+        # every row in one part (ratio 1): nothing split that would have to be merged back; the reader
+        # validates every row and names file + line on errors
+        spec = read_catalog_csv(csv_path, ratios=(1.0, 0.0, 0.0))
+        rows = spec.split("train")
+        items = {rel: _named_labels(spec, rows.labels[i]) for i, rel in enumerate(rows.paths)}
         rels = sorted(items)
         labels = [items[r] for r in rels]
     if not rels:
