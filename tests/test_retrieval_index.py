@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +286,71 @@ def test_every_index_type_builds_and_finds_exact_neighbours_on_a_small_catalog(t
     truth = np.lexsort((np.arange(len(exact)), -np.einsum("ij,j->i", np.asarray(exact), q[0])))[:5]
     assert [h.row for h in res.hits] == truth.tolist()  # tiny catalog: the shortlist holds everything
     assert not res.exact
+
+
+# --------------------------------------------------------------------------- index.json
+def test_a_version_1_index_is_read_and_rewritten_as_version_2_when_grown(tmp_path):
+    """Folders written before IndexInfo (format 1: model_name stored twice) keep working."""
+    from agman.retrieval.search import Retriever
+
+    spec = open_dataset(tiny_dataset(tmp_path / "ds"))
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", spec.attributes)
+    every = from_split(spec, "test")
+    out = tmp_path / "idx"
+    build_index(out, ImageSet(every.ids[:20], every.paths[:20], every.labels[:20]), ckpt, batch_size=8)
+    meta = json.loads((out / "index.json").read_text())
+    v1 = dict(meta, format_version=1, model_name=meta["checkpoint"]["model_name"])
+    (out / "index.json").write_text(json.dumps(v1))
+    store = FaissStore(out)
+    assert store.info.model_name == "agman" and store.info.count == 20 and store.info.dim == 32
+    assert store.info.faiss[0].factory == "Flat" and store.info.faiss[1].trained_on == 20
+    r = Retriever.open(out)
+    assert len(r.search_item(every.ids[0], "attr0", k=5).hits) == 5
+    build_index(out, every, ckpt, add=True, batch_size=8)
+    grown = json.loads((out / "index.json").read_text())
+    assert grown["format_version"] == 2 and "model_name" not in grown and grown["count"] == 30
+    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss")} == {
+        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss")
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A small flat index, built once for the tests that damage copies of it."""
+    return build_tiny_index(tmp_path_factory.mktemp("built"))[2]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: [m], "must be a JSON object, got list"),
+        (lambda m: {k: v for k, v in m.items() if k != "dim"}, "dim is missing"),
+        (lambda m: dict(m, dim="32"), "dim must be an integer >= 1, got '32'"),
+        (lambda m: dict(m, count=-1), "count must be an integer >= 0, got -1"),
+        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], identity=7)), "checkpoint.identity must be a string"),
+        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], crop_ratio=None)), "crop_ratio must be a positive"),
+        (lambda m: dict(m, attributes=[{"name": "a", "values": "xyz"}]), "attributes[0].values must be a list"),
+        (lambda m: dict(m, attributes=[]), "attributes must be at least one attribute"),
+        (lambda m: dict(m, index={"kind": "lsh"}), "unknown index type 'lsh'"),
+        (lambda m: dict(m, index=dict(m["index"], nprobe="many")), "nprobe must be an integer"),
+        (lambda m: dict(m, faiss={"9": {"factory": "Flat", "trained_on": 1}}), "faiss.9: not an attribute number"),
+        (lambda m: dict(m, format_version=99), "format version 99; upgrade agman"),
+    ],
+)
+def test_a_malformed_index_json_is_an_error_naming_the_file_and_the_key(built, tmp_path, edit, message):
+    from agman.cli import main
+
+    out = shutil.copytree(built, tmp_path / "idx")
+    meta = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(CatalogIndexError) as err:
+        FaissStore(out)
+    assert str(out / "index.json") in str(err.value) and message in str(err.value)
+    assert main(["search", "--index", str(out), "--item", "x", "-a", "attr0"]) == 1  # a damaged index: exit 1
+
+
+def test_index_json_that_is_not_json(built, tmp_path):
+    out = shutil.copytree(built, tmp_path / "idx")
+    (out / "index.json").write_text("{ not json")
+    with pytest.raises(CatalogIndexError, match="unreadable index metadata"):
+        FaissStore(out)
