@@ -208,6 +208,21 @@ def test_attention_map_and_overlay(flat):
         r.attention(path, "nope")
 
 
+def test_the_attention_path_loads_the_query_image_once(flat, monkeypatch):
+    import agman.data.images
+
+    spec, _, r = flat
+    opened = []
+    load = agman.data.images.load_image
+    monkeypatch.setattr(agman.data.images, "load_image", lambda p: opened.append(p) or load(p))
+    path = spec.root / spec.split("test").paths[1]
+    assert r.attention_image(path, "attr0").size == (INPUT_SIZE, INPUT_SIZE)
+    assert opened == [path]
+    opened.clear()
+    r.search(path, ["attr0", "attr1:2"], k=3)
+    assert opened == [path]
+
+
 def test_model_without_attention_gives_none(tmp_path):
     spec = open_dataset(make_asen(tmp_path / "ds", n_per_split=(12, 10, 10)))
     ckpt = tiny_checkpoint(tmp_path / "csn.pt", spec.attributes, model="csn")
