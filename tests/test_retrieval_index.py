@@ -128,7 +128,9 @@ def test_index_config_and_factory_strings():
     assert auto_nlist(10) == 1 and auto_nlist(10_000) == 256
     assert auto_pq_m(512) == 64 and 48 % auto_pq_m(48) == 0
     cfg = IndexConfig("ivf", nprobe=7)
-    assert IndexConfig.from_dict(cfg.to_dict() | {"future_key": 1}) == cfg
+    assert cfg.tuned(nprobe=None, rerank=3) == IndexConfig("ivf", nprobe=7, rerank=3)
+    with pytest.raises(ValueError, match="not a search-time setting"):
+        cfg.tuned(nlist=4)
 
 
 # --------------------------------------------------------------------------- building
@@ -300,6 +302,7 @@ def test_a_version_1_index_is_read_and_rewritten_as_version_2_when_grown(tmp_pat
     build_index(out, ImageSet(every.ids[:20], every.paths[:20], every.labels[:20]), ckpt, batch_size=8)
     meta = json.loads((out / "index.json").read_text())
     v1 = dict(meta, format_version=1, model_name=meta["checkpoint"]["model_name"])
+    v1["index"] = dict(meta["index"], future_key=1)  # keys a reader does not know are ignored
     (out / "index.json").write_text(json.dumps(v1))
     store = FaissStore(out)
     assert store.info.model_name == "agman" and store.info.count == 20 and store.info.dim == 32
@@ -323,17 +326,17 @@ def built(tmp_path_factory):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m: [m], "must be a JSON object, got list"),
+        (lambda m: [m], "Input should be an object"),
         (lambda m: {k: v for k, v in m.items() if k != "dim"}, "dim is missing"),
-        (lambda m: dict(m, dim="32"), "dim must be an integer >= 1, got '32'"),
-        (lambda m: dict(m, count=-1), "count must be an integer >= 0, got -1"),
-        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], identity=7)), "checkpoint.identity must be a string"),
-        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], crop_ratio=None)), "crop_ratio must be a positive"),
-        (lambda m: dict(m, attributes=[{"name": "a", "values": "xyz"}]), "attributes[0].values must be a list"),
-        (lambda m: dict(m, attributes=[]), "attributes must be at least one attribute"),
-        (lambda m: dict(m, index={"kind": "lsh"}), "unknown index type 'lsh'"),
-        (lambda m: dict(m, index=dict(m["index"], nprobe="many")), "nprobe must be an integer"),
-        (lambda m: dict(m, faiss={"9": {"factory": "Flat", "trained_on": 1}}), "faiss.9: not an attribute number"),
+        (lambda m: dict(m, dim="32"), "dim: Input should be a valid integer (got '32')"),
+        (lambda m: dict(m, count=-1), "count: Input should be greater than or equal to 0 (got -1)"),
+        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], identity=7)), "checkpoint.identity: Input should be"),
+        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], crop_ratio=None)), "checkpoint.crop_ratio: Input should"),
+        (lambda m: dict(m, attributes=[{"name": "a", "values": "xyz"}]), "attributes.0.values: Input should"),
+        (lambda m: dict(m, attributes=[]), "attributes: List should have at least 1 item"),
+        (lambda m: dict(m, index={"kind": "lsh"}), "index: unknown index type 'lsh'"),
+        (lambda m: dict(m, index=dict(m["index"], nprobe="many")), "index.nprobe: Input should be a valid integer"),
+        (lambda m: dict(m, faiss={"9": {"factory": "Flat", "trained_on": 1}}), "faiss: attribute 9 does not exist"),
         (lambda m: dict(m, format_version=99), "format version 99; upgrade agman"),
     ],
 )

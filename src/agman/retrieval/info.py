@@ -14,11 +14,12 @@ is read as well)::
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 from agman.data.spec import Attribute
 from agman.errors import AgmanError, InvalidValueError, UsageError
@@ -100,14 +101,6 @@ class IndexConfig:
             )
         return replace(self, **{k: v for k, v in settings.items() if v is not None})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> IndexConfig:
-        """Known keys only (an index written by a newer agman may carry more)."""
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
 
 @dataclass(frozen=True)
 class IndexedCheckpoint:
@@ -116,10 +109,10 @@ class IndexedCheckpoint:
     identity: str
     path: Path
     model_name: str
-    input_size: int
-    crop_ratio: float
+    input_size: Annotated[int, Field(ge=16)]
+    crop_ratio: Annotated[float, Field(gt=0, le=1)]
     model_config: dict = field(default_factory=dict)
-    epoch: int = 0
+    epoch: Annotated[int, Field(ge=0)] = 0
 
     @classmethod
     def of(cls, info) -> IndexedCheckpoint:
@@ -134,18 +127,13 @@ class IndexedCheckpoint:
             epoch=int(info.epoch),
         )
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
-
 
 @dataclass(frozen=True)
 class FaissFile:
     """How one attribute's FAISS file was made: its factory string and the rows it was trained on."""
 
     factory: str
-    trained_on: int
+    trained_on: Annotated[int, Field(ge=0)]
 
 
 @dataclass
@@ -153,13 +141,18 @@ class IndexInfo:
     """``index.json``: which checkpoint built the index, its attributes, D, type and row count."""
 
     checkpoint: IndexedCheckpoint
-    attributes: list[Attribute]
-    dim: int
-    config: IndexConfig
-    count: int = 0
+    attributes: Annotated[list[Attribute], Field(min_length=1)]
+    dim: Annotated[int, Field(ge=1)]
+    config: Annotated[IndexConfig, Field(alias="index")]
+    count: Annotated[int, Field(ge=0)] = 0
     faiss: dict[int, FaissFile] = field(default_factory=dict)
     created: str = field(default_factory=now)
     updated: str | None = None
+
+    def __post_init__(self):
+        stray = sorted(a for a in self.faiss if not 0 <= a < len(self.attributes))
+        if stray:
+            raise ValueError(f"faiss: attribute {stray[0]} does not exist ({len(self.attributes)} attributes)")
 
     @property
     def model_name(self) -> str:
@@ -180,129 +173,39 @@ class IndexInfo:
             )
 
     # ------------------------------------------------------------------ file
-    def to_dict(self) -> dict:
-        d = {
-            "format_version": FORMAT_VERSION,
-            "checkpoint": self.checkpoint.to_dict(),
-            "attributes": [{"name": a.name, "values": list(a.values)} for a in self.attributes],
-            "dim": self.dim,
-            "index": self.config.to_dict(),
-            "faiss": {str(a): asdict(f) for a, f in sorted(self.faiss.items())},
-            "count": self.count,
-            "created": self.created,
-        }
-        if self.updated is not None:
-            d["updated"] = self.updated
-        return d
-
     def write(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_dict())
+        fields = _SCHEMA.dump_python(self, mode="json", by_alias=True)
+        atomic_write_json(path, {"format_version": FORMAT_VERSION, **fields})
 
     @classmethod
     def read(cls, path: str | Path) -> IndexInfo:
-        """Read and validate ``index.json``; any problem names the file and the key."""
+        """Read and validate ``index.json`` (pydantic, strict types); any problem names the file and the key."""
         path = Path(path)
         if not path.is_file():
             raise IndexNotFoundError(f"no index at {path.parent} (index.json missing): build one with `agman index`")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CatalogIndexError(f"{path}: unreadable index metadata ({exc})") from None
-        return cls.from_dict(data, path)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str | Path = "index.json") -> IndexInfo:
-        f = _Fields(data, path)
-        version = f.integer("format_version", minimum=0, default=0)
-        if version > FORMAT_VERSION:
+        version = data.get("format_version", 0) if isinstance(data, dict) else 0
+        if isinstance(version, int) and version > FORMAT_VERSION:
             raise CatalogIndexError(f"{path} has format version {version}; upgrade agman to read it")
-        ck = f.section("checkpoint")
-        checkpoint = IndexedCheckpoint(
-            identity=ck.text("identity"),
-            path=Path(ck.text("path")),
-            model_name=ck.text("model_name"),
-            input_size=ck.integer("input_size", minimum=1),
-            crop_ratio=ck.number("crop_ratio"),
-            model_config=ck.object("model_config", default={}),
-            epoch=ck.integer("epoch", minimum=0, default=0),
-        )
-        attributes = []
-        for i, a in enumerate(f.array("attributes")):
-            af = _Fields(a, path, f"attributes[{i}].")
-            values = af.array("values")
-            if not all(isinstance(v, str) for v in values):
-                raise af.error("values", "a list of value names")
-            attributes.append(Attribute(af.text("name"), tuple(values)))
-        if not attributes:
-            raise f.error("attributes", "at least one attribute")
         try:
-            config = IndexConfig.from_dict(f.object("index"))
-        except (InvalidValueError, TypeError) as exc:
-            raise CatalogIndexError(f"{path}: 'index' is not a valid index configuration ({exc})") from None
-        faiss = {}
-        for key, value in f.object("faiss", default={}).items():
-            ff = _Fields(value, path, f"faiss.{key}.")
-            if not key.isdigit() or int(key) >= len(attributes):
-                raise CatalogIndexError(f"{path}: faiss.{key}: not an attribute number of this index")
-            faiss[int(key)] = FaissFile(ff.text("factory", default=""), ff.integer("trained_on", minimum=0))
-        return cls(
-            checkpoint=checkpoint,
-            attributes=attributes,
-            dim=f.integer("dim", minimum=1),
-            config=config,
-            count=f.integer("count", minimum=0),
-            faiss=faiss,
-            created=f.text("created", default=""),
-            updated=f.text("updated", default=None),
-        )
+            return _SCHEMA.validate_json(text, strict=True)
+        except ValidationError as exc:
+            problems = []
+            for e in exc.errors(include_url=False):
+                message = e["msg"].removeprefix("Value error, ")
+                where = ".".join(str(p) for p in e["loc"])
+                if e["type"] == "missing":
+                    problems.append(f"{where} is missing")
+                else:
+                    problems.append(f"{where}: {message} (got {e.get('input')!r:.60})" if where else message)
+            raise CatalogIndexError(f"{path}: not a valid index description: {'; '.join(problems)}") from None
 
 
-_REQUIRED = object()
-
-
-class _Fields:
-    """Typed access to one JSON object of ``index.json``; a wrong or missing value names file and key."""
-
-    def __init__(self, data: Any, path: str | Path, prefix: str = ""):
-        self.path, self.prefix = path, prefix
-        if not isinstance(data, dict):
-            raise CatalogIndexError(
-                f"{path}: {prefix.rstrip('.') or 'the file'} must be a JSON object, got {type(data).__name__}"
-            )
-        self.data = data
-
-    def error(self, key: str, expected: str) -> CatalogIndexError:
-        return CatalogIndexError(f"{self.path}: {self.prefix}{key} must be {expected}, got {self.data.get(key)!r}")
-
-    def _get(self, key: str, default, ok, expected: str):
-        if key not in self.data:
-            if default is _REQUIRED:
-                raise CatalogIndexError(f"{self.path}: {self.prefix}{key} is missing")
-            return default
-        value = self.data[key]
-        if not ok(value):
-            raise self.error(key, expected)
-        return value
-
-    def integer(self, key: str, minimum: int, default=_REQUIRED) -> int:
-        ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum  # noqa: E731
-        return self._get(key, default, ok, f"an integer >= {minimum}")
-
-    def number(self, key: str, default=_REQUIRED) -> float:
-        ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0  # noqa: E731
-        return float(self._get(key, default, ok, "a positive number"))
-
-    def text(self, key: str, default=_REQUIRED) -> str:
-        return self._get(key, default, lambda v: isinstance(v, str), "a string")
-
-    def array(self, key: str, default=_REQUIRED) -> list:
-        return self._get(key, default, lambda v: isinstance(v, list), "a list")
-
-    def object(self, key: str, default=_REQUIRED) -> dict:
-        return self._get(key, default, lambda v: isinstance(v, dict), "a JSON object")
-
-    def section(self, key: str) -> _Fields:
-        return _Fields(self.object(key), self.path, f"{self.prefix}{key}.")
+_SCHEMA = TypeAdapter(IndexInfo)
 
 
 class IndexLayout:
