@@ -23,7 +23,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from agman.data.spec import Attribute
 from agman.errors import AgmanError, InvalidValueError, UsageError
-from agman.fileio import atomic_write_json
+from agman.fileio import atomic_write_text
 
 FORMAT_VERSION = 2
 """2: ``model_name`` only inside ``checkpoint`` (1 stored it twice)."""
@@ -173,36 +173,49 @@ class IndexInfo:
             )
 
     # ------------------------------------------------------------------ file
-    def write(self, path: str | Path) -> None:
+    def to_json(self) -> str:
+        """The description as JSON text (what ``index.json`` holds; a database backend may keep it
+        in its collection's properties and read it back with :meth:`parse`)."""
         fields = _SCHEMA.dump_python(self, mode="json", by_alias=True)
-        atomic_write_json(path, {"format_version": FORMAT_VERSION, **fields})
+        return json.dumps({"format_version": FORMAT_VERSION, **fields}, indent=1) + "\n"
+
+    def write(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def read(cls, path: str | Path) -> IndexInfo:
-        """Read and validate ``index.json`` (pydantic, strict types); any problem names the file and the key."""
+        """Read and validate ``index.json``; any problem names the file and the key."""
         path = Path(path)
         if not path.is_file():
             raise IndexNotFoundError(f"no index at {path.parent} (index.json missing): build one with `agman index`")
         try:
             text = path.read_text(encoding="utf-8")
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
             raise CatalogIndexError(f"{path}: unreadable index metadata ({exc})") from None
+        return cls.parse(text, path)
+
+    @classmethod
+    def parse(cls, text: str, where: str | Path) -> IndexInfo:
+        """Validate a description (pydantic, strict types); errors name ``where`` and the key."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise CatalogIndexError(f"{where}: unreadable index metadata ({exc})") from None
         version = data.get("format_version", 0) if isinstance(data, dict) else 0
         if isinstance(version, int) and version > FORMAT_VERSION:
-            raise CatalogIndexError(f"{path} has format version {version}; upgrade agman to read it")
+            raise CatalogIndexError(f"{where} has format version {version}; upgrade agman to read it")
         try:
             return _SCHEMA.validate_json(text, strict=True)
         except ValidationError as exc:
             problems = []
             for e in exc.errors(include_url=False):
                 message = e["msg"].removeprefix("Value error, ")
-                where = ".".join(str(p) for p in e["loc"])
+                key = ".".join(str(p) for p in e["loc"])
                 if e["type"] == "missing":
-                    problems.append(f"{where} is missing")
+                    problems.append(f"{key} is missing")
                 else:
-                    problems.append(f"{where}: {message} (got {e.get('input')!r:.60})" if where else message)
-            raise CatalogIndexError(f"{path}: not a valid index description: {'; '.join(problems)}") from None
+                    problems.append(f"{key}: {message} (got {e.get('input')!r:.60})" if key else message)
+            raise CatalogIndexError(f"{where}: not a valid index description: {'; '.join(problems)}") from None
 
 
 _SCHEMA = TypeAdapter(IndexInfo)
