@@ -3,7 +3,7 @@
     python bench/gpu_train.py --out bench-gpu.json            # ResNet-50, 224 px, batch 16 and 64, fp32 and bf16
     python bench/gpu_train.py --tiny --device cpu             # seconds on a CPU: checks the script works
 
-Training uses the engine's own step (:class:`agman.engine.train.TrainStep`: anchor, positive and
+Training uses the engine's own step (:class:`agman.engine.step.TrainStep`: anchor, positive and
 negative through the backbone as one batch of 3B, Eq. 7-9 losses, Adam) on random images already
 on the device, so the figures are model throughput without image decoding.  Embedding runs
 ``model.embed_all`` (one backbone pass, every attribute's head) in inference mode.
@@ -19,7 +19,7 @@ import time
 import torch
 
 from agman.engine.losses import TripletCriterion
-from agman.engine.train import TrainStep
+from agman.engine.step import TrainStep
 from agman.fileio import atomic_write_json
 from agman.models.registry import build_model
 
