@@ -100,3 +100,13 @@ def test_demo_end_to_end_on_a_small_set(tmp_path, capsys):
     for a in attrs:
         assert (out / "grids" / f"{a}.png").is_file() and (out / "attention" / f"{a}.png").is_file()
     assert "every attribute above random" in (out / "report.md").read_text()
+
+
+def test_train_help_lists_what_can_be_composed(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("fashionai", "deepfashion", "zappos50k", "synthetic", "agman-official", "asenet-v2", "attnfashion",
+                 "csn", "synthetic/demo"):
+        assert name in text, name
