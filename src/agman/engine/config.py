@@ -39,8 +39,6 @@ from agman.data import synthetic as synthetic_set
 from agman.engine.compose import ConfigError, config_layers
 from agman.fileio import atomic_write_text
 
-__all__ = ["ConfigError", "RunConfig", "from_dict", "load_config", "save_config", "stored_for_eval"]
-
 
 def setting(default: Any, *, at_least: float | None = None, choices: tuple | None = None):
     """A config key: its default, and what it may hold beyond its type (checked by :func:`_check_bounds`)."""
