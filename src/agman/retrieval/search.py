@@ -5,7 +5,19 @@ stored embeddings; no model needed) or precomputed embeddings ``[A, D]``.  The a
 their weights are parsed once, on entry (:class:`~agman.retrieval.query.AttributeWeights`); the
 ranking itself is :func:`agman.retrieval.ranking.rank` over the index's
 :class:`~agman.retrieval.store.VectorStore` — an attribute-filtered search over an index of a
-split's candidates reproduces the evaluation's ranking.
+split's candidates reproduces the evaluation's ranking.  What a search returns, and the predicted
+values and match summaries that explain it, are in :mod:`agman.retrieval.results`.
+
+What a query may be (:func:`query_input`):
+
+* a path (``str`` / ``os.PathLike``) or a PIL image: an image;
+* a numpy array with 3 dimensions, ``uint8`` ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA): an image;
+* a torch tensor ``3 x H x W`` (or ``1 x 3 x H x W``), float in [0, 1] or ``uint8`` (torchvision's
+  convention): an image;
+* a 2-D array or tensor ``[A, D]`` (e.g. :meth:`Retriever.embed`'s output): precomputed embeddings.
+
+Images have 3 dimensions (4 for a batch of one) and embeddings 2, so the two never collide; an
+array that is neither is refused with its shape and dtype.
 """
 from __future__ import annotations
 
@@ -13,7 +25,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +35,75 @@ from agman.retrieval.info import IndexInfo
 from agman.retrieval.items import Item
 from agman.retrieval.query import AttributeWeights, QueryError, attribute_index, load_query_image
 from agman.retrieval.ranking import rank
+from agman.retrieval.results import Hit, Prediction, SearchResult, reference_values, summarise, vote
 from agman.retrieval.store import VectorStore
 
-ImageLike = Image.Image | str | os.PathLike
+ImageLike = Image.Image | str | os.PathLike | np.ndarray
 AttributesLike = str | Iterable[str] | Mapping[str, float] | AttributeWeights
 
-__all__ = ["Hit", "NoModelError", "QueryError", "Retriever", "SearchResult", "UnknownItemError", "load_query_image"]
+__all__ = [
+    "Hit",
+    "NoModelError",
+    "Prediction",
+    "QueryError",
+    "Retriever",
+    "SearchResult",
+    "UnknownItemError",
+    "load_query_image",
+    "query_input",
+]
+
+QUERY_THUMBNAIL = 256
+"""Long side (px) of the copy of an in-memory query image a result keeps for its HTML view."""
+
+
+def query_input(query) -> Image.Image | str | os.PathLike | np.ndarray:
+    """A query as a PIL image, a path, or embeddings ``[A, D]`` float32 (see the module docstring)."""
+    if isinstance(query, (Image.Image, str, os.PathLike)):
+        return query
+    if type(query).__module__.startswith("torch"):
+        return _tensor_query(query)
+    if isinstance(query, np.ndarray):
+        if query.ndim == 2 and query.dtype.kind == "f":
+            return query
+        if query.ndim == 3 and query.dtype == np.uint8 and query.shape[-1] in (3, 4):
+            return Image.fromarray(query, "RGB" if query.shape[-1] == 3 else "RGBA")
+        raise QueryError(
+            f"a numpy query must be an image (uint8 H x W x 3 or x 4) or embeddings (float [A, D]); "
+            f"got {query.dtype} {list(query.shape)}"
+        )
+    raise QueryError(f"a query must be an image path, a PIL image, a numpy array or a torch tensor, "
+                     f"not {type(query).__name__}")
+
+
+def _tensor_query(tensor) -> Image.Image | np.ndarray:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise QueryError(f"unsupported query type {type(tensor).__name__}")
+    t = tensor.detach().cpu()
+    if t.ndim == 2 and t.is_floating_point():
+        return t.float().numpy()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] == 3 and (t.dtype == torch.uint8 or t.is_floating_point()):
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
+                raise QueryError("a float image tensor must hold values in [0, 1] (torchvision's convention)")
+            t = (t * 255).round().to(torch.uint8)
+        return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy(), "RGB")
+    raise QueryError(
+        "a tensor query must be an image (3 x H x W or 1 x 3 x H x W, float in [0, 1] or uint8) or embeddings "
+        f"(float [A, D]); got {str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+    )
+
+
+def _image(image) -> Image.Image:
+    """Any accepted image form as an RGB PIL image (paths through the data layer's loader)."""
+    image = query_input(image)
+    if isinstance(image, np.ndarray):
+        raise QueryError(f"expected an image, got embeddings {list(image.shape)}")
+    return load_query_image(image)
 
 
 class UnknownItemError(QueryError):
@@ -38,60 +112,6 @@ class UnknownItemError(QueryError):
 
 class NoModelError(QueryError):
     """An image query or an attention map needs the checkpoint, and none could be loaded."""
-
-
-@dataclass
-class Hit:
-    """One ranked result: ``score`` is the weighted sum; ``scores`` the per-attribute similarities."""
-
-    rank: int
-    row: int
-    id: str
-    path: str
-    score: float
-    scores: dict[str, float]
-    labels: dict[str, str]
-    correct: bool | None
-
-    def to_dict(self) -> dict:
-        return {
-            "rank": self.rank,
-            "id": self.id,
-            "path": self.path,
-            "score": round(self.score, 6),
-            "scores": {k: round(v, 6) for k, v in self.scores.items()},
-            "labels": self.labels,
-            "correct": self.correct,
-        }
-
-
-@dataclass
-class SearchResult:
-    """The ranked hits of one query and how they were found."""
-
-    hits: list[Hit]
-    weights: dict[str, float]
-    k: int
-    exact: bool
-    seconds: float
-    query_id: str | None = None
-    query_labels: dict[str, str] = field(default_factory=dict)
-    candidates: int = 0
-
-    def to_dict(self) -> dict:
-        return {
-            "query": {"id": self.query_id, "labels": self.query_labels},
-            "attributes": self.weights,
-            "k": self.k,
-            "exact": self.exact,
-            "candidates": self.candidates,
-            "seconds": round(self.seconds, 6),
-            "results": [h.to_dict() for h in self.hits],
-        }
-
-    @property
-    def ids(self) -> list[str]:
-        return [h.id for h in self.hits]
 
 
 class Retriever:
@@ -188,7 +208,7 @@ class Retriever:
         """Every attribute's embedding ``[A, D]`` float32 of one image (one backbone pass)."""
         import torch
 
-        tensor = self._tensor(load_query_image(image))
+        tensor = self._tensor(_image(image))
         model = self.model
         with self._model_lock, torch.inference_mode():
             out = model.embed_all(tensor)
@@ -202,7 +222,7 @@ class Retriever:
     def attention(self, image: ImageLike, attribute: str | int) -> np.ndarray | None:
         """The model's spatial attention map ``[h, w]`` (sums to 1) for (image, attribute), or None
         when the model has no attention (CSN)."""
-        return self._attention(load_query_image(image), self.attribute_index(attribute))
+        return self._attention(_image(image), self.attribute_index(attribute))
 
     def _attention(self, image: Image.Image, a: int) -> np.ndarray | None:
         import torch
@@ -218,34 +238,45 @@ class Retriever:
         from agman.data.transforms import model_view
 
         ck = self.info.checkpoint
-        return model_view(load_query_image(image), ck.input_size, ck.crop_ratio)
+        return model_view(_image(image), ck.input_size, ck.crop_ratio)
 
     def attention_image(self, image: ImageLike, attribute: str | int, alpha: float = 0.5) -> Image.Image | None:
         """The attention heatmap over the model's view of the image (Fig. 7), or None without attention."""
         from agman.retrieval.render import attention_overlay
 
         a = self.attribute_index(attribute)
-        image = load_query_image(image)  # once: the map and the view below are of this one image
+        image = _image(image)  # once: the map and the view below are of this one image
         att = self._attention(image, a)
         return None if att is None else attention_overlay(self.model_view(image), att, alpha)
 
     # ------------------------------------------------------------------ items
-    def row(self, item_id: str) -> int:
-        row = self.store.row_of_id(item_id)
+    def row(self, item: str | os.PathLike) -> int:
+        """The row of a catalog item given by its id or by its image file's path (as indexed)."""
+        row = self.store.row_of_id(str(item)) if isinstance(item, str) else None
         if row is None:
-            raise UnknownItemError(f"no item {item_id!r} in index {self.store.location}")
+            row = self.row_of_path(item)
+        if row is None:
+            raise UnknownItemError(
+                f"no item {str(item)!r} in index {self.store.location}: neither an item id nor the path of an "
+                "indexed image"
+            )
         return row
 
-    def item(self, item_id: str) -> Item:
-        return self.store.item(self.row(item_id))
+    def item(self, item: str | os.PathLike) -> Item:
+        """The record of a catalog item given by id or image path."""
+        return self.store.item(self.row(item))
 
     def items(self, start: int = 0, limit: int | None = None) -> list[Item]:
         """Catalog items in row order, from the ``start``-th on (at most ``limit``)."""
         rows = self.store.rows()[start : None if limit is None else start + limit]
         return [self.store.item(int(r)) for r in rows]
 
-    def item_image(self, item_id: str) -> Image.Image:
-        return load_query_image(self.item(item_id).path)
+    def item_ids(self) -> frozenset[str]:
+        """The ids of every searchable item: which catalog this index holds."""
+        return frozenset(self.store.item(int(r)).id for r in self.store.rows())
+
+    def item_image(self, item: str | os.PathLike) -> Image.Image:
+        return load_query_image(self.item(item).path)
 
     def item_vectors(self, row: int) -> np.ndarray:
         """The stored embeddings ``[A, D]`` of catalog row ``row``."""
@@ -258,53 +289,96 @@ class Retriever:
     # ------------------------------------------------------------------ search
     def search(
         self,
-        query: ImageLike | np.ndarray,
+        query: ImageLike,
         attributes: AttributesLike,
         k: int = 10,
         *,
         exclude_self: bool = False,
         annotated_only: bool = False,
         exclude: Iterable[int] = (),
+        predict: bool | Iterable[str] = True,
     ) -> SearchResult:
         """Rank catalog items by similarity to ``query`` in the given attribute(s).
 
-        ``query``: a PIL image, an image file path, or embeddings ``[A, D]``.  ``attributes``: a
-        name, names with optional ``:weight``, ``{name: weight}``, or parsed ``AttributeWeights``.
-        ``exclude_self`` drops the catalog item whose file is the query file.  ``annotated_only``
-        ranks only items annotated with every queried attribute (the evaluation's candidate set).
-        ``exclude``: rows to skip.
+        ``query``: an image (a path, a PIL image, a numpy ``uint8 H x W x 3`` array, a torch
+        ``3 x H x W`` tensor) or precomputed embeddings ``[A, D]`` (see :func:`query_input`).
+        ``attributes``: a name, names with optional ``:weight``, ``{name: weight}``, or parsed
+        ``AttributeWeights``.  ``exclude_self`` drops the catalog item whose file is the query file.
+        ``annotated_only`` ranks only items annotated with every queried attribute (the evaluation's
+        candidate set).  ``exclude``: rows to skip.  ``predict``: the attributes whose value to
+        predict (True: every attribute; False: none), see :meth:`predict`.
         """
         weights = self.parse_attributes(attributes)
-        row = None
+        query = query_input(query)
+        row, path, thumbnail = None, None, None
         if isinstance(query, np.ndarray):
             vectors = query
         else:
             if isinstance(query, (str, os.PathLike)):
                 row = self.row_of_path(query)
+                path = os.path.abspath(query)
+            else:
+                thumbnail = query.copy()
+                thumbnail.thumbnail((QUERY_THUMBNAIL, QUERY_THUMBNAIL))
             vectors = self.embed(query)
         excluded = {int(r) for r in exclude}
         if exclude_self and row is not None:
             excluded.add(row)
         item = self.store.item(row) if row is not None else None
-        return self._search(vectors, weights, k, excluded, annotated_only, item)
+        result = self._search(vectors, weights, k, excluded, annotated_only, item, predict)
+        result.query_path = item.path if item is not None else path
+        result.query_image = thumbnail
+        return result
 
     def search_item(
         self,
-        item_id: str,
+        item: str | os.PathLike,
         attributes: AttributesLike,
         k: int = 10,
         *,
         exclude_self: bool = False,
         annotated_only: bool = False,
+        predict: bool | Iterable[str] = True,
     ) -> SearchResult:
-        """Rank items by similarity to catalog item ``item_id`` (its stored embeddings; no model)."""
+        """Rank items by similarity to a catalog item, given by its id or its image path (its stored
+        embeddings; no model)."""
         weights = self.parse_attributes(attributes)
-        row = self.row(item_id)
+        row = self.row(item)
         excluded = {row} if exclude_self else set()
-        return self._search(self.item_vectors(row), weights, k, excluded, annotated_only, self.store.item(row))
+        query_item = self.store.item(row)
+        result = self._search(self.item_vectors(row), weights, k, excluded, annotated_only, query_item, predict)
+        result.query_path = query_item.path
+        return result
+
+    def predict(
+        self, vectors: np.ndarray, k: int, attributes: bool | Iterable[str] = True, excluded: Iterable[int] = ()
+    ) -> dict[str, Prediction]:
+        """The predicted value of each attribute for query embeddings ``[A, D]``: a vote of the
+        ``k`` items nearest in *that* attribute among the items labelled with it (the ``excluded``
+        rows left out); attributes without labelled items are left out.  ``attributes``: names, or
+        True for every attribute of the index."""
+        names = self.attributes if attributes is True else [] if attributes is False else list(attributes)
+        excluded = np.asarray(sorted({int(r) for r in excluded}), np.int64)
+        out = {}
+        for name in names:
+            labelled = self.store.labelled_rows(name)
+            if not len(labelled):
+                continue
+            found = rank(self.store, vectors, self.parse_attributes(name), k, allowed=labelled, excluded=excluded)
+            prediction = vote(name, [self.store.item(int(r)).labels[name] for r in found.rows])
+            if prediction is not None:
+                out[name] = prediction
+        return out
 
     def _search(
-        self, vectors, weights: AttributeWeights, k, excluded: set[int], annotated_only: bool, query_item: Item | None
+        self,
+        vectors,
+        weights: AttributeWeights,
+        k,
+        excluded: set[int],
+        annotated_only: bool,
+        query_item: Item | None,
+        predict: bool | Iterable[str] = True,
     ) -> SearchResult:
         started = time.perf_counter()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -335,6 +409,8 @@ class Retriever:
                     correct=_correct(query_labels, item.labels, weights),
                 )
             )
+        predicted = self.predict(vectors, int(k), predict, excluded)
+        summary = summarise(hits, reference_values(query_labels, predicted), [t.name for t in weights])
         return SearchResult(
             hits=hits,
             weights=weights.as_dict(),
@@ -344,7 +420,15 @@ class Retriever:
             query_id=query_item.id if query_item is not None else None,
             query_labels=dict(query_labels),
             candidates=found.candidates,
+            predicted=predicted,
+            summary=summary,
         )
+
+    def __repr__(self) -> str:
+        model = "loaded" if self._model is not None else "not loaded"
+        return (f"Retriever({self.store.location!r}: {len(self)} items, {self.store.config.kind} "
+                f"({'exact' if self.exact else 'approximate'}), {self.info.model_name} model {model}, "
+                f"attributes {', '.join(self.attributes)})")
 
 
 def _correct(query_labels: Mapping[str, str], labels: Mapping[str, str], weights: AttributeWeights) -> bool | None:
