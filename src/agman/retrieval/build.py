@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BuildSummary:
-    """What one :func:`build_index` call did."""
+    """What one :func:`build_index` call did: ``added`` rows committed to the index by this call
+    (those a resumed run planned before it was interrupted included), ``skipped`` images of the
+    source that the index already held before it."""
 
     root: Path
     count: int
@@ -94,26 +96,29 @@ class Progress:
         atomic_write_json(path, asdict(self))
 
 
-def plan_items(existing: list[Item], new: ImageSet) -> tuple[list[Item], int]:
-    """Items of ``new`` not already in ``existing`` (same id or same file); ``(to add, skipped)``."""
+def plan_items(existing: list[Item], new: ImageSet, committed: int | None = None) -> tuple[list[Item], int]:
+    """Items of ``new`` not already in ``existing`` (same id or same file); ``(to add, skipped)``,
+    where ``skipped`` counts the images found among the first ``committed`` existing items (all
+    when None; the rest were planned by an unfinished run and are neither added again nor counted)."""
+    committed = len(existing) if committed is None else committed
     by_id = {it.id: it for it in existing}
-    by_path = {os.path.normpath(it.path) for it in existing}
+    row_of_path = {os.path.normpath(it.path): row for row, it in enumerate(existing)}
+    row_of_id = {it.id: row for row, it in enumerate(existing)}
     add, skipped = [], 0
     for item_id, path, labels in zip(new.ids, new.paths, new.labels):
         norm = os.path.normpath(path)
-        if item_id in by_id:
-            if os.path.normpath(by_id[item_id].path) != norm:
-                raise CatalogIndexError(
-                    f"item id {item_id!r} is already in the index for {by_id[item_id].path}, "
-                    f"and {new.description or 'the new images'} uses it for {path}: ids must be unique"
-                )
-            skipped += 1
-        elif norm in by_path:
-            skipped += 1
+        if item_id in by_id and os.path.normpath(by_id[item_id].path) != norm:
+            raise CatalogIndexError(
+                f"item id {item_id!r} is already in the index for {by_id[item_id].path}, "
+                f"and {new.description or 'the new images'} uses it for {path}: ids must be unique"
+            )
+        row = row_of_id.get(item_id, row_of_path.get(norm))
+        if row is not None:
+            skipped += row < committed
         else:
             item = Item(item_id, path, dict(labels))
             by_id[item_id] = item
-            by_path.add(norm)
+            row_of_path[norm] = len(existing) + len(add)
             add.append(item)
     return add, skipped
 
@@ -188,7 +193,8 @@ def build_index(
     items = read_items(layout.items)
     if len(items) < index.count:
         raise CatalogIndexError(f"{layout.items} lists {len(items)} items but index.json counts {index.count}")
-    new_items, skipped = plan_items(items, images)
+    committed_before = index.count
+    new_items, skipped = plan_items(items, images, committed_before)
     prog = Progress.read(layout.progress) if unfinished else Progress(embedded=index.count)
     resumed_from = prog.embedded
     if new_items:
@@ -198,8 +204,8 @@ def build_index(
 
     def summary(embedded: int = 0, embed_seconds: float = 0.0) -> BuildSummary:
         seconds = time.perf_counter() - started
-        return BuildSummary(layout.root, index.count, len(new_items), skipped, resumed_from, embedded, seconds,
-                            index.config.kind, embed_seconds)
+        return BuildSummary(layout.root, index.count, index.count - committed_before, skipped, resumed_from, embedded,
+                            seconds, index.config.kind, embed_seconds)
 
     if not unfinished and not new_items:
         return summary()
