@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from agman.cli import CLIError
+from agman.cli import CLIError, print_json
 
 MAX_K = 1000
 """Largest ``--k`` the CLI accepts (the service's cap is lower and configurable)."""
@@ -29,22 +29,25 @@ def k_value(text: str) -> int:
     return value
 
 
-def add_query_arguments(parser: argparse.ArgumentParser, several_attributes: bool = True) -> None:
+def add_query_arguments(parser: argparse.ArgumentParser, attention: bool = False) -> None:
+    """``--image`` / ``--item`` (one of them) and ``--attribute/-a NAME[:WEIGHT]`` (repeatable),
+    parsed the same way by every command (``retrieval.query.AttributeWeights.parse``)."""
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file")
-    query.add_argument("--item", help="id of a catalog item to use as the query (no model needed)")
-    if several_attributes:
-        parser.add_argument(
-            "--attribute",
-            "-a",
-            action="append",
-            required=True,
-            metavar="NAME[:WEIGHT]",
-            help="attribute to match, optionally weighted (repeat for a weighted multi-attribute query; "
-            "the score is the weighted sum of per-attribute similarities)",
-        )
+    if attention:
+        item_help = ("catalog item (its id, or its image file's path) whose image to draw the map over "
+                     "(the index's checkpoint is loaded to compute the map)")
+        attribute_help = ("attribute whose attention map to draw; repeat for one map per attribute, side by side "
+                          "(the NAME[:WEIGHT] syntax of search; a map has no weight, so WEIGHT must be 1 if given)")
     else:
-        parser.add_argument("--attribute", "-a", required=True, metavar="NAME", help="attribute")
+        item_help = ("catalog item (its id, or its image file's path) to use as the query: its stored embeddings "
+                     "are used, no model needed")
+        attribute_help = ("attribute to match, optionally weighted (repeat, or a:1,b:2, for a weighted "
+                          "multi-attribute query: the score is the weighted sum of per-attribute similarities; "
+                          "an attribute may appear once)")
+    query.add_argument("--item", metavar="ID_OR_PATH", help=item_help)
+    parser.add_argument("--attribute", "-a", action="append", required=True, metavar="NAME[:WEIGHT]",
+                        help=attribute_help)
 
 
 def add_model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
@@ -129,6 +132,8 @@ def register(subparsers) -> None:
     idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     add_model_options(idx, checkpoint=False)  # --checkpoint is required here, above
     idx.add_argument("--no-progress", action="store_true", help="no progress bar")
+    idx.add_argument("--json", action="store_true",
+                     help="print the summary as JSON (schema agman/index/1, docs/retrieval.md)")
     idx.set_defaults(func=run_index)
 
     search = subparsers.add_parser(
@@ -156,7 +161,7 @@ def register(subparsers) -> None:
         help="save the model's attention heatmap for (image, attribute) (Fig. 7)",
     )
     att.add_argument("--index", required=True, help="index folder (its checkpoint draws the map)")
-    add_query_arguments(att, several_attributes=False)
+    add_query_arguments(att, attention=True)
     att.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
     att.add_argument("--out", required=True, help="PNG to write")
     add_model_options(att)
@@ -165,6 +170,8 @@ def register(subparsers) -> None:
     cmp_ = subparsers.add_parser(
         "compare",
         help="side-by-side top-k of several checkpoints' indexes of one catalog for one query (Fig. 6)",
+        description="One row per --index: the same query ranked by each index's checkpoint.  The indexes must "
+        "hold the same catalog (the same item ids); indexes of different catalogs are refused.",
     )
     cmp_.add_argument("--index", action="append", required=True, help="index folder (repeat: one per checkpoint)")
     cmp_.add_argument("--name", action="append", help="row label per --index (default: model name + folder)")
@@ -198,6 +205,9 @@ def image_set_from_args(args: argparse.Namespace):
 BUILD_SETTINGS = ("nlist", "hnsw_m", "ef_construction", "pq_m", "nprobe", "ef_search", "rerank")
 
 
+INDEX_SCHEMA = "agman/index/1"
+
+
 def run_index(args: argparse.Namespace) -> int:
     from agman.retrieval.build import build_index
     from agman.retrieval.info import IndexConfig
@@ -219,13 +229,38 @@ def run_index(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    if args.json:
+        print_json(index_summary(summary, images))
+        return 0
     resumed = f", resumed at row {summary.resumed_from}" if summary.resumed_from else ""
     speed = f" ({summary.images_per_second:.1f} images/s)" if summary.embedded else ""
     print(
         f"index {summary.root} ({summary.index_type}): {summary.count} items; "
         f"added {summary.added}, already indexed {summary.skipped}, embedded {summary.embedded} now{speed}{resumed}"
     )
+    if images.left_out:
+        shown = ", ".join(images.left_out[:10]) + (", ..." if len(images.left_out) > 10 else "")
+        print(f"left out {len(images.left_out)} image file(s) of {images.description} that its lists do not "
+              f"name: {shown}")
     return 0
+
+
+def index_summary(summary, images) -> dict:
+    """``agman index --json``: what the run did (schema ``agman/index/1``, docs/retrieval.md)."""
+    return {
+        "schema": INDEX_SCHEMA,
+        "index": str(summary.root),
+        "type": summary.index_type,
+        "items": summary.count,
+        "added": summary.added,
+        "already_indexed": summary.skipped,
+        "embedded": summary.embedded,
+        "resumed_from": summary.resumed_from,
+        "seconds": round(summary.seconds, 3),
+        "images_per_second": round(summary.images_per_second, 3),
+        "source": images.description,
+        "left_out": list(images.left_out),
+    }
 
 
 # --------------------------------------------------------------------------- search
@@ -272,9 +307,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def format_table(result) -> str:
     names = list(result.weights)
-    head = f"query {result.query_id or '(image)'}: " + ", ".join(f"{n}:{w:g}" for n, w in result.weights.items())
-    head += f"; {len(result.hits)} of {result.candidates} items ({'exact' if result.exact else 'approximate'})"
-    lines = [head]
+    lines = [result.describe_query()]
     cols = ["rank", "score"] + ([f"{n}" for n in names] if len(names) > 1 else []) + ["match", "id"]
     lines.append("  ".join(cols))
     for h in result.hits:
@@ -285,6 +318,12 @@ def format_table(result) -> str:
         row += [f"{mark:>5}", h.id]
         labels = ", ".join(f"{n}={h.labels[n]}" for n in names if n in h.labels)
         lines.append("  ".join(row) + (f"  [{labels}]" if labels else ""))
+    if result.predicted:
+        lines.append(f"predicted (vote of the {result.k} nearest labelled items in each attribute): "
+                     + ", ".join(str(p) for p in result.predicted.values()))
+    queried = [s for s in result.summary.values() if s.queried]
+    if queried:
+        lines.append("matches: " + "; ".join(str(s) for s in queried))
     return "\n".join(lines)
 
 
@@ -293,12 +332,36 @@ def run_attention(args: argparse.Namespace) -> int:
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     retriever = open_retriever(args)
-    overlay = retriever.attention_image(query_image(retriever, args), args.attribute, alpha=args.alpha)
-    if overlay is None:
+    terms = list(retriever.parse_attributes(args.attribute))
+    weighted = [f"{t.name}:{t.weight:g}" for t in terms if t.weight != 1]
+    if weighted:
+        raise CLIError(f"-a {', '.join(weighted)}: an attention map has no weight; give the attribute name alone")
+    image = query_image(retriever, args)
+    overlays = [retriever.attention_image(image, t.index, alpha=args.alpha) for t in terms]
+    if overlays[0] is None:
         raise CLIError(f"model {retriever.info.model_name!r} has no spatial attention map")
-    overlay.save(args.out)
-    print(f"attention of {args.attribute}: {args.out}")
+    if len(overlays) == 1:
+        picture = overlays[0]
+    else:
+        from agman.retrieval.render import captioned_strip
+
+        picture = captioned_strip(overlays, [t.name for t in terms], "attention (red = high)")
+    picture.save(args.out)
+    print(f"attention of {', '.join(t.name for t in terms)}: {args.out}")
     return 0
+
+
+def same_catalog(first, other, first_dir: str, other_dir: str) -> None:
+    """Refuse to compare an index that holds another catalog (another set of item ids) than the first."""
+    a, b = first.item_ids(), other.item_ids()
+    if a == b:
+        return
+    only_a, only_b = sorted(a - b), sorted(b - a)
+    examples = "; ".join(f"{len(ids)} only in {where} (e.g. {ids[0]!r})"
+                         for ids, where in ((only_a, first_dir), (only_b, other_dir)) if ids)
+    raise CLIError(f"--index {other_dir} holds another catalog than --index {first_dir} ({len(b)} vs {len(a)} items: "
+                   f"{examples}); compare ranks one catalog under several checkpoints: index the same images "
+                   "with each checkpoint")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -306,11 +369,13 @@ def run_compare(args: argparse.Namespace) -> int:
 
     if args.name and len(args.name) != len(args.index):
         raise CLIError(f"--name given {len(args.name)} times for {len(args.index)} --index folders")
+    retrievers = [open_retriever(args, index_dir) for index_dir in args.index]
+    for index_dir, retriever in zip(args.index[1:], retrievers[1:]):
+        same_catalog(retrievers[0], retriever, args.index[0], index_dir)
     rows = {}
     image = None
     weights = None
-    for i, index_dir in enumerate(args.index):
-        retriever = open_retriever(args, index_dir)
+    for i, (index_dir, retriever) in enumerate(zip(args.index, retrievers)):
         result = run_query(retriever, args, args.attribute, args.k)
         weights = result.weights
         name = args.name[i] if args.name else f"{retriever.info.model_name} ({Path(index_dir).name})"

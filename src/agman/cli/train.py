@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from agman.cli import CLIError
+from agman.cli import CLIError, print_json
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--workers", type=int, default=2, help="image-loading processes (default 2)")
+    ev.add_argument("--json", action="store_true",
+                    help="print the metrics as JSON instead of the tables (schema agman/eval/1, docs/training.md); "
+                         "the table files are written all the same")
     ev.set_defaults(func=run_eval)
 
     ab = subparsers.add_parser(
@@ -125,6 +128,11 @@ def run_eval(args: argparse.Namespace) -> int:
     text = write_report_tables(out, f"eval-{args.split}", {label: metrics}, info.attribute_names,
                                title=f"{info.model_name} on the {args.split} split ({result.images} images)")
     atomic_write_json(out / f"eval-{args.split}.json", metrics)
+    if args.json:
+        files = [str(out / f"eval-{args.split}.{ext}") for ext in ("csv", "md", "json")]
+        print_json({"schema": "agman/eval/1", "checkpoint": str(args.checkpoint), "model": info.model_name,
+                    "attributes": info.attribute_names, "files": files, "metrics": metrics})
+        return 0
     print(text)
     print(f"\ntables written to {out}/eval-{args.split}.csv and .md ({result.seconds:.1f} s)")
     return 0
