@@ -94,6 +94,7 @@ def test_demo_end_to_end_on_a_small_set(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "AG-MAN (trained)" in printed and "colour histogram" in printed and "report:" in printed
+    assert "warm-up value classifier (value probabilities)" in printed  # the strongest simple baseline
     for name in ("report.md", "metrics.md", "metrics.csv", "curves.png"):
         assert (out / name).is_file(), name
     attrs = ("sleeve_length", "neckline_design", "garment_length", "waist_detail", "pattern")
