@@ -224,10 +224,13 @@ def test_items_are_found_by_id_or_by_image_path(flat, monkeypatch):
     spec, r = flat
     item_id = spec.split("test").paths[8]
     absolute = spec.root / item_id
-    by_id = r.search_item(item_id, "attr0", k=4)
-    assert r.search_item(absolute, "attr0", k=4).ids == by_id.ids
-    assert r.search_item(str(absolute), "attr0", k=4).query_id == item_id
+    assert r.find_item(item_id).id == r.find_item(absolute).id == r.find_item(str(absolute)).id == item_id
     monkeypatch.chdir(spec.root)
-    assert r.item(item_id).id == item_id and r.row(f"./{item_id}") == r.row(item_id)  # relative to the cwd
+    assert r.find_item(f"./{item_id}").id == item_id  # a path relative to the working directory
     with pytest.raises(UnknownItemError, match="neither an item id nor the path of an indexed image"):
-        r.search_item("images/test/nope.png", "attr0")
+        r.find_item("images/test/nope.png")
+    # the id-only methods (what the HTTP service calls) do not look paths up
+    with pytest.raises(UnknownItemError):
+        r.search_item(str(absolute), "attr0")
+    with pytest.raises(UnknownItemError):
+        r.item(str(absolute))

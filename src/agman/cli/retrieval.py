@@ -267,7 +267,8 @@ def index_summary(summary, images) -> dict:
 def run_query(retriever, args: argparse.Namespace, attributes, k: int):
     if args.item is not None:
         return retriever.search_item(
-            args.item, attributes, k, exclude_self=args.exclude_self, annotated_only=args.annotated_only
+            retriever.find_item(args.item).id, attributes, k, exclude_self=args.exclude_self,
+            annotated_only=args.annotated_only,
         )
     return retriever.search(
         args.image, attributes, k, exclude_self=args.exclude_self, annotated_only=args.annotated_only
@@ -278,7 +279,7 @@ def query_image(retriever, args: argparse.Namespace):
     """The query as a picture: the catalog item's image or the image file, loaded once."""
     from agman.retrieval.query import load_query_image
 
-    return retriever.item_image(args.item) if args.item is not None else load_query_image(args.image)
+    return load_query_image(retriever.find_item(args.item).path if args.item is not None else args.image)
 
 
 def grid_results(retriever, result):

@@ -250,21 +250,28 @@ class Retriever:
         return None if att is None else attention_overlay(self.model_view(image), att, alpha)
 
     # ------------------------------------------------------------------ items
-    def row(self, item: str | os.PathLike) -> int:
-        """The row of a catalog item given by its id or by its image file's path (as indexed)."""
-        row = self.store.row_of_id(str(item)) if isinstance(item, str) else None
+    def row(self, item_id: str) -> int:
+        row = self.store.row_of_id(item_id)
         if row is None:
-            row = self.row_of_path(item)
-        if row is None:
-            raise UnknownItemError(
-                f"no item {str(item)!r} in index {self.store.location}: neither an item id nor the path of an "
-                "indexed image"
-            )
+            raise UnknownItemError(f"no item {item_id!r} in index {self.store.location}")
         return row
 
-    def item(self, item: str | os.PathLike) -> Item:
-        """The record of a catalog item given by id or image path."""
-        return self.store.item(self.row(item))
+    def item(self, item_id: str) -> Item:
+        return self.store.item(self.row(item_id))
+
+    def find_item(self, id_or_path: str | os.PathLike) -> Item:
+        """A catalog item given by its id or by its image file's path (relative to the working
+        directory or absolute).  Only for local callers: :meth:`row` / :meth:`item` take ids alone,
+        so a remote caller cannot probe the server's file paths."""
+        row = self.store.row_of_id(id_or_path) if isinstance(id_or_path, str) else None
+        if row is None:
+            row = self.row_of_path(id_or_path)
+        if row is None:
+            raise UnknownItemError(
+                f"no item {str(id_or_path)!r} in index {self.store.location}: neither an item id nor the path of an "
+                "indexed image"
+            )
+        return self.store.item(row)
 
     def items(self, start: int = 0, limit: int | None = None) -> list[Item]:
         """Catalog items in row order, from the ``start``-th on (at most ``limit``)."""
@@ -275,8 +282,8 @@ class Retriever:
         """The ids of every searchable item: which catalog this index holds."""
         return frozenset(self.store.item(int(r)).id for r in self.store.rows())
 
-    def item_image(self, item: str | os.PathLike) -> Image.Image:
-        return load_query_image(self.item(item).path)
+    def item_image(self, item_id: str) -> Image.Image:
+        return load_query_image(self.item(item_id).path)
 
     def item_vectors(self, row: int) -> np.ndarray:
         """The stored embeddings ``[A, D]`` of catalog row ``row``."""
@@ -332,7 +339,7 @@ class Retriever:
 
     def search_item(
         self,
-        item: str | os.PathLike,
+        item_id: str,
         attributes: AttributesLike,
         k: int = 10,
         *,
@@ -340,10 +347,10 @@ class Retriever:
         annotated_only: bool = False,
         predict: bool | Iterable[str] = True,
     ) -> SearchResult:
-        """Rank items by similarity to a catalog item, given by its id or its image path (its stored
-        embeddings; no model)."""
+        """Rank items by similarity to catalog item ``item_id`` (its stored embeddings; no model).
+        :meth:`find_item` turns an image path into the id."""
         weights = self.parse_attributes(attributes)
-        row = self.row(item)
+        row = self.row(item_id)
         excluded = {row} if exclude_self else set()
         query_item = self.store.item(row)
         result = self._search(self.item_vectors(row), weights, k, excluded, annotated_only, query_item, predict)
