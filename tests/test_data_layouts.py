@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agman.data.layouts import (
-    _int_rows,
     open_dataset,
     read_asen,
     read_catalog_csv,
     read_csn,
     write_asen,
 )
+from agman.data.lines import int_rows as _int_rows
 from agman.data.spec import UNLABELED, DatasetError
 
 
