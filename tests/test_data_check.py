@@ -78,7 +78,7 @@ def test_singleton_values_and_malformed_files(asen_root, capsys):
 
 def test_queries_without_candidates_reported(asen_root):
     lines = (asen_root / "candidate_valid.txt").read_text().splitlines()
-    (asen_root / "candidate_valid.txt").write_text("".join(l + "\n" for l in lines if l.split()[1] != "1"))
+    (asen_root / "candidate_valid.txt").write_text("".join(x + "\n" for x in lines if x.split()[1] != "1"))
     spec = read_asen(asen_root, allow_singletons=True)
     report = check_dataset(spec, check_images=False)
     assert not report.ok

@@ -140,7 +140,7 @@ def test_extreme_aspect_ratio_is_refused_before_resizing(tmp_path):
     thin = tmp_path / "thin.png"
     Image.new("RGB", (1, 200_000)).save(thin)
     assert thin.stat().st_size < 2_000
-    with pytest.raises(ImageTooLargeError, match=rf"image {thin} is 1x200000: its aspect ratio 200000.0:1 exceeds 20:1"):
+    with pytest.raises(ImageTooLargeError, match=rf"image {thin} is 1x200000: its aspect ratio 200000.0:1 exceeds 20:"):
         load_image(thin)
     with pytest.raises(ImageTooLargeError, match=r"image upload is 200000x1"):
         decode_image(_png_bytes((200_000, 1)))
@@ -175,7 +175,9 @@ def test_formats_outside_the_list_are_refused(tmp_path):
     assert decode_image(im_file, ImageLimits(formats=("IM",))).size == (8, 8)
 
 
-@pytest.mark.parametrize("exc", [TypeError("bad tile"), NotImplementedError, struct.error("unpack"), IndexError, MemoryError])
+@pytest.mark.parametrize(
+    "exc", [TypeError("bad tile"), NotImplementedError, struct.error("unpack"), IndexError, MemoryError]
+)
 def test_every_decoder_failure_becomes_image_load_error(monkeypatch, exc):
     def broken(self):
         raise exc
