@@ -186,8 +186,6 @@ def read_asen(
         files = yaml_file_names(data, files)
     else:
         meta_path = Path(meta) if meta is not None else _find_meta(split_dir, root)
-        if not meta_path.is_file():
-            raise DatasetError("meta.json not found", meta_path)
         attributes = attributes_from_meta(meta_path, dataset)
         source = str(meta_path)
 
