@@ -68,9 +68,9 @@ def main(argv=None) -> dict:
     out = {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
     out["load_checkpoint_overhead"] = round(out["load_checkpoint_verified_s"] / out["load_checkpoint_unverified_s"], 2)
     out["load_model_overhead"] = round(out["load_model_s"] / out["load_model_unverified_s"], 2)
+    print(json.dumps(out, indent=2))
     if args.out:
         atomic_write_json(args.out, out, indent=2)
-    print(json.dumps(out, indent=2))
     return out
 
 

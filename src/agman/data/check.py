@@ -17,14 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.data.decode import (
-    DEFAULT_LIMITS,
-    ImageLimits,
-    ImageLoadError,
-    ImageNotFoundError,
-    ImageTooLargeError,
-    decode_image,
-)
+from agman.data import decode
 from agman.data.spec import UNLABELED, DatasetError, DatasetSpec, Split
 
 JSON_SCHEMA_ID = "agman/data-check/1"
@@ -156,19 +149,19 @@ class CheckReport:
         }
 
 
-CHECK_LIMITS = replace(DEFAULT_LIMITS, max_pixels=64 * 64)
+CHECK_LIMITS = replace(decode.DEFAULT_LIMITS, max_pixels=64 * 64)
 """Training's limits, but decoded small (JPEG at 1/8 scale): every byte is still read."""
 
 
-def check_image(path: Path, limits: ImageLimits = CHECK_LIMITS) -> Problem | None:
+def check_image(path: Path, limits: decode.ImageLimits = CHECK_LIMITS) -> Problem | None:
     """None when ``path`` decodes within ``limits`` (the same decoder training uses), else the problem."""
     try:
-        decode_image(Path(path), limits)
-    except ImageNotFoundError:
+        decode.decode_image(Path(path), limits)
+    except decode.ImageNotFoundError:
         return Problem("missing-image", f"missing image file: {path}", path=str(path))
-    except ImageTooLargeError as exc:
+    except decode.ImageTooLargeError as exc:
         return Problem("image-too-large", f"image file over the limits: {exc}", path=str(path))
-    except ImageLoadError as exc:
+    except decode.ImageLoadError as exc:
         reason = str(exc).removeprefix(f"cannot read image {path}: ")
         return Problem("unreadable-image", f"unreadable image file: {path} ({reason})", path=str(path))
     return None
@@ -211,7 +204,7 @@ def _train_problems(spec: DatasetSpec, split: Split) -> list[Problem]:
 
 
 def check_dataset(
-    spec: DatasetSpec, check_images: bool = True, workers: int = 8, limits: ImageLimits = CHECK_LIMITS
+    spec: DatasetSpec, check_images: bool = True, workers: int = 8, limits: decode.ImageLimits = CHECK_LIMITS
 ) -> CheckReport:
     """Count everything and list every problem (see the module docstring)."""
     report = CheckReport(spec.name, str(spec.root), {name: _split_counts(spec, s) for name, s in spec.splits.items()})

@@ -46,6 +46,9 @@ class ImageTooLargeError(ImageLoadError):
     """The image is larger (pixels) or more elongated (aspect ratio) than :class:`ImageLimits` allow."""
 
 
+_DEFAULT_FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """Bounds on decoding one image (the defaults are documented in docs/data.md)."""
@@ -56,12 +59,14 @@ class ImageLimits:
     """Pixels of the returned image; larger images are decoded at reduced size and shrunk to fit."""
     max_aspect: float = 20.0
     """Longer side / shorter side; above this the image is refused."""
-    formats: tuple[str, ...] = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
+    formats: tuple[str, ...] = _DEFAULT_FORMATS
     """Pillow format names that are opened (JPEG includes multi-picture MPO); any other file is refused."""
 
     def __post_init__(self):
         if self.max_pixels < 1 or self.max_source_pixels < 1 or self.max_aspect < 1:
             raise ValueError(f"ImageLimits need max_pixels, max_source_pixels >= 1 and max_aspect >= 1, got {self}")
+        if set(self.formats) <= set(_DEFAULT_FORMATS):
+            return  # known to Pillow; Image.init() (every plugin, ~50 ms) only for other names
         Image.init()
         unknown = sorted(set(self.formats) - set(Image.OPEN))
         if unknown:
