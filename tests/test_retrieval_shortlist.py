@@ -16,6 +16,8 @@ class NumpyBackend:
 
     def __init__(self, vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray, noise: float = 0.0, seed: int = 0):
         self.vectors, self.query, self.allowed = vectors, query, allowed
+        self.attrs: list[int] = []
+        self.scored = 0
         self.noise = noise
         self.rng = np.random.default_rng(seed)
         self.calls: list[int] = []
@@ -23,14 +25,17 @@ class NumpyBackend:
 
     def shortlist(self, a: int, m: int) -> Shortlist:
         self.calls.append(m)
+        if a not in self.attrs:
+            self.attrs.append(a)
         rows = self.allowed
         s = exact_scores(self.vectors[rows, a], self.query[a]).astype(np.float64)
         s = s + self.rng.uniform(-self.noise, self.noise, len(s))
         order = np.argsort(-s, kind="stable")[:m]
-        return Shortlist(rows[order], float(s[order[-1]]) if len(order) else -np.inf, len(order) < m)
+        return Shortlist(rows[order], s[order], float(s[order[-1]]) if len(order) else -np.inf, len(order) < m)
 
-    def scores(self, rows: np.ndarray, a: int) -> np.ndarray:
-        return exact_scores(self.vectors[rows, a], self.query[a])
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        self.scored += len(rows)
+        return np.stack([exact_scores(self.vectors[rows, a], self.query[a]) for a in self.attrs])
 
     def scan(self):
         self.scanned = True
@@ -136,3 +141,12 @@ def test_items_outside_every_shortlist_can_win_the_sum_and_are_found():
     assert got.rows.tolist() == [200, 201, 202, 203, 204]  # the balanced ones, ties by row
     assert np.allclose(got.total, 1.2, atol=1e-6)
     assert got.rounds >= 3 and not backend.scanned  # 8 -> 32 -> 128: only then do they enter a shortlist
+
+
+def test_only_candidates_that_can_still_make_the_top_k_are_rescored():
+    vectors = clustered(3000, 2, 16, 5)
+    backend = NumpyBackend(vectors, vectors[7], np.arange(3000), noise=5e-7, seed=5)
+    got = top_k([(0, 1.0)], 10, backend.shortlist, backend.scores, backend.scan, start=500, limit=10_000)
+    rows, totals = brute(vectors, vectors[7], np.arange(3000), [(0, 1.0)], 10)
+    assert got.rows.tolist() == rows.tolist() and np.array_equal(got.total, totals)
+    assert backend.scored <= 48  # of a 500-row shortlist: batches of 16, 32 at most

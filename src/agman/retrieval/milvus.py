@@ -515,10 +515,8 @@ class MilvusIndex:
         exclude_ids = list(dict.fromkeys(exclude_ids))
         expr = self.expression(filter, exclude_ids)
         id_of: dict[int, str] = {}
-        cache: dict[tuple[int, int], np.ndarray] = {}
 
         def shortlist(a: int, m: int) -> Shortlist:
-            fields = ["row", "item"] + (["vector"] if m * self.dim <= (1 << 19) else [])
             res = self._call(
                 "search",
                 self.client.search,
@@ -527,24 +525,25 @@ class MilvusIndex:
                 anns_field="vector",
                 limit=m,
                 filter=expr,
-                output_fields=fields,
+                output_fields=["row", "item"],
                 partition_names=[self._partition(a)],
                 search_params=self._search_params(m),
             )
             hits = list(res[0])
             rows = np.fromiter((h["entity"]["row"] for h in hits), dtype=np.int64, count=len(hits))
-            for h in hits:
-                id_of[int(h["entity"]["row"])] = h["entity"]["item"]
-                if "vector" in h["entity"]:
-                    cache[(int(h["entity"]["row"]), a)] = np.asarray(h["entity"]["vector"], dtype=np.float32)
-            return Shortlist(rows, float(hits[-1]["distance"]) if hits else -math.inf, len(hits) < m)
+            id_of.update((int(h["entity"]["row"]), h["entity"]["item"]) for h in hits)
+            sims = np.fromiter((h["distance"] for h in hits), dtype=np.float64, count=len(hits))
+            return Shortlist(rows, sims, float(sims[-1]) if len(hits) else -math.inf, len(hits) < m)
 
-        def scores(rows: np.ndarray, a: int) -> np.ndarray:
-            missing = [int(r) for r in rows if (int(r), a) not in cache]
-            for e in self._get([self._pk(a, id_of[r]) for r in missing], ["row", "vector"]):
-                cache[(int(e["row"]), a)] = np.asarray(e["vector"], dtype=np.float32)
-            vecs = np.stack([cache[(int(r), a)] for r in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)
-            return exact_scores(vecs, query[a])
+        def scores(rows: np.ndarray) -> np.ndarray:
+            pks = [self._pk(a, id_of[int(r)]) for r in rows for a, _ in attrs]
+            found = {e["pk"]: e["vector"] for e in self._get(pks, ["vector"])}
+            if len(found) < len(pks):
+                raise MilvusError(
+                    f"items of collection {self.collection!r} were deleted during the search; search again"
+                )
+            vecs = np.asarray([found[pk] for pk in pks], dtype=np.float32).reshape(len(rows), len(attrs), self.dim)
+            return np.stack([exact_scores(vecs[:, j], query[a]) for j, (a, _) in enumerate(attrs)])
 
         def scan() -> tuple[np.ndarray, np.ndarray]:
             per_attr = []
@@ -574,8 +573,8 @@ class MilvusIndex:
             per = np.stack([s[np.searchsorted(r, common)] for r, s in per_attr]) if attrs else np.zeros((0, 0))
             return common, per.astype(np.float32)
 
-        if start is None:
-            start = k + max(16, k) if self.exact else k * self.config.rerank
+        if start is None:  # a weighted sum needs deeper shortlists before the bound holds: start 4x deeper
+            start = (k + max(16, k)) * (4 if len(attrs) > 1 else 1) if self.exact else k * self.config.rerank
         found = top_k(attrs, k, shortlist, scores, scan, start=start, limit=min(limit, MAX_TOPK), exact=self.exact)
         ids = [id_of[int(r)] for r in found.rows]
         candidates = found.candidates

@@ -34,10 +34,12 @@ GROWTH = 4
 
 @dataclass
 class Shortlist:
-    """One attribute's best rows, best first: ``border`` is the backend's score of the last one;
-    ``complete``: the backend returned every row the filter allows (fewer than it was asked for)."""
+    """One attribute's best rows, best first, with the backend's (approximate) scores: ``border`` is
+    the score of the last one; ``complete``: the backend returned every row the filter allows (fewer
+    than it was asked for)."""
 
     rows: np.ndarray
+    scores: np.ndarray
     border: float
     complete: bool
 
@@ -73,11 +75,30 @@ def ranked(
     return rows[order], per[:, order], total[order]
 
 
+class _Scored:
+    """Rows re-scored exactly so far (across rounds): per-attribute scores and weighted totals."""
+
+    def __init__(self, n_attrs: int, weights: Sequence[float]):
+        self.weights = weights
+        self.rows = np.zeros(0, np.int64)
+        self.per = np.zeros((n_attrs, 0), np.float32)
+        self.total = np.zeros(0, np.float64)
+
+    def add(self, rows: np.ndarray, per: np.ndarray) -> None:
+        self.rows = np.concatenate([self.rows, rows])
+        self.per = np.concatenate([self.per, per], axis=1)
+        self.total = np.concatenate([self.total, weighted_total(per, self.weights)])
+
+    def kth(self, k: int) -> float:
+        """The k-th best exact total so far (-inf with fewer than k)."""
+        return -float(np.partition(-self.total, k - 1)[k - 1]) if len(self.total) >= k else -np.inf
+
+
 def top_k(
     attributes: Sequence[tuple[int, float]],
     k: int,
     shortlist: Callable[[int, int], Shortlist],
-    scores: Callable[[np.ndarray, int], np.ndarray],
+    scores: Callable[[np.ndarray], np.ndarray],
     scan: Callable[[], tuple[np.ndarray, np.ndarray]],
     *,
     start: int,
@@ -87,29 +108,45 @@ def top_k(
 ) -> TopK:
     """The ``k`` best rows for ``attributes`` = ``[(attribute index, weight > 0), ...]``.
 
-    ``shortlist(a, m)``: the backend's best ``m`` rows of attribute ``a`` (filter applied).
-    ``scores(rows, a)``: exact float32 similarities of ``rows`` in attribute ``a``.
-    ``scan()``: ``(rows, per [n_attrs, n])`` exact scores of every allowed row (the last resort).
-    ``start``: the first shortlist size; ``limit``: the largest the backend serves.
+    ``shortlist(a, m)``: the backend's best ``m`` rows of attribute ``a`` (filter applied), with
+    its scores.  ``scores(rows)``: exact float32 similarities ``[n_attrs, len(rows)]`` of ``rows``
+    in the queried attributes.  ``scan()``: ``(rows, per)`` exact scores of every allowed row (the
+    last resort).  ``start``: the first shortlist size; ``limit``: the largest the backend serves.
+
+    Within a round, candidates are re-scored exactly in the order of their upper bound (their
+    backend score + eps where a shortlist holds them, the border + eps where not), in growing
+    batches, until the k-th exact total is above the bound of every candidate not re-scored: only
+    the candidates that can still make the top k are fetched.
     """
     weights = [w for _, w in attributes]
     m = max(1, min(start, limit))
+    scored = _Scored(len(attributes), weights)
     rounds = 0
     while True:
         rounds += 1
         lists = [shortlist(a, m) for a, _ in attributes]
         rows = np.unique(np.concatenate([s.rows for s in lists]).astype(np.int64))
-        per = (
-            np.stack([scores(rows, a) for a, _ in attributes])
-            if len(rows)
-            else np.zeros((len(attributes), 0), np.float32)
-        )
-        top_rows, top_per, top_total = ranked(rows, per, weights, k)
+        upper = np.zeros(len(rows))
+        for w, s in zip(weights, lists):
+            bound = np.full(len(rows), s.border + eps)
+            bound[np.searchsorted(rows, s.rows)] = np.asarray(s.scores, np.float64) + eps
+            upper += w * bound
+        todo = rows[~np.isin(rows, scored.rows)]
+        todo_upper = upper[~np.isin(rows, scored.rows)]
+        order = np.argsort(-todo_upper, kind="stable")
+        todo, todo_upper = todo[order], todo_upper[order]
+        batch = max(k, 16)
+        while len(todo) and not scored.kth(k) > todo_upper[0]:
+            take = todo[:batch]
+            scored.add(take, np.asarray(scores(take), np.float32).reshape(len(attributes), len(take)))
+            todo, todo_upper = todo[batch:], todo_upper[batch:]
+            batch *= 2
         complete = any(s.complete for s in lists)
+        top_rows, top_per, top_total = ranked(scored.rows, scored.per, weights, k)
         if complete or (not exact and len(top_rows) == k):
             return TopK(top_rows, top_per, top_total, exact, rounds, candidates=len(rows) if complete else None)
-        bound = sum(w * (s.border + eps) for w, s in zip(weights, lists))
-        if len(top_rows) == k and top_total[-1] > bound:
+        outside = sum(w * (s.border + eps) for w, s in zip(weights, lists))
+        if len(top_rows) == k and top_total[-1] > outside:
             return TopK(top_rows, top_per, top_total, True, rounds)
         if m >= limit or not exact:
             break
