@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ MAX_TEXT_BYTES = 4096  # paths, string metadata, label values
 MAX_TOPK = 16384  # Milvus's largest search limit
 FETCH_BATCH = 1024  # entities per get / query-iterator batch
 WRITE_BATCH_BYTES = 8 << 20  # vector bytes per upsert request
+REQUEST_TIMEOUT = 600.0  # seconds any one call may take once connected (a flush of a big batch is slow)
 MILVUS_INDEX = {"flat": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivf-sq8": "IVF_SQ8", "ivf-pq": "IVF_PQ"}
 
 
@@ -91,6 +92,16 @@ def connect(uri: str, *, token: str | None = None, timeout: float = 10.0):
         ) from None
 
 
+def _guarded(uri: str, timeout: float, what: str, fn, *args, **kwargs):
+    """``fn(*args, timeout=timeout, **kwargs)``; a Milvus failure becomes a :class:`MilvusError` naming
+    the URI and what was being done."""
+    pymilvus = _milvus()
+    try:
+        return fn(*args, timeout=timeout, **kwargs)
+    except pymilvus.MilvusException as exc:
+        raise MilvusError(f"Milvus at {uri}: could not {what}: {getattr(exc, 'message', exc)}") from None
+
+
 def _field_names(schema: CatalogSchema) -> dict[str, tuple[str, str]]:
     """Catalog field -> (Milvus value field, presence field)."""
     return {name: (f"f{j:02d}", f"f{j:02d}_set") for j, name in enumerate(schema.fields())}
@@ -117,7 +128,6 @@ class MilvusResult:
     rounds: int = 0
     scanned: bool = False
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class MilvusIndex:
@@ -128,7 +138,7 @@ class MilvusIndex:
         self.uri = uri
         self.collection = collection
         self.meta = meta
-        self.timeout = timeout
+        self.timeout = timeout  # per request, once connected
         self.config = config
         self.schema = CatalogSchema.from_dict(meta["schema"])
         self.dim = int(meta["dim"])
@@ -150,9 +160,11 @@ class MilvusIndex:
         config: IndexConfig | None = None,
         token: str | None = None,
         timeout: float = 10.0,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> MilvusIndex:
         """Create the collection for a catalog embedded by ``checkpoint`` (``identity``, ``path``, ...:
-        the record an index.json keeps) with ``dim``-dimensional embeddings."""
+        the record an index.json keeps) with ``dim``-dimensional embeddings.  ``timeout``: seconds to
+        wait for Milvus to answer at all; ``request_timeout``: for any one call after that."""
         config = config or IndexConfig()
         if config.kind not in MILVUS_INDEX:
             raise InvalidValueError(f"index type {config.kind!r} has no Milvus counterpart ({', '.join(MILVUS_INDEX)})")
@@ -168,7 +180,7 @@ class MilvusIndex:
             "index": config.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        self = cls(client, str(uri), collection, meta, timeout=timeout, config=config)
+        self = cls(client, str(uri), collection, meta, timeout=request_timeout, config=config)
         if self._call("check the collection", client.has_collection, collection):
             raise IndexExistsError(
                 f"Milvus at {uri} already has a collection {collection!r}: open it to add items, or choose another name"
@@ -198,6 +210,7 @@ class MilvusIndex:
         checkpoint_path: str | Path | None = None,
         token: str | None = None,
         timeout: float = 10.0,
+        request_timeout: float = REQUEST_TIMEOUT,
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
@@ -206,11 +219,9 @@ class MilvusIndex:
         refused (:class:`~agman.retrieval.index.IndexMismatchError`)."""
         _check_collection_name(collection)
         client = connect(uri, token=token, timeout=timeout)
-        probe = cls.__new__(cls)
-        probe.uri, probe.timeout = str(uri), timeout
-        if not probe._call("check the collection", client.has_collection, collection):
+        if not _guarded(uri, request_timeout, "check the collection", client.has_collection, collection):
             raise IndexNotFoundError(f"Milvus at {uri} has no collection {collection!r}: build one with `agman index`")
-        described = probe._call("describe the collection", client.describe_collection, collection)
+        described = _guarded(uri, request_timeout, "describe the collection", client.describe_collection, collection)
         raw = (described.get("properties") or {}).get(META_KEY)
         if raw is None:
             raise CatalogIndexError(
@@ -223,7 +234,7 @@ class MilvusIndex:
             )
         settings = dict(meta["index"])
         settings.update({k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search), ("rerank", rerank)) if v})
-        self = cls(client, str(uri), collection, meta, timeout=timeout, config=IndexConfig.from_dict(settings))
+        self = cls(client, str(uri), collection, meta, timeout=request_timeout, config=IndexConfig.from_dict(settings))
         if identity is not None:
             check_identity(meta, identity, checkpoint_path or "the checkpoint", f"{uri} (collection {collection})")
         self._call("load the collection", client.load_collection, collection)
@@ -248,11 +259,7 @@ class MilvusIndex:
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, what: str, fn, *args, **kwargs):
-        pymilvus = _milvus()
-        try:
-            return fn(*args, timeout=self.timeout, **kwargs)
-        except pymilvus.MilvusException as exc:
-            raise MilvusError(f"Milvus at {self.uri}: could not {what}: {getattr(exc, 'message', exc)}") from None
+        return _guarded(self.uri, self.timeout, what, fn, *args, **kwargs)
 
     @staticmethod
     def _partition(a: int) -> str:
@@ -475,13 +482,14 @@ class MilvusIndex:
 
     # ------------------------------------------------------------------ search
     def expression(self, flt: str | Filter | Expr | None, exclude_ids: Sequence[str] = ()) -> str:
-        """The Milvus expression for a filter (text, compiled or AST) minus the excluded ids."""
+        """The Milvus expression for a filter (text, compiled or AST), leaving out ``exclude_ids``
+        (by row: ids need no quoting)."""
         expr = compile_filter(flt, self.fields).expr if isinstance(flt, str) else getattr(flt, "expr", flt)
-        text = to_milvus(expr, self.names) if expr is not None else ""
-        if exclude_ids:
-            listed = ", ".join(json.dumps(i, ensure_ascii=False) for i in exclude_ids)
-            text = f"({text}) and (not (item in [{listed}]))" if text else f"not (item in [{listed}])"
-        return text
+        parts = [to_milvus(expr, self.names)] if expr is not None else []
+        rows = sorted(self._present(exclude_ids, 0).values()) if exclude_ids else []
+        if rows:
+            parts.append(f"(not (row in [{', '.join(str(r) for r in rows)}]))")
+        return " and ".join(parts)
 
     def search(
         self,
