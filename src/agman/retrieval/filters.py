@@ -304,18 +304,18 @@ class _Parser:
         return expr
 
     def or_expr(self) -> Expr:
-        parts = [self.and_expr()]
-        while self.is_kw("or"):
-            self.take()
-            parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else Or(tuple(parts))
+        return self.chain("or", self.and_expr, Or)
 
     def and_expr(self) -> Expr:
-        parts = [self.unary()]
-        while self.is_kw("and"):
+        return self.chain("and", self.unary, And)
+
+    def chain(self, word: str, operand, node) -> Expr:
+        """``operand (word operand)*`` as one n-ary ``node`` (or the single operand)."""
+        parts = [operand()]
+        while self.is_kw(word):
             self.take()
-            parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else And(tuple(parts))
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else node(tuple(parts))
 
     def unary(self) -> Expr:
         if self.is_kw("not"):
