@@ -172,6 +172,7 @@ def test_round_trips_add_update_upsert_delete(tmp_path, faiss_flat):
     )
     assert idx.add(items[:80], vectors[:80]) == 80 and len(idx) == 80
     assert idx.add(items[80:], vectors[80:]) == 40 and len(idx) == 120
+    assert idx.existing([items[0].id, "nope", items[119].id]) == {items[0].id, items[119].id}
     with pytest.raises(AlreadyExistsError, match="already in collection"):
         idx.add(items[5:6], vectors[5:6])
     q = vectors[11]
@@ -234,6 +235,7 @@ def test_an_interrupted_add_is_completed_by_running_it_again(tmp_path, faiss_fla
     with pytest.raises(MilvusError, match="could not write items: connection reset"):
         idx.add(items[:30], vectors[:30])
     monkeypatch.setattr(idx.client, "upsert", real_upsert)
+    assert idx.existing(it.id for it in items[:30]) == set()  # half-written items do not count
     assert idx.add(items[:30], vectors[:30]) == 30
     assert len(idx) == 30
     got = idx.search(vectors[2], {"attr0": 1.0, "attr1": 1.0}, 30)

@@ -323,6 +323,11 @@ class MilvusIndex:
         found = self._get([self._pk(a, i) for i in dict.fromkeys(ids)], ["item", "row"])
         return {e["item"]: int(e["row"]) for e in found}
 
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` are stored (every attribute written): an ``agman index`` run embeds
+        only the others, so a rerun after an interruption continues where it stopped."""
+        return set(self._present(ids, len(self.attribute_names) - 1))
+
     def _record(self, e: Mapping) -> CatalogItem:
         labels, metadata = {}, {}
         for name, (value, present) in self.names.items():
@@ -433,9 +438,9 @@ class MilvusIndex:
         completed with the rows they were given."""
         items = self._check_write(items, vectors)
         ids = [it.id for it in items]
-        complete = self._present(ids, len(self.attribute_names) - 1)
+        complete = self.existing(ids)
         if complete:
-            shown = ", ".join(repr(i) for i in list(complete)[:5])
+            shown = ", ".join(repr(i) for i in sorted(complete)[:5])
             raise AlreadyExistsError(
                 f"{len(complete)} item(s) already in collection {self.collection!r}: {shown}; "
                 "update or upsert them instead"
