@@ -403,30 +403,37 @@ class MilvusIndex:
         )
         return start
 
+    def _rows(self, ids: Sequence[str], known: Mapping[str, int]) -> list[int]:
+        """The row of each id: its stored row, or a fresh one."""
+        fresh = [i for i in ids if i not in known]
+        start = self._reserve(len(fresh)) if fresh else 0
+        row_of = dict(known) | {i: start + j for j, i in enumerate(fresh)}
+        return [row_of[i] for i in ids]
+
+    def _entity(self, a: int, item: CatalogItem, vector: np.ndarray, row: int) -> dict:
+        """Attribute ``a``'s entity of ``item``: missing values stored as "" / 0 / false, flagged unset."""
+        e = {
+            "pk": self._pk(a, item.id),
+            "item": item.id,
+            "row": int(row),
+            "path": item.path,
+            "vector": np.asarray(vector, dtype=np.float32),
+        }
+        for name, (value, present) in self.names.items():
+            kind = self.fields[name].kind
+            v = item.labels.get(name) if kind == "label" else item.metadata.get(name)
+            e[present] = v is not None
+            e[value] = v if v is not None else {"number": 0.0, "bool": False}.get(kind, "")
+        return e
+
     def _write(self, items: Sequence[CatalogItem], vectors: np.ndarray, rows: Sequence[int]) -> None:
         """Upsert every (item, attribute) entity, attribute by attribute within each batch (an item
         is complete once its last attribute is written), then flush."""
         per_batch = max(1, WRITE_BATCH_BYTES // (4 * self.dim + 512))
         for lo in range(0, len(items), per_batch):
+            batch = range(lo, min(len(items), lo + per_batch))
             for a in range(len(self.attribute_names)):
-                entities = []
-                for it, vec, row in zip(
-                    items[lo : lo + per_batch], vectors[lo : lo + per_batch], rows[lo : lo + per_batch]
-                ):
-                    e = {
-                        "pk": self._pk(a, it.id),
-                        "item": it.id,
-                        "row": int(row),
-                        "path": it.path,
-                        "vector": np.asarray(vec[a], dtype=np.float32),
-                    }
-                    for name, (value, present) in self.names.items():
-                        v = it.labels.get(name) if self.fields[name].kind == "label" else it.metadata.get(name)
-                        e[present] = v is not None
-                        e[value] = (
-                            v if v is not None else {"number": 0.0, "bool": False}.get(self.fields[name].kind, "")
-                        )
-                    entities.append(e)
+                entities = [self._entity(a, items[i], vectors[i, a], rows[i]) for i in batch]
                 self._call(
                     "write items", self.client.upsert, self.collection, entities, partition_name=self._partition(a)
                 )
@@ -445,11 +452,7 @@ class MilvusIndex:
                 f"{len(complete)} item(s) already in collection {self.collection!r}: {shown}; "
                 "update or upsert them instead"
             )
-        partial = self._present(ids, 0)
-        fresh = [i for i in ids if i not in partial]
-        start = self._reserve(len(fresh)) if fresh else 0
-        row_of = dict(partial) | {i: start + j for j, i in enumerate(fresh)}
-        self._write(items, np.asarray(vectors), [row_of[i] for i in ids])
+        self._write(items, np.asarray(vectors), self._rows(ids, self._present(ids, 0)))
         return len(items)
 
     def upsert(self, items: Sequence[CatalogItem], vectors: np.ndarray) -> tuple[int, int]:
@@ -457,11 +460,8 @@ class MilvusIndex:
         items = self._check_write(items, vectors)
         ids = [it.id for it in items]
         known = self._present(ids, 0)
-        fresh = [i for i in ids if i not in known]
-        start = self._reserve(len(fresh)) if fresh else 0
-        row_of = dict(known) | {i: start + j for j, i in enumerate(fresh)}
-        self._write(items, np.asarray(vectors), [row_of[i] for i in ids])
-        return len(fresh), len(items) - len(fresh)
+        self._write(items, np.asarray(vectors), self._rows(ids, known))
+        return len(ids) - len(known), len(known)
 
     def update(self, items: Sequence[CatalogItem], vectors: np.ndarray | None = None) -> int:
         """Replace stored items (labels, metadata, path; and embeddings when ``vectors`` is given,
