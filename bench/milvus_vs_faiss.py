@@ -21,11 +21,11 @@ and with two filters (~12% and ~2.5% of the items), plus the mean shortlist roun
     python bench/milvus_vs_faiss.py --milvus-uri http://host:19530   # a Milvus server instead
     python bench/milvus_vs_faiss.py --json results.json
 """
+
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import shutil
 import sys
@@ -77,8 +77,12 @@ def make_catalog(n: int, n_attr: int, n_queries: int, seed: int):
     category = rng.integers(0, len(CATEGORIES), n)
     in_stock = rng.random(n) < 0.5
     items = [
-        CatalogItem(f"sku-{i:07d}", f"img/{i:07d}.jpg", {}, {"price": float(price[i]),
-                    "category": CATEGORIES[category[i]], "in_stock": bool(in_stock[i])})
+        CatalogItem(
+            f"sku-{i:07d}",
+            f"img/{i:07d}.jpg",
+            {},
+            {"price": float(price[i]), "category": CATEGORIES[category[i]], "in_stock": bool(in_stock[i])},
+        )
         for i in range(n)
     ]
     return vectors, queries, items
@@ -100,14 +104,27 @@ def write_faiss_index(root: Path, schema: CatalogSchema, vectors: np.ndarray, it
         fill_faiss_index(index, block)
         atomic_write_faiss(layout.faiss(a), index)
         faiss_meta[str(a)] = {"trained_on": len(items), "factory": "Flat"}
-    atomic_write_json(layout.meta, {
-        "format_version": FORMAT_VERSION,
-        "checkpoint": {"identity": "bench", "path": str(root / "none.pt"), "model_name": "bench",
-                       "model_config": {}, "input_size": 224, "crop_ratio": 0.875, "epoch": 0},
-        "model_name": "bench",
-        "attributes": [{"name": a.name, "values": list(a.values)} for a in schema.attributes],
-        "dim": D, "index": config.to_dict(), "faiss": faiss_meta, "count": len(items),
-    })
+    atomic_write_json(
+        layout.meta,
+        {
+            "format_version": FORMAT_VERSION,
+            "checkpoint": {
+                "identity": "bench",
+                "path": str(root / "none.pt"),
+                "model_name": "bench",
+                "model_config": {},
+                "input_size": 224,
+                "crop_ratio": 0.875,
+                "epoch": 0,
+            },
+            "model_name": "bench",
+            "attributes": [{"name": a.name, "values": list(a.values)} for a in schema.attributes],
+            "dim": D,
+            "index": config.to_dict(),
+            "faiss": faiss_meta,
+            "count": len(items),
+        },
+    )
     return time.perf_counter() - started
 
 
@@ -139,8 +156,11 @@ def main() -> None:
     from agman.retrieval.milvus import MilvusIndex
 
     faiss.omp_set_num_threads(1)
-    print(f"n={args.items:,} A={args.attributes} D={D} queries={args.queries}; python {platform.python_version()}, "
-          f"faiss {faiss.__version__}, pymilvus {pymilvus.__version__}, milvus-lite {milvus_lite.__version__}", flush=True)
+    print(
+        f"n={args.items:,} A={args.attributes} D={D} queries={args.queries}; python {platform.python_version()}, "
+        f"faiss {faiss.__version__}, pymilvus {pymilvus.__version__}, milvus-lite {milvus_lite.__version__}",
+        flush=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="milvus-bench-"))
     results: dict = {"n": args.items, "attributes": args.attributes, "dim": D, "queries": args.queries, "rows": []}
     try:
@@ -155,15 +175,19 @@ def main() -> None:
         faiss_s = write_faiss_index(work / "faiss", schema, vectors, items)
         uri = args.milvus_uri or str(work / "catalog.db")
         t = time.perf_counter()
-        milvus = MilvusIndex.create(uri, schema=schema, dim=D, checkpoint={"identity": "bench"},
-                                    collection=f"bench_{int(time.time())}")
+        milvus = MilvusIndex.create(
+            uri, schema=schema, dim=D, checkpoint={"identity": "bench"}, collection=f"bench_{int(time.time())}"
+        )
         for lo in range(0, args.items, args.batch):
             milvus.add(items[lo : lo + args.batch], vectors[lo : lo + args.batch])
             print(f"  milvus: {min(args.items, lo + args.batch):,} items, {time.perf_counter() - t:.0f}s", flush=True)
         milvus_s = time.perf_counter() - t
         results["ingest"] = {"faiss_items_per_s": args.items / faiss_s, "milvus_items_per_s": args.items / milvus_s}
-        print(f"ingest items/s: FAISS {args.items / faiss_s:,.0f}   Milvus {args.items / milvus_s:,.0f}   "
-              f"(Milvus / FAISS {faiss_s / milvus_s:.3f}x)", flush=True)
+        print(
+            f"ingest items/s: FAISS {args.items / faiss_s:,.0f}   Milvus {args.items / milvus_s:,.0f}   "
+            f"(Milvus / FAISS {faiss_s / milvus_s:.3f}x)",
+            flush=True,
+        )
         retriever = Retriever.open(work / "faiss")
         gc.collect()
 
@@ -171,8 +195,11 @@ def main() -> None:
         weight_sets = {"1 attribute": {"attr0": 1.0}, "2 attributes (1, 2)": {"attr0": 1.0, "attr1": 2.0}}
         if args.attributes < 2:
             weight_sets.pop("2 attributes (1, 2)")
-        print(f"\n{'query':<22} {'filter':<6} {'backend':<7} {'p50 ms':>9} {'p99 ms':>9} {'recall@10':>10} "
-              f"{'rounds':>7}  {'p50 vs FAISS':>12}", flush=True)
+        print(
+            f"\n{'query':<22} {'filter':<6} {'backend':<7} {'p50 ms':>9} {'p99 ms':>9} {'recall@10':>10} "
+            f"{'rounds':>7}  {'p50 vs FAISS':>12}",
+            flush=True,
+        )
         for wname, weights in weight_sets.items():
             widx = [(int(n[4:]), w) for n, w in weights.items()]
             for fname, flt in FILTERS.items():
@@ -205,11 +232,19 @@ def main() -> None:
                     p50, p99 = percentiles(times)
                     recall = sum(len(set(f) & set(w.tolist())) for f, w in zip(found, want)) / sum(len(w) for w in want)
                     rounds = float(np.mean([s[0] for s in stats])) if stats else None
-                    row[backend] = {"p50_ms": p50, "p99_ms": p99, "recall@10": recall, "rounds": rounds,
-                                    "scans": sum(s[1] for s in stats)}
+                    row[backend] = {
+                        "p50_ms": p50,
+                        "p99_ms": p99,
+                        "recall@10": recall,
+                        "rounds": rounds,
+                        "scans": sum(s[1] for s in stats),
+                    }
                     ratio = "" if backend == "FAISS" else f"{p50 / row['FAISS']['p50_ms']:.2f}x"
-                    print(f"{wname:<22} {fname:<6} {backend:<7} {p50:9.2f} {p99:9.2f} {recall:10.4f} "
-                          f"{'' if rounds is None else f'{rounds:.2f}':>7}  {ratio:>12}", flush=True)
+                    print(
+                        f"{wname:<22} {fname:<6} {backend:<7} {p50:9.2f} {p99:9.2f} {recall:10.4f} "
+                        f"{'' if rounds is None else f'{rounds:.2f}':>7}  {ratio:>12}",
+                        flush=True,
+                    )
                 results["rows"].append(row)
         milvus.drop()
         milvus.close()
