@@ -5,6 +5,8 @@ checkpoint identity; a Milvus that does not answer."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -310,3 +312,25 @@ def test_an_unreachable_milvus_is_an_error_naming_the_uri_within_the_timeout(tmp
         MilvusIndex.open(str(tmp_path / "no" / "such" / "x.db"))
     with pytest.raises(InvalidValueError, match="ending in .db"):
         MilvusIndex.open(str(tmp_path / "catalog.sqlite"))
+
+
+def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
+    path = tmp_path / "held.db"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pymilvus import MilvusClient; MilvusClient(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(MilvusUnreachableError, match="one process at a time"):
+            MilvusIndex.open(str(path))
+    finally:
+        holder.kill()
+        holder.wait()

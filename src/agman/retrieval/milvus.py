@@ -87,8 +87,14 @@ def connect(uri: str, *, token: str | None = None, timeout: float = 10.0):
     try:
         return pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout)
     except pymilvus.MilvusException as exc:
+        hint = ""
+        if "://" not in uri:
+            hint = (
+                "; Milvus Lite opens a file in one process at a time: is another process using it? "
+                "(several processes need a Milvus server)"
+            )
         raise MilvusUnreachableError(
-            f"cannot connect to Milvus at {uri} (waited at most {timeout:g} s): {getattr(exc, 'message', exc)}"
+            f"cannot connect to Milvus at {uri} (waited at most {timeout:g} s): {getattr(exc, 'message', exc)}{hint}"
         ) from None
 
 
