@@ -18,13 +18,13 @@ from agman.data.layouts import open_dataset
 from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
 from agman.retrieval.catalog import CatalogItem, CatalogSchema
 from agman.retrieval.filters import FilterFieldError, FilterSyntaxError, annotated, compile_filter
-from agman.retrieval.index import (
+from agman.retrieval.build import build_index
+from agman.retrieval.info import (
     CatalogIndexError,
     IndexConfig,
     IndexExistsError,
     IndexMismatchError,
     IndexNotFoundError,
-    build_index,
 )
 from agman.retrieval.search import QueryError, Retriever, UnknownItemError
 from agman.retrieval.sources import from_split
@@ -33,6 +33,11 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from agman.retrieval.milvus import MilvusError, MilvusIndex, MilvusUnreachableError  # noqa: E402
+
+def CHECKPOINT(r):
+    ck = r.info.checkpoint
+    return {"identity": ck.identity, "path": str(ck.path), "model_name": ck.model_name}
+
 
 META = {"price": "number", "category": "string", "in_stock": "bool"}
 CATEGORIES = ["dress", 'say "hi"', "it's", "back\\slash", "ünï"]
@@ -59,7 +64,7 @@ def faiss_flat(tmp_path_factory):
     build_index(tmp / "index", from_split(spec, "test"), ckpt, config=IndexConfig("flat"), batch_size=16)
     r = Retriever.open(tmp / "index")
     schema = CatalogSchema.create(spec.attributes, META)
-    items = [CatalogItem(it.id, it.path, dict(it.labels), metadata(i)) for i, it in enumerate(r.index.items)]
+    items = [CatalogItem(it.id, it.path, dict(it.labels), metadata(i)) for i, it in enumerate(r.store.items)]
     vectors = np.stack([r.item_vectors(i) for i in range(len(r))])
     return r, schema, items, vectors
 
@@ -70,7 +75,7 @@ def new_collection(tmp_path, faiss_flat, name="catalog") -> MilvusIndex:
         str(tmp_path / "catalog.db"),
         schema=schema,
         dim=vectors.shape[2],
-        checkpoint=r.index.meta["checkpoint"],
+        checkpoint=CHECKPOINT(r),
         collection=name,
     )
     idx.add(items, vectors)
@@ -170,7 +175,7 @@ def test_k_above_the_matching_items_returns_them_all(faiss_flat, milvus):
 def test_round_trips_add_update_upsert_delete(tmp_path, faiss_flat):
     r, schema, items, vectors = faiss_flat
     idx = MilvusIndex.create(
-        str(tmp_path / "rt.db"), schema=schema, dim=vectors.shape[2], checkpoint=r.index.meta["checkpoint"]
+        str(tmp_path / "rt.db"), schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r)
     )
     assert idx.add(items[:80], vectors[:80]) == 80 and len(idx) == 80
     assert idx.add(items[80:], vectors[80:]) == 40 and len(idx) == 120
@@ -222,7 +227,7 @@ def test_round_trips_add_update_upsert_delete(tmp_path, faiss_flat):
 def test_an_interrupted_add_is_completed_by_running_it_again(tmp_path, faiss_flat, monkeypatch):
     r, schema, items, vectors = faiss_flat
     idx = MilvusIndex.create(
-        str(tmp_path / "crash.db"), schema=schema, dim=vectors.shape[2], checkpoint=r.index.meta["checkpoint"]
+        str(tmp_path / "crash.db"), schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r)
     )
     real_upsert = idx.client.upsert
     calls = []
@@ -248,16 +253,16 @@ def test_an_interrupted_add_is_completed_by_running_it_again(tmp_path, faiss_fla
 def test_collections_of_another_checkpoint_are_refused(tmp_path, faiss_flat):
     r, schema, items, vectors = faiss_flat
     uri = str(tmp_path / "id.db")
-    idx = MilvusIndex.create(uri, schema=schema, dim=vectors.shape[2], checkpoint=r.index.meta["checkpoint"])
+    idx = MilvusIndex.create(uri, schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r))
     idx.add(items[:3], vectors[:3])
-    same = MilvusIndex.open(uri, identity=r.index.identity)
+    same = MilvusIndex.open(uri, identity=r.info.checkpoint.identity)
     assert len(same) == 3 and same.schema == schema and same.dim == vectors.shape[2]
     with pytest.raises(IndexMismatchError, match="identity"):
         MilvusIndex.open(uri, identity="0" * 16, checkpoint_path="other.pt")
     with pytest.raises(IndexNotFoundError, match="no collection 'other'"):
         MilvusIndex.open(uri, collection="other")
     with pytest.raises(IndexExistsError, match="already has a collection 'catalog'"):
-        MilvusIndex.create(uri, schema=schema, dim=vectors.shape[2], checkpoint=r.index.meta["checkpoint"])
+        MilvusIndex.create(uri, schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r))
     plain = idx.client
     schema_ = plain.create_schema(auto_id=False)
     schema_.add_field("pk", __import__("pymilvus").DataType.INT64, is_primary=True)

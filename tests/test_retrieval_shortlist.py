@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agman.retrieval.search import exact_scores, rank_order
+from agman.retrieval.ranking import exact_scores, rank_order
 from agman.retrieval.shortlist import Shortlist, top_k
 
 

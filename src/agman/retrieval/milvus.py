@@ -23,6 +23,7 @@ boolean expressions (:func:`agman.retrieval.filters.to_milvus`).  One process wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -35,14 +36,17 @@ import numpy as np
 from agman.errors import AgmanError, AlreadyExistsError, InvalidValueError, NotFoundError
 from agman.retrieval.catalog import CatalogItem, CatalogSchema
 from agman.retrieval.filters import Expr, Filter, compile_filter, to_milvus
-from agman.retrieval.index import (
+from agman.retrieval.info import (
     CatalogIndexError,
     IndexConfig,
+    IndexedCheckpoint,
     IndexExistsError,
+    IndexInfo,
     IndexNotFoundError,
-    check_identity,
 )
-from agman.retrieval.search import QueryError, UnknownItemError, exact_scores
+from agman.retrieval.query import QueryError
+from agman.retrieval.ranking import exact_scores
+from agman.retrieval.search import UnknownItemError
 from agman.retrieval.shortlist import Shortlist, top_k
 
 FORMAT_VERSION = 1
@@ -183,7 +187,7 @@ class MilvusIndex:
             "checkpoint": dict(checkpoint),
             "schema": schema.to_dict(),
             "dim": int(dim),
-            "index": config.to_dict(),
+            "index": dataclasses.asdict(config),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         self = cls(client, str(uri), collection, meta, timeout=request_timeout, config=config)
@@ -240,9 +244,9 @@ class MilvusIndex:
             )
         settings = dict(meta["index"])
         settings.update({k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search), ("rerank", rerank)) if v})
-        self = cls(client, str(uri), collection, meta, timeout=request_timeout, config=IndexConfig.from_dict(settings))
+        self = cls(client, str(uri), collection, meta, timeout=request_timeout, config=IndexConfig(**settings))
         if identity is not None:
-            check_identity(meta, identity, checkpoint_path or "the checkpoint", f"{uri} (collection {collection})")
+            _check_identity(meta, identity, checkpoint_path or "the checkpoint", f"{uri} (collection {collection})")
         self._call("load the collection", client.load_collection, collection)
         return self
 
@@ -624,3 +628,9 @@ def _check_collection_name(name: str) -> None:
     )
     if not ok:
         raise InvalidValueError(f"collection name {name!r}: letters, digits and _ only, starting with a letter or _")
+
+
+def _check_identity(meta: dict, identity: str, path, where: str) -> None:
+    ck = dict(meta["checkpoint"])
+    built = IndexedCheckpoint(ck["identity"], Path(ck.get("path", "?")), ck.get("model_name", "?"), 224, 1.0)
+    IndexInfo(built, [], 1, IndexConfig()).check_checkpoint(identity, path, where)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agman.retrieval.search import BORDER_EPS, rank_order
+from agman.retrieval.ranking import BORDER_EPS, rank_order
 
 GROWTH = 4
 
