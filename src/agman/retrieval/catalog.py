@@ -30,28 +30,16 @@ import numpy as np
 from agman.data.spec import Attribute, DatasetError
 from agman.errors import InvalidValueError
 from agman.retrieval.filters import Column, Field
+from agman.retrieval.info import METADATA_TYPES, IndexInfo
+from agman.retrieval.items import Item
 from agman.retrieval.sources import ImageSet
 
-METADATA_TYPES = ("string", "number", "bool")
 _TRUE = ("true", "yes", "1")
 _FALSE = ("false", "no", "0")
 
 
 class CatalogSchemaError(InvalidValueError):
     """The declared columns do not fit the CSV header or the checkpoint's attributes."""
-
-
-@dataclass
-class CatalogItem:
-    """One catalog item: id, image path (as the catalog gives it), labels and typed metadata.
-
-    ``labels``: attribute name -> value name (unlabelled attributes absent); ``metadata``: column
-    name -> str / float / bool (missing values absent)."""
-
-    id: str
-    path: str
-    labels: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, str | float | bool] = field(default_factory=dict)
 
 
 def parse_cell(kind: str, text: str) -> str | float | bool:
@@ -102,6 +90,11 @@ class CatalogSchema:
     def create(cls, attributes: Sequence[Attribute], metadata: Mapping[str, str] | None = None) -> CatalogSchema:
         return cls(tuple(attributes), tuple((metadata or {}).items()))
 
+    @classmethod
+    def of(cls, info: IndexInfo) -> CatalogSchema:
+        """The schema an index records (its checkpoint's attributes and its metadata columns)."""
+        return cls.create(info.attributes, info.metadata)
+
     @property
     def attribute_names(self) -> list[str]:
         return [a.name for a in self.attributes]
@@ -112,7 +105,7 @@ class CatalogSchema:
         out.update({name: Field(name, kind) for name, kind in self.metadata})
         return out
 
-    def check_item(self, item: CatalogItem) -> CatalogItem:
+    def check_item(self, item: Item) -> Item:
         """``item`` with its metadata in the declared types; raises naming the item and the field."""
         values = {a.name: a.values for a in self.attributes}
         for name, value in item.labels.items():
@@ -128,26 +121,15 @@ class CatalogSchema:
             if name not in kinds:
                 raise InvalidValueError(f"item {item.id!r}: no metadata column {name!r} in this catalog")
             metadata[name] = _typed(kinds[name], value, f"item {item.id!r}, metadata {name!r}")
-        return CatalogItem(item.id, item.path, dict(item.labels), metadata)
+        return Item(item.id, item.path, dict(item.labels), metadata)
 
-    def columns(self, items: Sequence[CatalogItem]) -> dict[str, Column]:
+    def columns(self, items: Sequence[Item]) -> dict[str, Column]:
         """Every field over ``items`` as a numpy column (for :func:`agman.retrieval.filters.evaluate`)."""
         out = {}
         for name, f in self.fields().items():
             source = "labels" if f.kind == "label" else "metadata"
             out[name] = Column.build(f, [getattr(it, source).get(name) for it in items])
         return out
-
-    def to_dict(self) -> dict:
-        return {
-            "attributes": [{"name": a.name, "values": list(a.values)} for a in self.attributes],
-            "metadata": [{"name": n, "type": t} for n, t in self.metadata],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> CatalogSchema:
-        attributes = tuple(Attribute(a["name"], tuple(a["values"])) for a in data["attributes"])
-        return cls(attributes, tuple((m["name"], m["type"]) for m in data.get("metadata", ())))
 
 
 def _typed(kind: str, value, where: str):
@@ -198,7 +180,7 @@ class Catalog:
     """The items of a catalog CSV, their schema, and the folder relative image paths start from."""
 
     schema: CatalogSchema
-    items: list[CatalogItem]
+    items: list[Item]
     root: Path
     source: str = ""
 
@@ -206,12 +188,16 @@ class Catalog:
         return len(self.items)
 
     def image_set(self) -> ImageSet:
-        """The items as an :class:`ImageSet` (absolute paths, labels) for today's index builder."""
+        """The items as an :class:`ImageSet` (absolute paths, labels, metadata) for the index builder,
+        the catalog's folder as its root."""
         return ImageSet(
             [it.id for it in self.items],
             [str(self.root / it.path) for it in self.items],
             [dict(it.labels) for it in self.items],
             description=self.source,
+            metadata=[dict(it.metadata) for it in self.items],
+            metadata_types=dict(self.schema.metadata),
+            root=str(self.root),
         )
 
     def columns(self) -> dict[str, Column]:
@@ -253,11 +239,11 @@ def _header_roles(header: list[str], attributes: Sequence[Attribute], cols: Cata
     return roles
 
 
-def _row_item(header, roles, row, cols: CatalogColumns, values: dict[str, set], where: Path, line: int) -> CatalogItem:
+def _row_item(header, roles, row, cols: CatalogColumns, values: dict[str, set], where: Path, line: int) -> Item:
     """One data row as an item; errors name the line and the column."""
     if len(row) != len(header):
         raise DatasetError(f"expected {len(header)} fields (as in the header), got {len(row)}", where, line)
-    item = CatalogItem("", "")
+    item = Item("", "")
     item_id = None
     for name, role, cell in zip(header, roles, (c.strip() for c in row)):
         if role in ("path", "id"):
@@ -297,7 +283,7 @@ def read_catalog(
     cols = columns or CatalogColumns()
     schema = CatalogSchema.create(attributes, cols.metadata)
     values = {a.name: set(a.values) for a in attributes}
-    items: list[CatalogItem] = []
+    items: list[Item] = []
     first_line: dict[str, int] = {}
     try:
         with csv_path.open(encoding="utf-8-sig", newline="") as f:

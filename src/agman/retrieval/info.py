@@ -2,14 +2,20 @@
 :class:`IndexInfo` (read and validated here, and only here), the file names of an index folder
 (:class:`IndexLayout`), and the index errors.
 
-``index.json`` (format version 2; version 1, which also stored ``model_name`` at the top level,
-is read as well)::
+``index.json`` (format version 3; versions 1 and 2 are read as well)::
 
-    {"format_version": 2,
+    {"format_version": 3,
      "checkpoint": {"identity", "path", "model_name", "model_config", "input_size", "crop_ratio", "epoch"},
      "attributes": [{"name", "values": [...]}, ...],
-     "dim": D, "index": {IndexConfig fields}, "count": searchable rows,
+     "metadata": {"<column>": "string" | "number" | "bool", ...},
+     "root": "/catalog/root" | null, "dim": D, "index": {IndexConfig fields},
+     "count": rows written, "deleted": [rows no longer searchable],
      "faiss": {"<attribute>": {"factory", "trained_on"}}, "created", "updated"}
+
+``root`` is the catalog root the items' image paths are relative to (``null``: absolute paths, as
+formats 1 and 2 stored them); it can be overridden when the index is opened, so a folder can move.
+The same description is kept in a Milvus collection's properties (:meth:`IndexInfo.to_json` /
+:meth:`IndexInfo.parse`).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -25,8 +31,12 @@ from agman.data.spec import Attribute
 from agman.errors import AgmanError, InvalidValueError, UsageError
 from agman.fileio import atomic_write_text
 
-FORMAT_VERSION = 2
-"""2: ``model_name`` only inside ``checkpoint`` (1 stored it twice)."""
+FORMAT_VERSION = 3
+"""3: item paths relative to ``root``, the metadata schema, deleted rows (older agman would misread
+them); 2: ``model_name`` only inside ``checkpoint`` (1 stored it twice)."""
+
+METADATA_TYPES = ("string", "number", "bool")
+"""Types of metadata columns: ``number`` is float64 (finite), ``bool`` true/false."""
 
 INDEX_TYPES = {
     "flat": "exact: brute-force inner product over every item (FAISS IndexFlatIP)",
@@ -148,11 +158,25 @@ class IndexInfo:
     faiss: dict[int, FaissFile] = field(default_factory=dict)
     created: str = field(default_factory=now)
     updated: str | None = None
+    metadata: dict[str, Literal["string", "number", "bool"]] = field(default_factory=dict)
+    root: str | None = None
+    deleted: list[Annotated[int, Field(ge=0)]] = field(default_factory=list)
 
     def __post_init__(self):
         stray = sorted(a for a in self.faiss if not 0 <= a < len(self.attributes))
         if stray:
             raise ValueError(f"faiss: attribute {stray[0]} does not exist ({len(self.attributes)} attributes)")
+        clash = sorted(set(self.metadata) & {a.name for a in self.attributes})
+        if clash:
+            raise ValueError(f"metadata: {clash[0]!r} is also an attribute's name")
+        self.deleted = sorted(set(self.deleted))
+        if self.deleted and self.deleted[-1] >= self.count:
+            raise ValueError(f"deleted: row {self.deleted[-1]} is past count {self.count}")
+
+    @property
+    def searchable(self) -> int:
+        """Rows that can be found (written and not deleted)."""
+        return self.count - len(self.deleted)
 
     @property
     def model_name(self) -> str:

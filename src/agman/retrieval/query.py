@@ -17,6 +17,16 @@ class QueryError(UsageError, ValueError):
     """A query the index cannot answer as asked (unknown attribute, bad weight, bad k, ...)."""
 
 
+class UnknownItemError(QueryError):
+    """No catalog item has the given id (HTTP 404)."""
+
+    @classmethod
+    def of(cls, ids: Sequence[str], where: str, consequence: str = "") -> UnknownItemError:
+        """The error for ``ids`` (the first five named) missing from the index ``where``."""
+        shown = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        return cls(f"no item {shown} in {where}{'; ' + consequence if consequence else ''}")
+
+
 def attribute_index(name: str, known: Sequence[str]) -> int:
     """Position of attribute ``name`` among the index's attributes ``known``."""
     try:

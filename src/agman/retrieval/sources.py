@@ -25,19 +25,28 @@ only the images of the candidate (query) rows, labelled by those rows alone."""
 
 @dataclass
 class ImageSet:
-    """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value)."""
+    """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value),
+    ``metadata[i]`` (column -> str / float / bool) typed by ``metadata_types`` (column -> ``string`` /
+    ``number`` / ``bool``); ``root``: the catalog root the index stores paths relative to (None: the
+    index's own root, or absolute paths)."""
 
     ids: list[str]
     paths: list[str]
     labels: list[dict[str, str]] = field(default_factory=list)
     description: str = ""
+    metadata: list[dict] = field(default_factory=list)
+    metadata_types: dict[str, str] = field(default_factory=dict)
+    root: str | None = None
 
     def __post_init__(self):
         if not self.labels:
             self.labels = [{} for _ in self.ids]
-        if not len(self.ids) == len(self.paths) == len(self.labels):
+        if not self.metadata:
+            self.metadata = [{} for _ in self.ids]
+        if not len(self.ids) == len(self.paths) == len(self.labels) == len(self.metadata):
             raise ValueError(
-                f"ImageSet needs as many ids, paths and labels: {len(self.ids)}, {len(self.paths)}, {len(self.labels)}"
+                f"ImageSet needs as many ids, paths, labels and metadata: {len(self.ids)}, {len(self.paths)}, "
+                f"{len(self.labels)}, {len(self.metadata)}"
             )
         seen: dict[str, int] = {}
         for i, item_id in enumerate(self.ids):
@@ -67,13 +76,25 @@ def from_directory(folder: str | Path) -> ImageSet:
         ids=[_posix(p.relative_to(folder)) for p in files],
         paths=[str(base / p.relative_to(folder)) for p in files],
         description=f"folder {folder}",
+        root=str(base),
     )
 
 
-def from_csv(csv_path: str | Path) -> ImageSet:
-    """A catalog CSV ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; paths relative
-    to the CSV's folder; a non-empty cell is the item's value of that column's attribute), or a CSV
-    with the ``path`` column alone.  Items are sorted by path."""
+def from_csv(csv_path: str | Path, attributes=None, columns=None, *, root: str | Path | None = None) -> ImageSet:
+    """A catalog CSV.
+
+    With ``attributes`` (the checkpoint's: a list of :class:`~agman.data.spec.Attribute`) the CSV
+    is read as a typed catalog (:func:`agman.retrieval.catalog.read_catalog`): columns named after
+    an attribute hold its labels (checked against its values), ``columns``
+    (:class:`~agman.retrieval.catalog.CatalogColumns`) declares metadata, the id column and an id
+    prefix; any other column is an error; items in file order; paths relative to ``root`` (default:
+    the CSV's folder).  Without, ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; a
+    non-empty cell is the item's value of that column's attribute, value names taken from the CSV),
+    or a CSV with the ``path`` column alone; items sorted by path."""
+    if attributes is not None:
+        from agman.retrieval.catalog import read_catalog
+
+        return read_catalog(csv_path, attributes, columns, root=root).image_set()
     csv_path = Path(csv_path)
     try:
         with csv_path.open(encoding="utf-8-sig", newline="") as f:
@@ -97,7 +118,7 @@ def from_csv(csv_path: str | Path) -> ImageSet:
     if not rels:
         raise DatasetError("no image rows after the header", csv_path)
     base = csv_path.parent.resolve()
-    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}")
+    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}", root=str(base))
 
 
 def _named_labels(spec: DatasetSpec, row: np.ndarray) -> dict[str, str]:
@@ -129,4 +150,5 @@ def from_split(spec: DatasetSpec, split: str, part: str = "all") -> ImageSet:
         paths=[str(root / s.paths[i]) for i in images],
         labels=labels,
         description=f"{spec.name} {split} split ({part})",
+        root=str(root),
     )

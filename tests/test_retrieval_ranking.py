@@ -6,43 +6,58 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agman.retrieval.ranking import exact_scores, rank_order
-from agman.retrieval.shortlist import Shortlist, top_k
+from agman.retrieval.info import IndexConfig
+from agman.retrieval.query import AttributeWeights
+from agman.retrieval.ranking import exact_scores, rank, rank_order
+from agman.retrieval.store import Selection
 
 
-class NumpyBackend:
-    """A shortlist backend over numpy arrays: exact per-attribute top m among allowed rows, with
-    scores perturbed by up to ``noise`` (a database's own float rounding)."""
+class NumpyStore:
+    """A store over numpy arrays ranked through shortlists (``in_memory`` False, as a database): exact
+    per-attribute top m among the selected rows, with scores perturbed by up to ``noise`` (a
+    database's own float rounding), or (``exact`` False) a poor approximate index.  Counts the rows
+    it re-scores (of the first queried attribute), the shortlist sizes asked for, and scans."""
 
-    def __init__(self, vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray, noise: float = 0.0, seed: int = 0):
-        self.vectors, self.query, self.allowed = vectors, query, allowed
-        self.attrs: list[int] = []
+    in_memory = False
+    location = "numpy"
+
+    def __init__(self, vectors, query, allowed, noise=0.0, seed=0, exact=True, limit=10_000):
+        self._vectors, self.query, self.allowed = vectors, query, np.asarray(allowed, dtype=np.int64)
+        self.config = IndexConfig("flat" if exact else "hnsw", rerank=10)
+        self.shortlist_limit = limit
         self.scored = 0
         self.noise = noise
         self.rng = np.random.default_rng(seed)
         self.calls: list[int] = []
         self.scanned = False
+        self.first: int | None = None
 
-    def shortlist(self, a: int, m: int) -> Shortlist:
+    def select(self, flt=None, exclude=()):
+        return Selection(len(self.allowed), self.allowed)
+
+    def shortlist(self, a, query, m, selection):
         self.calls.append(m)
-        if a not in self.attrs:
-            self.attrs.append(a)
-        rows = self.allowed
-        s = exact_scores(self.vectors[rows, a], self.query[a]).astype(np.float64)
+        self.first = a if self.first is None else self.first
+        rows = selection.rows
+        s = exact_scores(self._vectors[rows, a], query).astype(np.float64)
         s = s + self.rng.uniform(-self.noise, self.noise, len(s))
         order = np.argsort(-s, kind="stable")[:m]
-        return Shortlist(rows[order], s[order], float(s[order[-1]]) if len(order) else -np.inf, len(order) < m)
+        return rows[order], s[order]
 
-    def scores(self, rows: np.ndarray) -> np.ndarray:
-        self.scored += len(rows)
-        return np.stack([exact_scores(self.vectors[rows, a], self.query[a]) for a in self.attrs])
+    def vectors(self, a, rows):
+        self.scored += len(rows) if a == self.first else 0
+        return self._vectors[rows, a]
 
-    def scan(self):
+    def similarities(self, a, query, selection):
         self.scanned = True
-        rows = self.allowed
-        return rows, np.stack(
-            [exact_scores(self.vectors[rows, a], self.query[a]) for a in range(self.vectors.shape[1])]
-        )
+        return selection.rows, exact_scores(self._vectors[selection.rows, a], query)
+
+
+def top_k(store: NumpyStore, pairs, k, start):
+    """``rank`` of the store's query under weights ``[(attribute, weight), ...]``."""
+    names = [f"a{j}" for j in range(8)]
+    weights = AttributeWeights.parse({names[a]: w for a, w in pairs}, names)
+    return rank(store, store.query, weights, k, store.select(), start=start)
 
 
 def brute(vectors, query, allowed, attrs, k):
@@ -68,8 +83,8 @@ def test_top_k_equals_a_full_scan(seed):
     allowed = np.sort(rng.choice(500, int(rng.integers(1, 501)), replace=False)) if seed % 3 else np.arange(500)
     attrs = [(0, 1.0)] if seed % 4 == 0 else [(0, 2.0), (2, 0.5)] if seed % 4 == 1 else [(0, 1.0), (1, 1.0), (2, 1.0)]
     k = [1, 5, 20, 600][seed % 4]
-    backend = NumpyBackend(vectors, query, allowed, noise=5e-7, seed=seed)
-    got = top_k(attrs, k, backend.shortlist, backend.scores, backend.scan, start=k + 16, limit=10_000)
+    backend = NumpyStore(vectors, query, allowed, noise=5e-7, seed=seed)
+    got = top_k(backend, attrs, k, start=k + 16)
     rows, totals = brute(vectors, query, allowed, attrs, k)
     assert got.exact
     assert got.rows.tolist() == rows.tolist()
@@ -82,8 +97,8 @@ def test_ties_rank_by_row_and_shortlists_grow_until_the_bound_holds():
     vectors[100:140] = vectors[5]  # 41 identical items: exact ties across both attributes
     query = vectors[5].copy()
     allowed = np.arange(300)
-    backend = NumpyBackend(vectors, query, allowed)
-    got = top_k([(0, 1.0), (1, 3.0)], 30, backend.shortlist, backend.scores, backend.scan, start=4, limit=10_000)
+    backend = NumpyStore(vectors, query, allowed)
+    got = top_k(backend, [(0, 1.0), (1, 3.0)], 30, start=4)
     rows, _ = brute(vectors, query, allowed, [(0, 1.0), (1, 3.0)], 30)
     assert got.rows.tolist() == rows.tolist() == [5] + list(range(100, 129))
     assert got.rounds > 1 and backend.calls[0] == 4 and max(backend.calls) >= 64  # grew 4 -> 16 -> 64 ...
@@ -95,8 +110,8 @@ def test_the_backend_limit_ends_in_an_exact_scan():
     vectors[:, 1] = vectors[0, 1]  # attribute 1 the same everywhere: its border never separates anything
     query = vectors[3]
     allowed = np.arange(400)
-    backend = NumpyBackend(vectors, query, allowed)
-    got = top_k([(0, 1.0), (1, 1.0)], 10, backend.shortlist, backend.scores, backend.scan, start=2, limit=8)
+    backend = NumpyStore(vectors, query, allowed, limit=8)
+    got = top_k(backend, [(0, 1.0), (1, 1.0)], 10, start=2)
     rows, totals = brute(vectors, query, allowed, [(0, 1.0), (1, 1.0)], 10)
     assert backend.scanned and got.scanned and got.exact and got.candidates == 400
     assert got.rows.tolist() == rows.tolist() and np.array_equal(got.total, totals)
@@ -104,20 +119,18 @@ def test_the_backend_limit_ends_in_an_exact_scan():
 
 def test_fewer_allowed_rows_than_k_and_no_rows():
     vectors = clustered(50, 2, 8, 3)
-    backend = NumpyBackend(vectors, vectors[0], np.array([3, 7, 9]))
-    got = top_k([(0, 1.0), (1, 1.0)], 10, backend.shortlist, backend.scores, backend.scan, start=26, limit=100)
+    backend = NumpyStore(vectors, vectors[0], np.array([3, 7, 9]))
+    got = top_k(backend, [(0, 1.0), (1, 1.0)], 10, start=26)
     assert sorted(got.rows.tolist()) == [3, 7, 9] and got.candidates == 3 and got.rounds == 1
-    empty = NumpyBackend(vectors, vectors[0], np.zeros(0, np.int64))
-    got = top_k([(0, 1.0)], 5, empty.shortlist, empty.scores, empty.scan, start=10, limit=100)
+    empty = NumpyStore(vectors, vectors[0], np.zeros(0, np.int64))
+    got = top_k(empty, [(0, 1.0)], 5, start=10)
     assert got.rows.tolist() == [] and got.candidates == 0
 
 
 def test_approximate_backends_get_one_rescored_round():
     vectors = clustered(500, 2, 8, 4)
-    backend = NumpyBackend(vectors, vectors[1], np.arange(500), noise=0.05, seed=4)  # a poor index
-    got = top_k(
-        [(0, 1.0), (1, 1.0)], 10, backend.shortlist, backend.scores, backend.scan, start=100, limit=10_000, exact=False
-    )
+    backend = NumpyStore(vectors, vectors[1], np.arange(500), noise=0.05, seed=4, exact=False)  # a poor index
+    got = top_k(backend, [(0, 1.0), (1, 1.0)], 10, start=100)
     assert not got.exact and got.rounds == 1 and not backend.scanned
     # whatever was found is scored exactly
     total = exact_scores(vectors[got.rows, 0], vectors[1, 0]).astype(np.float64) + exact_scores(
@@ -136,8 +149,8 @@ def test_items_outside_every_shortlist_can_win_the_sum_and_are_found():
     balanced = [(unit(0.6), unit(0.6))] * 10
     vectors = np.asarray(one_sided + balanced, dtype=np.float32)
     query = np.asarray([[1, 0, 0, 0], [1, 0, 0, 0]], dtype=np.float32)
-    backend = NumpyBackend(vectors, query, np.arange(len(vectors)))
-    got = top_k([(0, 1.0), (1, 1.0)], 5, backend.shortlist, backend.scores, backend.scan, start=8, limit=10_000)
+    backend = NumpyStore(vectors, query, np.arange(len(vectors)))
+    got = top_k(backend, [(0, 1.0), (1, 1.0)], 5, start=8)
     assert got.rows.tolist() == [200, 201, 202, 203, 204]  # the balanced ones, ties by row
     assert np.allclose(got.total, 1.2, atol=1e-6)
     assert got.rounds >= 3 and not backend.scanned  # 8 -> 32 -> 128: only then do they enter a shortlist
@@ -145,8 +158,8 @@ def test_items_outside_every_shortlist_can_win_the_sum_and_are_found():
 
 def test_only_candidates_that_can_still_make_the_top_k_are_rescored():
     vectors = clustered(3000, 2, 16, 5)
-    backend = NumpyBackend(vectors, vectors[7], np.arange(3000), noise=5e-7, seed=5)
-    got = top_k([(0, 1.0)], 10, backend.shortlist, backend.scores, backend.scan, start=500, limit=10_000)
+    backend = NumpyStore(vectors, vectors[7], np.arange(3000), noise=5e-7, seed=5)
+    got = top_k(backend, [(0, 1.0)], 10, start=500)
     rows, totals = brute(vectors, vectors[7], np.arange(3000), [(0, 1.0)], 10)
     assert got.rows.tolist() == rows.tolist() and np.array_equal(got.total, totals)
     assert backend.scored <= 48  # of a 500-row shortlist: batches of 16, 32 at most
