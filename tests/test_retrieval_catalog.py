@@ -13,13 +13,14 @@ from agman.data.spec import Attribute, DatasetError
 from agman.errors import InvalidValueError, UsageError
 from agman.retrieval.catalog import (
     CatalogColumns,
-    CatalogItem,
     CatalogSchema,
     CatalogSchemaError,
     parse_metadata_declarations,
     read_catalog,
 )
 from agman.retrieval.filters import compile_filter
+from agman.retrieval.info import IndexConfig, IndexedCheckpoint, IndexInfo
+from agman.retrieval.items import Item
 
 ATTRS = (Attribute("collar", ("round", "v", "square")), Attribute("pattern", ("solid", "stripes")))
 META = {"sku": "string", "price": "number", "in_stock": "bool", "title": "string"}
@@ -42,7 +43,7 @@ def test_a_row_becomes_id_path_labels_and_typed_metadata(tmp_path):
     cat = read_catalog(write(tmp_path, SHOP), ATTRS, CatalogColumns(metadata=META))
     assert [it.id for it in cat.items] == ["img/a.png", "img/b.png", "img/c.png"]  # ids: the path cells
     a, b, c = cat.items
-    assert a == CatalogItem(
+    assert a == Item(
         "img/a.png",
         "img/a.png",
         {"collar": "round", "pattern": "solid"},
@@ -154,19 +155,21 @@ def test_metadata_declarations_parse():
 
 def test_schema_round_trip_fields_and_item_checks():
     schema = CatalogSchema.create(ATTRS, {"price": "number", "in_stock": "bool"})
-    assert CatalogSchema.from_dict(schema.to_dict()) == schema
+    info = IndexInfo(IndexedCheckpoint("0" * 16, Path("c.pt"), "agman", 64, 1.0), list(ATTRS), 8, IndexConfig(),
+                     metadata={"price": "number", "in_stock": "bool"})
+    assert CatalogSchema.of(IndexInfo.parse(info.to_json(), "index.json")) == schema  # what an index records
     fields = schema.fields()
     assert fields["collar"].kind == "label" and fields["collar"].values == ("round", "v", "square")
     assert fields["price"].kind == "number"
-    good = schema.check_item(CatalogItem("x", "x.png", {"collar": "v"}, {"price": 3, "in_stock": False}))
+    good = schema.check_item(Item("x", "x.png", {"collar": "v"}, {"price": 3, "in_stock": False}))
     assert good.metadata == {"price": 3.0, "in_stock": False} and isinstance(good.metadata["price"], float)
     for bad, message in [
-        (CatalogItem("x", "p", {"collar": "vneck"}), "'vneck' is not a value of attribute 'collar'"),
-        (CatalogItem("x", "p", {"sleeve": "long"}), "'sleeve' is not an attribute"),
-        (CatalogItem("x", "p", {}, {"price": "3"}), "item 'x', metadata 'price': expected a finite number, got '3'"),
-        (CatalogItem("x", "p", {}, {"price": float("nan")}), "expected a finite number"),
-        (CatalogItem("x", "p", {}, {"in_stock": 1}), "expected a bool"),
-        (CatalogItem("x", "p", {}, {"colour": "red"}), "no metadata column 'colour'"),
+        (Item("x", "p", {"collar": "vneck"}), "'vneck' is not a value of attribute 'collar'"),
+        (Item("x", "p", {"sleeve": "long"}), "'sleeve' is not an attribute"),
+        (Item("x", "p", {}, {"price": "3"}), "item 'x', metadata 'price': expected a finite number, got '3'"),
+        (Item("x", "p", {}, {"price": float("nan")}), "expected a finite number"),
+        (Item("x", "p", {}, {"in_stock": 1}), "expected a bool"),
+        (Item("x", "p", {}, {"colour": "red"}), "no metadata column 'colour'"),
     ]:
         with pytest.raises(InvalidValueError, match=message):
             schema.check_item(bad)

@@ -1,6 +1,6 @@
-"""The Milvus backend on Milvus Lite: the same rankings as the FAISS flat index (ids and scores),
-with and without filters, single- and multi-attribute; add / update / upsert / delete round trips;
-checkpoint identity; a Milvus that does not answer."""
+"""The Milvus backend on Milvus Lite behind the same Retriever as the FAISS folder: the same rankings
+(ids and scores) as FAISS flat, with and without filters, single- and multi-attribute; add / update /
+delete round trips on both backends; checkpoint identity; a Milvus that does not answer."""
 
 from __future__ import annotations
 
@@ -15,29 +15,21 @@ from conftest import make_asen
 from test_retrieval_index import tiny_checkpoint
 
 from agman.data.layouts import open_dataset
-from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
-from agman.retrieval.catalog import CatalogItem, CatalogSchema
-from agman.retrieval.filters import FilterFieldError, FilterSyntaxError, annotated, compile_filter
+from agman.errors import InvalidValueError, NotFoundError
 from agman.retrieval.build import build_index
-from agman.retrieval.info import (
-    CatalogIndexError,
-    IndexConfig,
-    IndexExistsError,
-    IndexMismatchError,
-    IndexNotFoundError,
-)
-from agman.retrieval.search import QueryError, Retriever, UnknownItemError
-from agman.retrieval.sources import from_split
+from agman.retrieval.filters import FilterFieldError, FilterSyntaxError
+from agman.retrieval.info import CatalogIndexError, IndexExistsError, IndexMismatchError, IndexNotFoundError
+from agman.retrieval.query import QueryError, UnknownItemError
+from agman.retrieval.ranking import rank
+from agman.retrieval.search import Retriever
+from agman.retrieval.sources import ImageSet, from_split
+from agman.retrieval.targets import open_writer
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from agman.retrieval.milvus import MilvusError, MilvusIndex, MilvusUnreachableError  # noqa: E402
-
-def CHECKPOINT(r):
-    ck = r.info.checkpoint
-    return {"identity": ck.identity, "path": str(ck.path), "model_name": ck.model_name}
-
+from agman.retrieval.milvus_client import MilvusError, MilvusTarget, MilvusUnreachableError  # noqa: E402
+from agman.retrieval.milvus_store import MilvusStore  # noqa: E402
 
 META = {"price": "number", "category": "string", "in_stock": "bool"}
 CATEGORIES = ["dress", 'say "hi"', "it's", "back\\slash", "ünï"]
@@ -55,57 +47,37 @@ def metadata(row: int) -> dict:
     return out
 
 
+def catalog(spec, rows=None) -> ImageSet:
+    images = from_split(spec, "test")
+    rows = range(len(images.ids)) if rows is None else rows
+    return ImageSet(
+        [images.ids[r] for r in rows], [images.paths[r] for r in rows], [images.labels[r] for r in rows],
+        metadata=[metadata(r) for r in rows], metadata_types=META, root=images.root,
+    )
+
+
 @pytest.fixture(scope="module")
-def faiss_flat(tmp_path_factory):
-    """A FAISS flat index built by today's code over 120 real images with a tiny real model."""
-    tmp = tmp_path_factory.mktemp("faiss")
+def built(tmp_path_factory):
+    """The same 120 real images with metadata, embedded by a tiny real model into a FAISS flat folder
+    and a Milvus Lite collection (FLAT) by the same builder."""
+    tmp = tmp_path_factory.mktemp("backends")
     spec = open_dataset(make_asen(tmp / "ds", n_per_split=(12, 10, 120), values=(3, 2)))
     ckpt = tiny_checkpoint(tmp / "ckpt.pt", spec.attributes)
-    build_index(tmp / "index", from_split(spec, "test"), ckpt, config=IndexConfig("flat"), batch_size=16)
-    r = Retriever.open(tmp / "index")
-    schema = CatalogSchema.create(spec.attributes, META)
-    items = [CatalogItem(it.id, it.path, dict(it.labels), metadata(i)) for i, it in enumerate(r.store.items)]
-    vectors = np.stack([r.item_vectors(i) for i in range(len(r))])
-    return r, schema, items, vectors
+    build_index(tmp / "faiss", catalog(spec), ckpt, batch_size=16)
+    build_index(str(tmp / "catalog.db"), catalog(spec), ckpt, batch_size=16)
+    faiss = Retriever.open(tmp / "faiss")
+    milvus = Retriever.open(str(tmp / "catalog.db"))
+    yield tmp, spec, ckpt, faiss, milvus
+    milvus.store.close()
 
 
-def new_collection(tmp_path, faiss_flat, name="catalog") -> MilvusIndex:
-    r, schema, items, vectors = faiss_flat
-    idx = MilvusIndex.create(
-        str(tmp_path / "catalog.db"),
-        schema=schema,
-        dim=vectors.shape[2],
-        checkpoint=CHECKPOINT(r),
-        collection=name,
-    )
-    idx.add(items, vectors)
-    return idx
-
-
-@pytest.fixture(scope="module")
-def milvus(tmp_path_factory, faiss_flat):
-    idx = new_collection(tmp_path_factory.mktemp("milvus"), faiss_flat)
-    yield idx
-    idx.close()
-
-
-def faiss_answer(r: Retriever, schema, items, query, weights, k, flt=None, exclude=(), annotated_only=False):
-    """Today's exact search with the filter applied as excluded rows."""
-    excluded = set(exclude)
-    if flt is not None:
-        mask = compile_filter(flt, schema.fields()).mask(schema.columns(items), len(items))
-        excluded |= set(np.flatnonzero(~mask).tolist())
-    return r.search(query, weights, k, exclude=excluded, annotated_only=annotated_only)
-
-
-def assert_same(faiss_res, milvus_res):
-    assert milvus_res.ids == faiss_res.ids
-    f_scores = np.array([h.score for h in faiss_res.hits])
-    assert np.abs(milvus_res.total - f_scores).max(initial=0) <= 1e-5
-    assert np.array_equal(milvus_res.total, f_scores)  # in fact bit-identical: the same exact re-scoring
-    for j, name in enumerate(milvus_res.weights):
-        assert np.array_equal(milvus_res.per[j], np.array([h.scores[name] for h in faiss_res.hits], np.float32))
-    assert [it.labels for it in milvus_res.items] == [h.labels for h in faiss_res.hits]
+def assert_same(f, m):
+    """Same ids, the same scores bit for bit (both re-score the same stored float32 vectors)."""
+    assert m.ids == f.ids
+    assert [h.score for h in m.hits] == [h.score for h in f.hits]
+    assert [h.scores for h in m.hits] == [h.scores for h in f.hits]
+    assert [(h.labels, h.metadata, h.path) for h in m.hits] == [(h.labels, h.metadata, h.path) for h in f.hits]
+    assert m.candidates == f.candidates
 
 
 FILTERS = [
@@ -119,11 +91,11 @@ FILTERS = [
 WEIGHTS = [{"attr0": 1.0}, {"attr1": 1.0}, {"attr0": 1.0, "attr1": 2.5}, {"attr0": 0.3, "attr1": 0.3}]
 
 
-def test_same_rankings_as_faiss_flat_with_and_without_filters(faiss_flat, milvus):
-    r, schema, items, vectors = faiss_flat
+def test_same_rankings_as_faiss_flat_with_and_without_filters(built):
+    _, _, _, faiss, milvus = built
     rng = np.random.default_rng(0)
-    queries = [(vectors[row], row) for row in (0, 17, 55, 119)]
-    off = vectors[3] + 0.2 * rng.standard_normal(vectors[3].shape).astype(np.float32)
+    queries = [(faiss.item_vectors(row), row) for row in (0, 17, 55, 119)]
+    off = faiss.item_vectors(3) + 0.2 * rng.standard_normal((2, 32)).astype(np.float32)
     queries.append((off / np.linalg.norm(off, axis=1, keepdims=True), None))
     compared = 0
     for qi, (query, row) in enumerate(queries):
@@ -131,170 +103,179 @@ def test_same_rankings_as_faiss_flat_with_and_without_filters(faiss_flat, milvus
             for fi, flt in enumerate(FILTERS):
                 k = (1, 7, 40, 200)[(qi + wi + fi) % 4]
                 exclude = [row] if row is not None and fi % 2 == 0 else []
-                f = faiss_answer(r, schema, items, query, weights, k, flt, exclude)
-                m = milvus.search(query, weights, k, filter=flt, exclude_ids=[items[x].id for x in exclude])
-                assert m.exact
+                f = faiss.search(query, weights, k, filter=flt, exclude=exclude)
+                m = milvus.search(query, weights, k, filter=flt, exclude=exclude)
+                assert m.exact and f.exact
                 assert_same(f, m)
-                if m.candidates is not None:
-                    assert m.candidates == f.candidates
+                assert len(f.hits) == min(k, f.candidates)  # k items whenever k pass the filter
                 compared += 1
     assert compared == len(queries) * len(WEIGHTS) * len(FILTERS)
 
 
-def test_annotated_only_is_the_annotated_filter(faiss_flat, milvus):
-    r, schema, items, vectors = faiss_flat
+def test_item_queries_annotated_only_and_k_above_the_matching_items(built):
+    _, spec, _, faiss, milvus = built
+    item = spec.split("test").paths[9]
     for weights in WEIGHTS:
-        f = r.search(vectors[9], weights, 15, annotated_only=True)
-        m = milvus.search(vectors[9], weights, 15, filter=annotated(list(weights)))
-        assert len(m.ids) == 15
-        assert_same(f, m)
-
-
-def test_small_shortlists_grow_and_the_limit_falls_back_to_a_scan(faiss_flat, milvus):
-    r, schema, items, vectors = faiss_flat
-    for weights in WEIGHTS:
-        for flt in (None, "price < 70"):
-            f = faiss_answer(r, schema, items, vectors[30], weights, 12, flt)
-            grown = milvus.search(vectors[30], weights, 12, filter=flt, start=2)
-            assert_same(f, grown)
-            assert grown.rounds > 1 and not grown.scanned
-            scanned = milvus.search(vectors[30], weights, 12, filter=flt, start=2, limit=4)
-            assert_same(f, scanned)
-            assert scanned.scanned and scanned.candidates == f.candidates
-
-
-def test_k_above_the_matching_items_returns_them_all(faiss_flat, milvus):
-    r, schema, items, vectors = faiss_flat
-    f = faiss_answer(r, schema, items, vectors[4], {"attr0": 1.0, "attr1": 1.0}, 1000, "price < 15")
-    m = milvus.search(vectors[4], {"attr0": 1.0, "attr1": 1.0}, 1000, filter="price < 15")
-    assert 0 < len(m.ids) == f.candidates == m.candidates < 120
+        assert_same(faiss.search_item(item, weights, 15, annotated_only=True, exclude_self=True),
+                    milvus.search_item(item, weights, 15, annotated_only=True, exclude_self=True))
+    f = faiss.search_item(item, ["attr0", "attr1"], 1000, filter="price < 15")
+    m = milvus.search_item(item, ["attr0", "attr1"], 1000, filter="price < 15")
+    assert 0 < len(m.hits) == m.candidates < 120
     assert_same(f, m)
-    assert milvus.search(vectors[4], {"attr0": 1.0}, 5, filter="price > 1000").ids == []
+    assert milvus.search_item(item, "attr0", 5, filter="price > 1000").ids == []
 
 
-def test_round_trips_add_update_upsert_delete(tmp_path, faiss_flat):
-    r, schema, items, vectors = faiss_flat
-    idx = MilvusIndex.create(
-        str(tmp_path / "rt.db"), schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r)
-    )
-    assert idx.add(items[:80], vectors[:80]) == 80 and len(idx) == 80
-    assert idx.add(items[80:], vectors[80:]) == 40 and len(idx) == 120
-    assert idx.existing([items[0].id, "nope", items[119].id]) == {items[0].id, items[119].id}
-    with pytest.raises(AlreadyExistsError, match="already in collection"):
-        idx.add(items[5:6], vectors[5:6])
-    q = vectors[11]
+def test_shortlists_grow_and_the_limit_falls_back_to_a_scan(built):
+    """Milvus ranks through per-attribute shortlists (the threshold algorithm): started tiny they
+    grow until the bound holds; past Milvus's limit an exact scan answers — the same top k."""
+    _, _, _, faiss, milvus = built
+    store = milvus.store
+    query = faiss.item_vectors(30)
+    for weights in WEIGHTS:
+        w = milvus.parse_attributes(weights)
+        for flt in (None, "price < 70"):
+            expected = faiss.search(query, w, 12, filter=flt)
+            sel = store.select(milvus.compile_filter(flt))
+            grown = rank(store, query, w, 12, sel, start=2)
+            assert grown.rows.tolist() == [h.row for h in expected.hits] and grown.rounds > 1 and not grown.scanned
+            assert grown.total.tolist() == [h.score for h in expected.hits]
+            store.shortlist_limit = 4
+            try:
+                scanned = rank(store, query, w, 12, sel, start=2)
+            finally:
+                del store.shortlist_limit
+            assert scanned.scanned and scanned.rows.tolist() == [h.row for h in expected.hits]
+
+
+def test_round_trips_add_update_delete_on_both_backends(built, tmp_path):
+    """The same changes on a FAISS folder and a Milvus collection keep their rankings equal."""
+    _, spec, ckpt, _, _ = built
+    paths = {"faiss": tmp_path / "faiss", "milvus": str(tmp_path / "rt.db")}
+    for out in paths.values():
+        build_index(out, catalog(spec, range(80)), ckpt, batch_size=16)
+    r = {name: Retriever.open(out) for name, out in paths.items()}
+    q = r["faiss"].item_vectors(11)
     w = {"attr0": 1.0, "attr1": 2.0}
-    assert_same(r.search(q, w, 10), idx.search(q, w, 10))
 
-    # delete: gone from the results, the rest ranks as FAISS does without those rows
-    top = idx.search(q, w, 3).ids
-    assert idx.delete(top) == 3 and len(idx) == 117
-    rows = [r.row(i) for i in top]
-    assert_same(r.search(q, w, 10, exclude=rows), idx.search(q, w, 10))
-    with pytest.raises(UnknownItemError, match=repr(top[0])):
-        idx.get([top[0]])
-    with pytest.raises(UnknownItemError, match="no item 'nope'"):
-        idx.delete([items[50].id, "nope"])
-    assert len(idx) == 117 and idx.get([items[50].id])[0].id == items[50].id  # nothing was removed
+    def same(k=25, **kw):
+        f, m = r["faiss"].search(q, w, k, **kw), r["milvus"].search(q, w, k, **kw)
+        assert_same(f, m)
+        return f
 
-    # update: new embeddings and metadata (kept row), or metadata alone (kept embeddings)
-    changed = CatalogItem(items[50].id, "moved.png", {"attr0": "attr0_v2"}, {"price": 1.5, "category": "new"})
-    assert idx.update([changed], vectors[11:12]) == 1
-    got = idx.search(q, w, 1)
-    assert got.ids == [items[50].id] and got.items[0].metadata == {"price": 1.5, "category": "new"}
-    assert got.items[0].path == "moved.png" and got.rows[0] == 50
-    keep = CatalogItem(items[60].id, items[60].path, {}, {"in_stock": True})
-    idx.update([keep])
-    assert np.array_equal(idx.item_vectors(items[60].id), vectors[60])
-    assert idx.get([items[60].id])[0].metadata == {"in_stock": True}
-    found = idx.search(q, w, 120, filter="in_stock and price is null and category is null")
-    assert items[60].id in found.ids
-    assert all(it.metadata == {"in_stock": True} for it in found.items)
-    with pytest.raises(UnknownItemError):
-        idx.update([CatalogItem("nope", "x.png")], vectors[:1])
+    same()
+    for out in paths.values():  # add: the other 40 (the 80 are there already)
+        summary = build_index(out, catalog(spec), ckpt, add=True, batch_size=16)
+        assert (summary.added, summary.skipped, summary.count) == (40, 80, 120)
+    r["faiss"].refresh()
+    assert len(r["faiss"]) == len(r["milvus"]) == 120
+    same(k=120)
 
-    # upsert: deleted items come back with fresh rows, stored ones are replaced in place
-    back = [items[r.row(i)] for i in top]
-    back_vectors = np.stack([vectors[r.row(i)] for i in top])
-    assert idx.upsert(back + [items[50]], np.concatenate([back_vectors, vectors[50:51]])) == (3, 1)
-    assert len(idx) == 120
-    restored = idx.search(q, w, 3)
-    assert restored.ids == top and sorted(restored.rows.tolist()) == [120, 121, 122]
-    assert_same(r.search(q, w, 25), idx.search(q, w, 25))  # everything as built again
-    idx.drop()
+    top = same(k=3).ids
+    for out in paths.values():  # delete: gone from the results, the rest ranks as before
+        writer = open_writer(out)
+        try:
+            assert writer.delete(top) == 3
+            with pytest.raises(UnknownItemError, match="no item 'nope'"):
+                writer.delete([spec.split("test").paths[50], "nope"])
+        finally:
+            writer.close()
+    r["faiss"].refresh()
+    assert len(r["faiss"]) == len(r["milvus"]) == 117
+    after = same(k=117)
+    assert not set(top) & set(after.ids)
+    for name in r:
+        with pytest.raises(UnknownItemError):
+            r[name].search_item(top[0], "attr0")
+
+    # update: item 50 gets another image and new metadata (a fresh row), item 60 only new metadata
+    ids = spec.split("test").paths
+    images = catalog(spec, [50, 60])
+    images.paths[0] = catalog(spec).paths[12]  # another picture
+    images.metadata[0] = {"price": 1.5, "category": "new"}
+    images.metadata[1] = {"in_stock": True}
+    for out in paths.values():
+        summary = build_index(out, images, ckpt, update=True, batch_size=16)
+        assert (summary.added, summary.updated, summary.count) == (0, 2, 117)
+        with pytest.raises(UnknownItemError, match="no item 'nope'"):
+            build_index(out, ImageSet(["nope"], [images.paths[0]]), ckpt, update=True)
+    r["faiss"].refresh()
+    got = same(k=2, filter='category == "new"')
+    assert np.allclose(r["faiss"].item_vectors(120), r["faiss"].item_vectors(r["faiss"].row(ids[12])), atol=1e-5)
+    assert got.ids == [ids[50]] and got.hits[0].row == 120 and got.hits[0].metadata == {"price": 1.5, "category": "new"}
+    assert same(k=120, filter="in_stock and price is null and category is null").ids.count(ids[60]) == 1
+    same(k=117)
+
+    # deleted items come back as fresh rows with --add
+    for out in paths.values():
+        assert build_index(out, catalog(spec, [ids.index(i) for i in top]), ckpt, add=True).added == 3
+    r["faiss"].refresh()
+    back = same(k=120)
+    assert len(back.hits) == 120 and sorted(h.row for h in back.hits if h.id in top) == [122, 123, 124]
+    r["milvus"].store.close()
 
 
-def test_an_interrupted_add_is_completed_by_running_it_again(tmp_path, faiss_flat, monkeypatch):
-    r, schema, items, vectors = faiss_flat
-    idx = MilvusIndex.create(
-        str(tmp_path / "crash.db"), schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r)
-    )
-    real_upsert = idx.client.upsert
+def test_an_interrupted_milvus_commit_is_completed_by_running_it_again(built, tmp_path, monkeypatch):
+    _, spec, ckpt, faiss, _ = built
+    uri = str(tmp_path / "crash.db")
     calls = []
+    real = MilvusStore._upsert
 
-    def flaky(*args, **kwargs):
-        calls.append(kwargs.get("partition_name"))
-        if len(calls) == 2:  # the first attribute is written, the second fails
-            raise __import__("pymilvus").MilvusException(message="connection reset")
-        return real_upsert(*args, **kwargs)
+    def flaky(self, pending):
+        calls.append(len(pending))
+        if len(calls) == 1:
+            raise MilvusError(f"Milvus at {uri}: could not write items: connection reset")
+        return real(self, pending)
 
-    monkeypatch.setattr(idx.client, "upsert", flaky)
-    with pytest.raises(MilvusError, match="could not write items: connection reset"):
-        idx.add(items[:30], vectors[:30])
-    monkeypatch.setattr(idx.client, "upsert", real_upsert)
-    assert idx.existing(it.id for it in items[:30]) == set()  # half-written items do not count
-    assert idx.add(items[:30], vectors[:30]) == 30
-    assert len(idx) == 30
-    got = idx.search(vectors[2], {"attr0": 1.0, "attr1": 1.0}, 30)
-    assert sorted(got.rows.tolist()) == list(range(30))  # the rows given before the failure are kept
-    idx.drop()
+    monkeypatch.setattr(MilvusStore, "_upsert", flaky)
+    with pytest.raises(MilvusError, match="connection reset"):
+        build_index(uri, catalog(spec, range(30)), ckpt, batch_size=16)
+    summary = build_index(uri, catalog(spec, range(30)), ckpt, batch_size=16)
+    assert summary.embedded == 0 and summary.count == 30  # the shards were kept: nothing embedded again
+    m = Retriever.open(uri)
+    got = m.search(faiss.item_vectors(2), ["attr0", "attr1"], 30)
+    assert sorted(h.row for h in got.hits) == list(range(30))  # the rows reserved before the failure
+    m.store.close()
 
 
-def test_collections_of_another_checkpoint_are_refused(tmp_path, faiss_flat):
-    r, schema, items, vectors = faiss_flat
+def test_collections_of_another_checkpoint_and_foreign_ones_are_refused(built, tmp_path):
+    tmp, spec, ckpt, _, milvus = built
+    other = tiny_checkpoint(tmp_path / "other.pt", spec.attributes, seed=1)
     uri = str(tmp_path / "id.db")
-    idx = MilvusIndex.create(uri, schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r))
-    idx.add(items[:3], vectors[:3])
-    same = MilvusIndex.open(uri, identity=r.info.checkpoint.identity)
-    assert len(same) == 3 and same.schema == schema and same.dim == vectors.shape[2]
+    build_index(uri, catalog(spec, range(3)), ckpt)
     with pytest.raises(IndexMismatchError, match="identity"):
-        MilvusIndex.open(uri, identity="0" * 16, checkpoint_path="other.pt")
-    with pytest.raises(IndexNotFoundError, match="no collection 'other'"):
-        MilvusIndex.open(uri, collection="other")
+        build_index(uri, catalog(spec, range(5)), other, add=True)
     with pytest.raises(IndexExistsError, match="already has a collection 'catalog'"):
-        MilvusIndex.create(uri, schema=schema, dim=vectors.shape[2], checkpoint=CHECKPOINT(r))
-    plain = idx.client
-    schema_ = plain.create_schema(auto_id=False)
-    schema_.add_field("pk", __import__("pymilvus").DataType.INT64, is_primary=True)
-    schema_.add_field("v", __import__("pymilvus").DataType.FLOAT_VECTOR, dim=2)
-    plain.create_collection("foreign", schema=schema_)
+        build_index(uri, catalog(spec, range(5)), ckpt)
+    r = Retriever.open(uri, checkpoint=other)
+    with pytest.raises(IndexMismatchError, match="identity"):
+        r.search(spec.root / spec.split("test").paths[0], "attr0")
+    with pytest.raises(IndexNotFoundError, match="no collection 'other'"):
+        Retriever.open(uri, collection="other")
+    client = r.store.conn.client
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("pk", __import__("pymilvus").DataType.INT64, is_primary=True)
+    schema.add_field("v", __import__("pymilvus").DataType.FLOAT_VECTOR, dim=2)
+    client.create_collection("foreign", schema=schema)
+    r.store.close()
     with pytest.raises(CatalogIndexError, match="not made by agman"):
-        MilvusIndex.open(uri, collection="foreign")
+        Retriever.open(uri, collection="foreign")
     with pytest.raises(InvalidValueError, match="collection name"):
-        MilvusIndex.open(uri, collection="no-dashes")
+        Retriever.open(uri, collection="no-dashes")
 
 
-def test_bad_queries_and_writes_are_clear_errors(faiss_flat, milvus):
-    r, schema, items, vectors = faiss_flat
+def test_bad_queries_are_clear_errors(built):
+    _, spec, _, _, milvus = built
+    item = spec.split("test").paths[0]
     with pytest.raises(FilterSyntaxError, match="column 8"):
-        milvus.search(vectors[0], {"attr0": 1.0}, 5, filter="price <")
+        milvus.search_item(item, "attr0", 5, filter="price <")
     with pytest.raises(FilterFieldError, match="unknown field 'colour'"):
-        milvus.search(vectors[0], {"attr0": 1.0}, 5, filter="colour == 'red'")
+        milvus.search_item(item, "attr0", 5, filter="colour == 'red'")
+    with pytest.raises(FilterFieldError, match="'vneck' is not a value of attribute 'attr0'"):
+        milvus.search_item(item, "attr0", 5, filter="attr0 == 'vneck'")
     with pytest.raises(QueryError, match="unknown attribute 'sleeve'"):
-        milvus.search(vectors[0], {"sleeve": 1.0}, 5)
-    with pytest.raises(QueryError, match="k must be a positive integer"):
-        milvus.search(vectors[0], {"attr0": 1.0}, 0)
-    with pytest.raises(QueryError, match="query embeddings must be"):
-        milvus.search(vectors[0][:1], {"attr0": 1.0}, 5)
-    with pytest.raises(InvalidValueError, match="vectors must be"):
-        milvus.add([CatalogItem("new", "n.png")], vectors[0])
-    with pytest.raises(InvalidValueError, match="not a value of attribute 'attr0'"):
-        milvus.add([CatalogItem("new", "n.png", {"attr0": "nope"})], vectors[:1])
-    with pytest.raises(InvalidValueError, match="must be 1 to 1024 bytes"):
-        milvus.add([CatalogItem("x" * 1025, "n.png")], vectors[:1])
-    with pytest.raises(InvalidValueError, match="NaN"):
-        milvus.add([CatalogItem("new", "n.png")], np.full((1,) + vectors.shape[1:], np.nan, np.float32))
-    assert len(milvus) == 120
+        milvus.search_item(item, "sleeve", 5)
+    with pytest.raises(UnknownItemError, match="no item 'nope'"):
+        milvus.search_item("nope", "attr0", 5)
 
 
 def test_an_unreachable_milvus_is_an_error_naming_the_uri_within_the_timeout(tmp_path):
@@ -304,7 +285,7 @@ def test_an_unreachable_milvus_is_an_error_naming_the_uri_within_the_timeout(tmp
     uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
     started = time.perf_counter()
     with pytest.raises(MilvusUnreachableError, match=f"cannot connect to Milvus at {uri}"):
-        MilvusIndex.open(uri, timeout=1.5)
+        MilvusStore.open(MilvusTarget(uri, timeout=1.5))
     assert time.perf_counter() - started < 8
     silent.close()
     closed = socket.socket()
@@ -312,11 +293,11 @@ def test_an_unreachable_milvus_is_an_error_naming_the_uri_within_the_timeout(tmp
     port = closed.getsockname()[1]
     closed.close()
     with pytest.raises(MilvusUnreachableError, match=f"127.0.0.1:{port}"):
-        MilvusIndex.open(f"http://127.0.0.1:{port}", timeout=1.5)
+        MilvusStore.open(MilvusTarget(f"http://127.0.0.1:{port}", timeout=1.5))
     with pytest.raises(NotFoundError, match="does not exist"):
-        MilvusIndex.open(str(tmp_path / "no" / "such" / "x.db"))
+        Retriever.open(str(tmp_path / "no" / "such" / "x.db"))
     with pytest.raises(InvalidValueError, match="ending in .db"):
-        MilvusIndex.open(str(tmp_path / "catalog.sqlite"))
+        MilvusTarget(str(tmp_path / "catalog.sqlite"))
 
 
 def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
@@ -335,7 +316,7 @@ def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(MilvusUnreachableError, match="one process at a time"):
-            MilvusIndex.open(str(path))
+            Retriever.open(str(path))
     finally:
         holder.kill()
         holder.wait()

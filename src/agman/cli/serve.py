@@ -5,7 +5,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from agman.cli.retrieval import add_model_options, add_search_tuning, positive_int
+    from agman.cli.retrieval import add_index_location, add_model_options, add_search_tuning, positive_int
     from agman.service.limits import (
         DEFAULT_MAX_K,
         DEFAULT_MAX_PIXELS,
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         description="Load the index and its checkpoint once, then serve searches by uploaded image or "
         "catalog item, attention heatmaps and a web page.",
     )
-    p.add_argument("--index", required=True, help="index folder built by `agman index`")
+    add_index_location(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_model_options(p)

@@ -7,7 +7,7 @@ folder / CSV / dataset root, so the same catalog indexed twice gives the same id
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,13 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def prefixed(self, prefix: str) -> ImageSet:
+        """This set with ``prefix`` in front of every id (two folders with the same file names indexed
+        into one catalog keep distinct ids)."""
+        if not prefix:
+            return self
+        return replace(self, ids=[prefix + i for i in self.ids])
 
 
 def _posix(path: Path) -> str:
