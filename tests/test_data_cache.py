@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import make_asen
 from PIL import Image
+from test_engine_bench import load
 
 from agman.cli import main as cli_main
 from agman.data import cache as C
@@ -28,16 +29,7 @@ from agman.data.images import ImageListDataset, ImageLoadError, TripletImageData
 from agman.data.layouts import read_asen
 from agman.data.transforms import build_transform, model_view
 
-
-def photo(h: int, w: int, seed: int) -> np.ndarray:
-    """A photo-like uint8 image: smooth gradients, a few blobs, mild noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.stack([np.sin(6 * x + c) * np.cos(4 * y - c) for c in rng.uniform(0, 3, 3)], -1) * 90 + 128
-    for _ in range(4):
-        cy, cx, r = rng.uniform(0, 1, 3) * [h / max(h, w), w / max(h, w), 0.2]
-        img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+photo = load("input_pipeline").photo_like  # photo-like test images: gradients, blobs, noise
 
 
 @pytest.fixture

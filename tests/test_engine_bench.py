@@ -34,3 +34,14 @@ def test_eval_speed_benchmark_agrees_with_the_loop(tmp_path):
     result = load("eval_speed").main(["--dim", "8", "--queries", "120", "--repeat", "1"])
     assert result["queries"] == 120 and result["candidates"] == 14400
     assert result["max_abs_difference"] <= 1e-9 and result["speedup"] > 1
+
+
+def test_input_pipeline_benchmark_runs_tiny(tmp_path):
+    out = tmp_path / "input.json"
+    result = load("input_pipeline").main(["--images", "12", "--image-side", "96", "--size", "32", "--batch", "2",
+                                          "--seconds", "0.05", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    pipes = result["pipelines"]
+    assert set(pipes) == {"files", "files_draft", "cache"}
+    assert all(p["images"] >= 12 and p["images_per_cpu_s"] > 0 for p in pipes.values())
+    assert result["cache_vs_files"] > 0 and result["draft_pixel_difference"]["max_abs"] >= 0
