@@ -28,6 +28,7 @@ from agman.data.fastdecode import DraftImageListDataset, load_image_draft
 from agman.data.images import ImageListDataset, ImageLoadError, TripletImageDataset, load_image
 from agman.data.layouts import read_asen
 from agman.data.transforms import build_transform, model_view
+from agman.errors import InvalidValueError
 
 photo = load("input_pipeline").photo_like  # photo-like test images: gradients, blobs, noise
 
@@ -97,7 +98,7 @@ def test_triplets_from_the_cache_equal_triplets_from_files(tmp_path):
     assert store_dir(spec.root, 24, 0.875).parent == spec.root / ".agman-cache"
 
 
-def test_a_cache_for_other_settings_is_never_used(tmp_path, mixed_images, caplog):
+def test_a_cache_for_other_settings_is_never_used(tmp_path, mixed_images, monkeypatch):
     root, paths = mixed_images
     build_cache(paths, root, 32, 1.0, cache_dir=tmp_path / "c", progress=False)
     kw = dict(cache_dir=tmp_path / "c", train=False)
@@ -120,6 +121,11 @@ def test_a_cache_for_other_settings_is_never_used(tmp_path, mixed_images, caplog
     sub = open_cache(paths[5:1:-1], root, 32, 1.0, cache_dir=tmp_path / "c")
     assert np.array_equal(sub[0], np.asarray(model_view(load_image(root / paths[5]), 32, 1.0)))
     assert type(image_dataset(paths, root, input_size=32, crop_ratio=1.0, cache="off", **kw)) is ImageListDataset
+    monkeypatch.setenv("AGMAN_CACHE", "off")  # the mode when the caller leaves it open
+    assert type(image_dataset(paths, root, input_size=32, crop_ratio=1.0, **kw)) is ImageListDataset
+    monkeypatch.setenv("AGMAN_CACHE", "sometimes")
+    with pytest.raises(InvalidValueError, match="cache must be one of auto, off, require"):
+        image_dataset(paths, root, input_size=32, crop_ratio=1.0, **kw)
 
 
 def test_a_changed_file_makes_the_cache_stale_and_a_rebuild_fixes_it(tmp_path, mixed_images, caplog):

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 """Bumped whenever what a record holds changes; part of every store name."""
 CACHE_DIR_ENV = "AGMAN_CACHE_DIR"
+CACHE_MODE_ENV = "AGMAN_CACHE"
 DEFAULT_SUBDIR = ".agman-cache"
 CACHE_MODES = ("auto", "off", "require")
 
@@ -234,16 +235,18 @@ class CachedImageDataset(Dataset):
 
 # --------------------------------------------------------------------------- choosing
 def image_dataset(paths: list[str], root: str | Path | None, *, input_size: int, crop_ratio: float, train: bool,
-                  cache: str = "auto", cache_dir: str | Path | None = None, decode: str = "exact") -> Dataset:
+                  cache: str | None = None, cache_dir: str | Path | None = None, decode: str = "exact") -> Dataset:
     """The image dataset of ``paths`` for the model: from the decoded-image cache when one
     matches, else from the files.
 
     ``cache``: ``'auto'`` (use a matching cache; when the cache for these settings is missing an
     image or stale, warn and read the files), ``'off'`` (files), ``'require'`` (a missing or
-    stale cache is an error).  ``decode`` applies to the files: ``'exact'`` (the reference
-    pipeline) or ``'draft'`` (:func:`agman.data.fastdecode.load_image_draft`: JPEGs decoded at a
-    reduced DCT scale — faster, not bit-equal, see docs/training.md).
+    stale cache is an error); None: ``$AGMAN_CACHE``, else ``'auto'``.  ``decode`` applies to the
+    files: ``'exact'`` (the reference pipeline) or ``'draft'``
+    (:func:`agman.data.fastdecode.load_image_draft`: JPEGs decoded at a reduced DCT scale — faster,
+    not bit-equal, see docs/training.md).
     """
+    cache = cache or os.environ.get(CACHE_MODE_ENV) or "auto"
     if cache not in CACHE_MODES:
         raise InvalidValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
     if cache != "off" and root is not None:
