@@ -9,8 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from agman.data.images import ImageListDataset
-from agman.data.transforms import build_transform
+from agman.data.cache import image_dataset
 
 
 def iter_embeddings(
@@ -31,8 +30,7 @@ def iter_embeddings(
     Batches always cover ``[start + k*batch_size, ...)``, so a resumed run that starts at a batch
     boundary computes exactly the batches an uninterrupted run would.
     """
-    transform = build_transform(input_size, train=False, crop_ratio=crop_ratio)
-    dataset = ImageListDataset(paths[start:], root, transform)
+    dataset = image_dataset(paths[start:], root, input_size=input_size, crop_ratio=crop_ratio, train=False)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
