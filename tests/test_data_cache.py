@@ -204,7 +204,7 @@ def test_workers_see_the_cache(tmp_path, mixed_images):
     assert torch.equal(torch.cat([x for x, _ in loader]), expected)
 
 
-def test_draft_decoding_is_close_but_only_when_asked(tmp_path):
+def test_draft_decoding_is_close_but_only_when_asked(tmp_path, monkeypatch):
     root = tmp_path / "j"
     root.mkdir()
     Image.fromarray(photo(512, 640, 0)).save(root / "a.jpg", quality=90)
@@ -219,6 +219,8 @@ def test_draft_decoding_is_close_but_only_when_asked(tmp_path):
     ds = image_dataset(["a.jpg", "b.png"], root, input_size=224, crop_ratio=1.0, train=False, decode="draft")
     assert isinstance(ds, DraftImageListDataset) and ds[0][0].shape == (3, 224, 224)
     assert type(image_dataset(["a.jpg"], root, input_size=224, crop_ratio=1.0, train=False)) is ImageListDataset
+    monkeypatch.setenv("AGMAN_DECODE", "draft")  # asked for by the environment (agman train/eval)
+    assert type(image_dataset(["a.jpg"], root, input_size=224, crop_ratio=1.0, train=False)) is DraftImageListDataset
     (root / "bad.jpg").write_bytes(b"\xff\xd8 nope")
     with pytest.raises(ImageLoadError, match="bad.jpg"):
         load_image_draft(root / "bad.jpg", 32)

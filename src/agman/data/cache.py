@@ -58,6 +58,7 @@ CACHE_VERSION = 1
 """Bumped whenever what a record holds changes; part of every store name."""
 CACHE_DIR_ENV = "AGMAN_CACHE_DIR"
 CACHE_MODE_ENV = "AGMAN_CACHE"
+DECODE_ENV = "AGMAN_DECODE"
 DEFAULT_SUBDIR = ".agman-cache"
 CACHE_MODES = ("auto", "off", "require")
 
@@ -235,7 +236,7 @@ class CachedImageDataset(Dataset):
 
 # --------------------------------------------------------------------------- choosing
 def image_dataset(paths: list[str], root: str | Path | None, *, input_size: int, crop_ratio: float, train: bool,
-                  cache: str | None = None, cache_dir: str | Path | None = None, decode: str = "exact") -> Dataset:
+                  cache: str | None = None, cache_dir: str | Path | None = None, decode: str | None = None) -> Dataset:
     """The image dataset of ``paths`` for the model: from the decoded-image cache when one
     matches, else from the files.
 
@@ -244,7 +245,7 @@ def image_dataset(paths: list[str], root: str | Path | None, *, input_size: int,
     stale cache is an error); None: ``$AGMAN_CACHE``, else ``'auto'``.  ``decode`` applies to the
     files: ``'exact'`` (the reference pipeline) or ``'draft'``
     (:func:`agman.data.fastdecode.load_image_draft`: JPEGs decoded at a reduced DCT scale — faster,
-    not bit-equal, see docs/training.md).
+    not bit-equal, see docs/training.md); None: ``$AGMAN_DECODE``, else ``'exact'``.
     """
     cache = cache or os.environ.get(CACHE_MODE_ENV) or "auto"
     if cache not in CACHE_MODES:
@@ -264,6 +265,7 @@ def image_dataset(paths: list[str], root: str | Path | None, *, input_size: int,
             raise StaleCacheError(f"no decoded-image cache at {store_dir(root, input_size, crop_ratio, cache_dir)} "
                                   f"(make one with `agman data cache` --size {input_size} --crop-ratio {crop_ratio:g})")
     transform = build_transform(input_size, train, crop_ratio)
+    decode = decode or os.environ.get(DECODE_ENV) or "exact"
     if decode == "draft":
         from agman.data.fastdecode import DraftImageListDataset
 
