@@ -65,7 +65,7 @@ def test_eval_speed_benchmark_agrees_with_the_loop(tmp_path):
     result = load("eval_speed").main(["--dim", "8", "--queries", "120", "--repeat", "1"])
     assert result["queries"] == 120 and result["candidates"] == 14400
     assert result["max_abs_difference"] <= 1e-9 and result["speedup"] > 1
-    assert 0 < result["score_products_seconds"] < result["vectorised_seconds"]
+    assert result["score_products_seconds"] > 0 and "ranking_and_metrics_vs_products" in result
 
 
 def test_input_pipeline_benchmark_runs_tiny(tmp_path):
