@@ -211,21 +211,14 @@ def to_model_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.sub_(mean).div_(std)
 
 
-class CachedImageDataset(Dataset):
+class CachedImageDataset(ImageListDataset):
     """What :class:`~agman.data.images.ImageListDataset` with :func:`build_transform` yields —
     ``(tensor [3, S, S], index)`` — read from a cache; ``train`` adds the random horizontal flip
     with the same ``torch.rand(1) < 0.5`` draw as ``RandomHorizontalFlip``."""
 
     def __init__(self, cache: CachedImages, paths: list[str], root: str | Path | None, train: bool):
-        self.cache, self.paths, self.train = cache, paths, train
-        self.root = Path(root) if root is not None else None
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def path(self, index: int) -> Path:
-        p = Path(self.paths[index])
-        return p if self.root is None else self.root / p
+        super().__init__(paths, root, transform=None)
+        self.cache, self.train = cache, train
 
     def __getitem__(self, index: int):
         image = self.cache[index]
