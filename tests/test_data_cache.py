@@ -98,14 +98,16 @@ def test_triplets_from_the_cache_equal_triplets_from_files(tmp_path):
     assert store_dir(spec.root, 24, 0.875).parent == spec.root / ".agman-cache"
 
 
-def test_a_cache_for_other_settings_is_never_used(tmp_path, mixed_images, monkeypatch):
+def test_a_cache_for_other_settings_is_never_used(tmp_path, mixed_images, monkeypatch, caplog):
     root, paths = mixed_images
     build_cache(paths, root, 32, 1.0, cache_dir=tmp_path / "c", progress=False)
     kw = dict(cache_dir=tmp_path / "c", train=False)
     assert isinstance(image_dataset(paths, root, input_size=32, crop_ratio=1.0, **kw), CachedImageDataset)
     for size, crop in ((48, 1.0), (32, 0.875)):
         assert open_cache(paths, root, size, crop, cache_dir=tmp_path / "c") is None
-        assert type(image_dataset(paths, root, input_size=size, crop_ratio=crop, **kw)) is ImageListDataset
+        with caplog.at_level(logging.INFO, logger="agman.data.cache"):
+            assert type(image_dataset(paths, root, input_size=size, crop_ratio=crop, **kw)) is ImageListDataset
+        assert "are for other settings (32px-crop1-" in caplog.text
         with pytest.raises(StaleCacheError, match="no decoded-image cache"):
             image_dataset(paths, root, input_size=size, crop_ratio=crop, cache="require", **kw)
     # the same relative paths under another image root: another store

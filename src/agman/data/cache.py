@@ -254,9 +254,14 @@ def image_dataset(paths: list[str], root: str | Path | None, *, input_size: int,
         if cached is not None:
             log.info("reading %d images from the decoded-image cache %s", len(paths), cached.store)
             return CachedImageDataset(cached, paths, root, train)
+        wanted = store_dir(root, input_size, crop_ratio, cache_dir)
         if cache == "require":
-            raise StaleCacheError(f"no decoded-image cache at {store_dir(root, input_size, crop_ratio, cache_dir)} "
+            raise StaleCacheError(f"no decoded-image cache at {wanted} "
                                   f"(make one with `agman data cache` --size {input_size} --crop-ratio {crop_ratio:g})")
+        others = sorted(p.name for p in wanted.parent.glob("*px-crop*") if p != wanted)
+        if others:
+            log.info("decoded-image caches in %s are for other settings (%s), none for %d px, crop ratio %g: "
+                     "reading the image files", wanted.parent, ", ".join(others), input_size, crop_ratio)
     transform = build_transform(input_size, train, crop_ratio)
     decode = decode or os.environ.get(DECODE_ENV) or "exact"
     if decode == "draft":
