@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from agman.cli import data_synth
+from agman.cli import data_cache, data_synth
 
 
 def add_dataset_arguments(parser, root: bool = True) -> None:
@@ -66,6 +66,7 @@ def register(subparsers) -> None:
     imp.set_defaults(func=run_import_csv)
 
     data_synth.register(sub)
+    data_cache.register(sub)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 

@@ -9,14 +9,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from agman.data.images import ImageListDataset, ImageLoadError
-from agman.data.transforms import build_transform
+from agman.data.cache import image_dataset
+from agman.data.images import ImageLoadError
 
 
 class _Tolerant(torch.utils.data.Dataset):
     """An image list whose unreadable images yield a zero tensor and the reason (else "")."""
 
-    def __init__(self, images: ImageListDataset, shape: tuple[int, int, int]):
+    def __init__(self, images: torch.utils.data.Dataset, shape: tuple[int, int, int]):
         self.images, self.shape = images, shape
 
     def __len__(self) -> int:
@@ -51,8 +51,7 @@ def iter_embeddings(
     the run (``ImageLoadError`` naming the file) unless ``failures`` is given: then its index is
     recorded there with the reason and its row embeds a black placeholder.
     """
-    transform = build_transform(input_size, train=False, crop_ratio=crop_ratio)
-    dataset = ImageListDataset(paths[start:], root, transform)
+    dataset = image_dataset(paths[start:], root, input_size=input_size, crop_ratio=crop_ratio, train=False)
     if failures is not None:
         dataset = _Tolerant(dataset, (3, input_size, input_size))
     loader = DataLoader(
