@@ -122,7 +122,7 @@ def test_declaration_errors(tmp_path):
         read_catalog(path, ATTRS, CatalogColumns(metadata={**META, "collar": "string"}))
     # an undeclared extra column no longer becomes a label silently
     with pytest.raises(
-        CatalogSchemaError, match="column 'sku' is neither an attribute of the checkpoint .* --meta sku:string"
+        CatalogSchemaError, match="column 'sku' is neither an attribute of the checkpoint .* --metadata sku:string"
     ):
         read_catalog(path, ATTRS, CatalogColumns(metadata={k: v for k, v in META.items() if k != "sku"}))
     with pytest.raises(CatalogSchemaError, match="no column 'colour' in the header"):

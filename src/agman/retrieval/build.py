@@ -298,13 +298,12 @@ def build_index(
     every rank embeds its share, rank 0 plans and commits.  ``on_shard(rows_done, rows_total)`` is
     called after each shard is safely on disk.
     """
-    from agman.engine import distributed as D
     from agman.retrieval.targets import open_for_build
 
     started = time.perf_counter()
     if on_error not in ON_ERROR:
         raise InvalidValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    ctx = distributed or D.DistributedContext()
+    ctx = distributed or _single_process()
     if model is None or info is None:
         if checkpoint is None:
             raise ValueError("build_index needs a checkpoint path or a loaded model with its CheckpointInfo")
@@ -336,24 +335,53 @@ def build_index(
         elif plan_error is not None:
             raise plan_error
 
-        embedded, embed_seconds = 0, 0.0
-        if work.unfinished:
-            embedded, embed_seconds = _embed(work, model, info, ctx, workers, device, progress, on_shard, on_error)
-        D.barrier(ctx)
+        embedded, embed_seconds, failure = 0, 0.0, None
+        try:
+            if work.unfinished:
+                embedded, embed_seconds = _embed(work, model, info, ctx, workers, device, progress, on_shard, on_error)
+        except Exception as exc:  # the other ranks must not wait for this one at the commit
+            failure = exc
+        if not _all_ranks_ok(failure is None, ctx):
+            raise failure or CatalogIndexError(
+                "another process of this torchrun failed while embedding (its error is in its output); the shards "
+                "written so far are kept: rerun the same command to continue"
+            )
         summary = BuildSummary(Path(str(out)), 0, counts["added"], counts["there"], counts["resumed"], embedded,
                                0.0, "", embed_seconds, counts["updated"])
         if ctx.is_main:
-            if work.unfinished:
-                summary.unreadable = _commit(writer, work)
-            summary.count = writer.searchable()
-            summary.index_type = writer.info.config.kind
-            summary.location = writer.location
-        D.barrier(ctx)
+            try:
+                if work.unfinished:
+                    summary.unreadable = _commit(writer, work)
+                summary.count = writer.searchable()
+                summary.index_type = writer.info.config.kind
+                summary.location = writer.location
+            except Exception as exc:
+                failure = exc
+        if not _all_ranks_ok(failure is None, ctx):
+            raise failure or CatalogIndexError("rank 0 could not commit the index (its error is in its output)")
     finally:
         if writer is not None:
             writer.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _single_process():
+    from agman.engine.distributed import DistributedContext
+
+    return DistributedContext()
+
+
+def _all_ranks_ok(ok: bool, ctx) -> bool:
+    """Whether every rank is ``ok`` (a collective: every rank calls it)."""
+    if not ctx.enabled:
+        return ok
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if ok else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _broadcast_text(text: str, ctx) -> str:

@@ -234,7 +234,7 @@ def _header_roles(header: list[str], attributes: Sequence[Attribute], cols: Cata
         else:
             raise CatalogSchemaError(
                 f"{where}: column {name!r} is neither an attribute of the checkpoint ({', '.join(attr_names)}) "
-                f"nor declared metadata; declare it (e.g. --meta {name}:string) or remove it"
+                f"nor declared metadata; declare it (e.g. --metadata {name}:string) or remove it"
             )
     return roles
 
