@@ -119,6 +119,10 @@ def _scan(store: VectorStore, query: np.ndarray, weights: AttributeWeights, k: i
         rows = r if rows is None else rows
         per.append(np.asarray(s, np.float32))
     per = np.stack(per)
+    if len(weights) == 1:  # w > 0 keeps the order of the float32 scores: weigh the top k only
+        top = top_positions(per[0], rows, k)
+        return Ranking(rows[top].astype(np.int64), per[:, top], weighted_total(per[:, top], weights), len(rows),
+                       True, 0, True)
     total = weighted_total(per, weights)
     top = top_positions(total, rows, k)
     return Ranking(rows[top].astype(np.int64), per[:, top], total[top], len(rows), True, 0, True)
