@@ -7,10 +7,13 @@ import argparse
 def register(subparsers) -> None:
     from agman.cli.retrieval import add_index_location, add_model_options, add_search_tuning, positive_int
     from agman.service.limits import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_BATCH_WAIT_MS,
         DEFAULT_MAX_K,
         DEFAULT_MAX_PIXELS,
         DEFAULT_MAX_UPLOAD_BYTES,
         DEFAULT_QUERY_CACHE,
+        DEFAULT_RELOAD_SECONDS,
     )
 
     p = subparsers.add_parser(
@@ -30,6 +33,17 @@ def register(subparsers) -> None:
     p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"decoded image size limit (default {DEFAULT_MAX_PIXELS})")
     p.add_argument("--query-cache", type=int, default=DEFAULT_QUERY_CACHE, help="uploaded queries kept for /attention")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"uploads embedded in one forward pass at most (default {DEFAULT_BATCH_SIZE}; "
+                   "1: one at a time)")
+    p.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
+                   help="how long an upload waits for others to share its forward pass "
+                   f"(default {DEFAULT_BATCH_WAIT_MS})")
+    p.add_argument("--reload-seconds", type=float, default=DEFAULT_RELOAD_SECONDS,
+                   help=f"check the index for changes this often and serve them (default {DEFAULT_RELOAD_SECONDS}; "
+                   "0: never)")
+    p.add_argument("--writable", action="store_true",
+                   help="allow DELETE /items/{id} and PUT /items/{id} (re-index an item) through the service")
     add_search_tuning(p)
     p.set_defaults(func=run_serve)
 
@@ -46,6 +60,10 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
         query_cache=args.query_cache,
+        batch_size=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        reload_seconds=args.reload_seconds,
+        writable=args.writable,
     )
     retriever = open_retriever(args, load_model=True)
     app = create_app(retriever, limits=limits)

@@ -13,17 +13,21 @@ loaded and checked against the index at start-up) and serves (routes in :mod:`ag
 ``GET  /items/{id}/image``  a catalog item's image
 ``GET  /queries/{id}/image``  an uploaded query image (kept for a while after its search)
 ``GET  /attention``         heatmap PNG: ``attribute`` + ``item`` or ``query`` [+ ``alpha``]
+``DELETE /items/{id}``      remove an item (``--writable`` servers; unknown id 404)
+``PUT  /items/{id}``        re-index an item: JSON ``{"path", "labels", "metadata"}`` (``--writable``)
 ``GET  /docs``              OpenAPI documentation (``/openapi.json``)
 ==========================  ==============================================================
 
 Bad input answers 4xx with ``{"detail": message}``: not an image or truncated (400), over the
 byte or pixel limit (413), unknown attribute / bad weight / bad k (400), unknown item or query
-(404), model without attention (409).  Model inference (query embedding, attention) runs on one
-dedicated thread, one request at a time; searches and file responses run concurrently in the
-thread pool.
+(404), malformed ``filter`` (400 naming the position), model without attention (409).  Uploads are
+embedded in dynamic batches on one thread (:mod:`agman.service.batcher`), attention maps on the
+model thread; searches and file responses run concurrently in the thread pool.  The index is
+reopened when ``agman index`` changes it (:mod:`agman.service.watch`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -33,7 +37,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from agman.data.images import ImageLoadError
+from agman.errors import InvalidValueError
+from agman.retrieval.faiss_writer import IndexBusyError
+from agman.retrieval.filters import FilterError
 from agman.retrieval.search import NoModelError, QueryError, Retriever, UnknownItemError
+from agman.service import writes
 from agman.service.limits import ServiceLimits
 from agman.service.routes import STATIC_DIR, router
 from agman.service.state import ServiceState
@@ -46,6 +54,9 @@ ERROR_STATUS = [  # Starlette picks the handler of the most specific class: Unkn
     (ImageLoadError, 404, "catalog image unavailable: "),
     (NoModelError, 503, ""),
     (QueryError, 400, ""),
+    (FilterError, 400, ""),  # names the position in the filter text
+    (InvalidValueError, 400, ""),  # a label or metadata value an item cannot take
+    (IndexBusyError, 409, ""),
 ]
 
 
@@ -63,7 +74,13 @@ def create_app(
         retriever.model  # noqa: B018 - load and verify the checkpoint before serving
     limits = limits or ServiceLimits()
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.service.close()  # the batcher's and the index watch's threads
+
     app = FastAPI(
+        lifespan=lifespan,
         title="agman retrieval",
         version=__import__("agman").__version__,
         description="Attribute-specific fashion retrieval (AG-MAN): items sharing an attribute's value with a query "
@@ -76,6 +93,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(router)
+    app.include_router(writes.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

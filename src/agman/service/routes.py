@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from agman.retrieval.filters import Filter
 from agman.retrieval.query import AttributeWeights
 from agman.retrieval.search import Retriever, SearchResult
 from agman.service.limits import QUERY_THUMBNAIL
@@ -47,13 +48,16 @@ def attention_url(attribute: str, *, item: str | None = None, query: str | None 
 
 # --------------------------------------------------------------------------- status
 @router.get("/health", summary="Liveness and what is loaded")
-def health(retriever: RetrieverDep):
+def health(state: State):
+    retriever = state.retriever
     return {
         "status": "ok",
         "items": len(retriever),
         "index_type": retriever.store.config.kind,
         "model": retriever.info.model_name,
         "checkpoint": retriever.info.checkpoint.identity,
+        "index": state.watch.status(),
+        "batches": {"forward_passes": state.batcher.batches, "images": state.batcher.images},
     }
 
 
@@ -86,6 +90,7 @@ class SearchForm:
     image: UploadFile | None = None
     item: str | None = None
     query: str | None = None
+    filter: Filter | None = None
 
 
 def _flag(raw: str | None, name: str) -> bool:
@@ -108,6 +113,9 @@ def search_form(
     k: Annotated[str | None, Form(description="number of results (1..max_k, default 10)")] = None,
     exclude_self: Annotated[str | None, Form(description="leave the query item itself out (true/false)")] = None,
     annotated_only: Annotated[str | None, Form(description="rank only items annotated with the attributes")] = None,
+    filter: Annotated[
+        str | None, Form(description='only items matching this expression, e.g. category == "dress" and price < 50')
+    ] = None,
 ) -> SearchForm:
     """The form's fields checked in one place; 400 naming the field that is wrong.  ``k`` and the
     flags are read here rather than typed as int/bool so that they answer 400 with these messages
@@ -133,6 +141,7 @@ def search_form(
         image=image,
         item=item or None,
         query=query or None,
+        filter=state.retriever.compile_filter(filter) if filter and filter.strip() else None,  # 400 naming the position
     )
 
 
@@ -146,7 +155,7 @@ async def embed_upload(state: ServiceState, image: UploadFile) -> CachedQuery:
     qid = "q" + hashlib.sha256(data).hexdigest()[:20]
     cached = state.queries.get(qid)
     if cached is None:
-        vectors = await state.model_thread.run(state.retriever.embed, picture)
+        vectors = await state.batcher.embed(picture)
         thumbnail = picture.copy()
         thumbnail.thumbnail((QUERY_THUMBNAIL, QUERY_THUMBNAIL))
         cached = CachedQuery(qid, picture, thumbnail, vectors)
@@ -161,7 +170,7 @@ async def search(state: State, form: Annotated[SearchForm, Depends(search_form)]
     if form.item is not None:
         result = await run_in_threadpool(
             retriever.search_item, form.item, form.weights, form.k,
-            exclude_self=form.exclude_self, annotated_only=form.annotated_only,
+            exclude_self=form.exclude_self, annotated_only=form.annotated_only, filter=form.filter,
         )
         query = {"kind": "item", "id": form.item, "image_url": item_url(form.item)}
         source = {"item": form.item}
@@ -171,7 +180,8 @@ async def search(state: State, form: Annotated[SearchForm, Depends(search_form)]
         else:
             cached = state.queries.require(form.query, f" (uploads are kept for the last {state.limits.query_cache})")
         result = await run_in_threadpool(
-            retriever.search, cached.vectors, form.weights, form.k, annotated_only=form.annotated_only
+            retriever.search, cached.vectors, form.weights, form.k, annotated_only=form.annotated_only,
+            filter=form.filter,
         )
         result.query_id = cached.id
         query = {"kind": "upload", "id": cached.id, "image_url": f"/queries/{cached.id}/image"}
@@ -195,6 +205,7 @@ def search_answer(result: SearchResult, query: dict, source: dict, k: int, start
     return {
         "query": query,
         "attributes": result.weights,
+        "filter": result.filter,
         "k": k,
         "exact": result.exact,
         "candidates": result.candidates,

@@ -14,7 +14,9 @@ from fastapi import HTTPException, Request
 from PIL import Image
 
 from agman.retrieval.search import Retriever
+from agman.service.batcher import EmbedBatcher
 from agman.service.limits import ServiceLimits
+from agman.service.watch import IndexWatch
 
 
 @dataclass
@@ -76,9 +78,18 @@ class ServiceState:
     limits: ServiceLimits
     queries: QueryStore = field(init=False)
     model_thread: ModelThread = field(default_factory=ModelThread)
+    batcher: EmbedBatcher = field(init=False)
+    watch: IndexWatch = field(init=False)
 
     def __post_init__(self):
         self.queries = QueryStore(self.limits.query_cache)
+        limits = self.limits
+        self.batcher = EmbedBatcher(self.retriever.embed_batch, limits.batch_size, limits.batch_wait_ms / 1000)
+        self.watch = IndexWatch(self.retriever, self.limits.reload_seconds)
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.watch.close()
 
 
 def get_state(request: Request) -> ServiceState:
