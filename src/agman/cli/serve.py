@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--reload-seconds", type=float, default=DEFAULT_RELOAD_SECONDS,
                    help=f"check the index for changes this often and serve them (default {DEFAULT_RELOAD_SECONDS}; "
                    "0: never)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch threads for the model (default: torch's, one per core); 1 keeps a busy machine's "
+                   "cores from waiting on each other")
     p.add_argument("--writable", action="store_true",
                    help="allow DELETE /items/{id} and PUT /items/{id} (re-index an item) through the service")
     add_search_tuning(p)
@@ -65,6 +68,10 @@ def run_serve(args: argparse.Namespace) -> int:
         reload_seconds=args.reload_seconds,
         writable=args.writable,
     )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     retriever = open_retriever(args, load_model=True)
     app = create_app(retriever, limits=limits)
     url = f"http://{args.host}:{args.port}/"

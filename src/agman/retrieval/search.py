@@ -222,15 +222,19 @@ class Retriever:
             out = model.embed_all(tensor)
         return out[0].float().cpu().numpy()
 
-    def embed_batch(self, images: list[ImageLike]) -> np.ndarray:
-        """Every attribute's embeddings ``[n, A, D]`` float32 of ``n`` images in one forward pass
-        (the service's dynamic batching)."""
+    def model_input(self, image: ImageLike):
+        """The image as the model's input tensor ``[3, S, S]`` (resized, centre-cropped, normalised)."""
+        return self._tensor(load_query_image(image))[0]
+
+    def embed_batch(self, images: list) -> np.ndarray:
+        """Every attribute's embeddings ``[n, A, D]`` float32 of ``n`` images — or of their
+        :meth:`model_input` tensors — in one forward pass (the service's dynamic batching)."""
         import torch
 
-        tensors = torch.cat([self._tensor(load_query_image(im)) for im in images])
+        tensors = torch.stack([im if isinstance(im, torch.Tensor) else self.model_input(im) for im in images])
         model = self.model
         with self._model_lock, torch.inference_mode():
-            out = model.embed_all(tensors)
+            out = model.embed_all(tensors.to(self.device))
         return out.float().cpu().numpy()
 
     def attribute_index(self, attribute: str | int) -> int:

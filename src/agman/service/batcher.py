@@ -38,6 +38,8 @@ class EmbedBatcher:
         self._start_lock = threading.Lock()
         self.batches = 0  # forward passes so far
         self.images = 0  # images embedded so far
+        self.seconds = 0.0  # wall time spent in forward passes
+        self.cpu_seconds = 0.0  # CPU time of this thread in them (all of it with one torch thread)
 
     async def embed(self, image) -> np.ndarray:
         """Every attribute's embedding ``[A, D]`` of one image, computed in the next batch."""
@@ -85,12 +87,16 @@ class EmbedBatcher:
             live = [(image, future) for image, future in batch if future.set_running_or_notify_cancel()]
             if not live:
                 continue
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 vectors = self.embed_batch([image for image, _ in live])
             except BaseException as exc:  # every waiting request hears it
                 for _, future in live:
                     future.set_exception(exc)
                 continue
+            finally:
+                self.seconds += time.perf_counter() - started
+                self.cpu_seconds += time.thread_time() - cpu
             self.batches += 1
             self.images += len(live)
             for (_, future), v in zip(live, vectors):

@@ -57,7 +57,8 @@ def health(state: State):
         "model": retriever.info.model_name,
         "checkpoint": retriever.info.checkpoint.identity,
         "index": state.watch.status(),
-        "batches": {"forward_passes": state.batcher.batches, "images": state.batcher.images},
+        "batches": {"forward_passes": state.batcher.batches, "images": state.batcher.images,
+                    "seconds": round(state.batcher.seconds, 3), "cpu_seconds": round(state.batcher.cpu_seconds, 3)},
     }
 
 
@@ -154,8 +155,8 @@ async def embed_upload(state: ServiceState, image: UploadFile) -> CachedQuery:
     picture = await run_in_threadpool(decode_upload, data, limits.max_pixels)
     qid = "q" + hashlib.sha256(data).hexdigest()[:20]
     cached = state.queries.get(qid)
-    if cached is None:
-        vectors = await state.batcher.embed(picture)
+    if cached is None:  # the model's input is prepared here, so the batch thread only runs the model
+        vectors = await state.batcher.embed(await run_in_threadpool(state.retriever.model_input, picture))
         thumbnail = picture.copy()
         thumbnail.thumbnail((QUERY_THUMBNAIL, QUERY_THUMBNAIL))
         cached = CachedQuery(qid, picture, thumbnail, vectors)
