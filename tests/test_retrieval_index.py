@@ -312,9 +312,10 @@ def test_a_version_1_index_is_read_and_rewritten_as_version_2_when_grown(tmp_pat
     build_index(out, every, ckpt, add=True, batch_size=8)
     grown = json.loads((out / "index.json").read_text())
     assert grown["format_version"] == 2 and "model_name" not in grown and grown["count"] == 30
-    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss")} == {
-        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss")
+    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss", "files")} == {
+        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss", "files")
     }
+    assert grown["files"]["items.jsonl"]["size"] > meta["files"]["items.jsonl"]["size"]  # re-recorded
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from agman.fileio import atomic_write, atomic_write_json
-from agman.retrieval.faiss_store import append_rows
+from agman.retrieval.faiss_store import append_rows, damage_message, folder_problems, record_files
 from agman.retrieval.info import (
     CatalogIndexError,
     IndexConfig,
@@ -37,6 +37,7 @@ from agman.retrieval.info import (
     IndexLayout,
     now,
 )
+from agman.retrieval.integrity import IndexDamagedError
 from agman.retrieval.items import Item, read_items, write_items
 from agman.retrieval.sources import ImageSet
 
@@ -202,6 +203,10 @@ def build_index(
                             index.config.kind, embed_seconds)
 
     if not unfinished and not new_items:
+        if index.count and not index.files:  # written by an older agman: record its files' hashes now
+            record_files(layout, index)
+            index.write(layout.info)
+            log.info("recorded the sizes and hashes of the files of %s", layout.root)
         return summary()
     prog.planned = len(items)
     prog.write(layout.progress)
@@ -214,7 +219,7 @@ def build_index(
         from agman.engine.embed import iter_embeddings
 
         expected = (len(index.attributes), index.dim)
-        for _, emb in iter_embeddings(
+        for first, emb in iter_embeddings(
             model,
             [it.path for it in items],
             None,
@@ -228,6 +233,13 @@ def build_index(
         ):
             if emb.shape[1:] != expected:
                 raise CatalogIndexError(f"model returned embeddings {emb.shape[1:]}, expected {expected}")
+            finite = np.isfinite(emb).reshape(len(emb), -1).all(axis=1)
+            if not finite.all():
+                row = first + int(np.flatnonzero(~finite)[0])
+                raise CatalogIndexError(
+                    f"the model's embedding of {items[row].path} (row {row}) is not finite (NaN or infinity): "
+                    "the checkpoint's weights are damaged"
+                )
             writer.add(emb)
         writer.flush()
     embed_seconds = time.perf_counter() - embed_started
@@ -250,6 +262,9 @@ def _open_or_create(
                 "an index type is chosen when the index is created; build into another folder to change it"
             )
         unfinished = layout.progress.is_file()
+        problems = [] if unfinished else folder_problems(layout, index, "sample")
+        if problems:  # growing a damaged index would hide the damage under new rows
+            raise IndexDamagedError(damage_message(layout, problems))
         if not unfinished and not add:
             raise IndexExistsError(
                 f"{layout.root} already holds a complete index of {index.count} items; "
@@ -277,6 +292,7 @@ def _commit(layout: IndexLayout, index: IndexInfo, prog: Progress) -> None:
 
     append_rows(layout, index, total, blocks)
     index.count = total
+    record_files(layout, index)
     index.updated = now()
     index.write(layout.info)
     layout.progress.unlink(missing_ok=True)
