@@ -151,6 +151,7 @@ def test_search_by_item_with_exclude_self_and_annotated_only(live):
         ({"attributes": "colour"}, 400, "unknown attribute 'colour'"),
         ({"attributes": "attr0:heavy"}, 400, "weight of 'attr0' must be a number"),
         ({"attributes": "attr0:nan"}, 400, "finite"),
+        ({"attributes": "attr0:1e308,attr1:1e308"}, 400, "from 0 to 1e+06"),  # #12.9: was inf scores -> 500
         ({"attributes": "attr0:0"}, 400, "above 0"),
         ({"attributes": "attr0", "k": "0"}, 400, "k must be between 1 and 20"),
         ({"attributes": "attr0", "k": "-4"}, 400, "k must be between 1 and 20"),
