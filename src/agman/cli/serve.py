@@ -2,54 +2,122 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+TOKEN_ENV = "AGMAN_TOKEN"
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535 (0: any free port), got {value}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def register(subparsers) -> None:
-    from agman.cli.retrieval import add_model_options, add_search_tuning, positive_int
-    from agman.service.limits import (
-        DEFAULT_MAX_K,
-        DEFAULT_MAX_PIXELS,
-        DEFAULT_MAX_UPLOAD_BYTES,
-        DEFAULT_QUERY_CACHE,
-    )
+    from agman.cli.retrieval import add_model_options, add_search_tuning, add_verify_option, positive_int
+    from agman.service import limits as d
 
     p = subparsers.add_parser(
         "serve",
         help="serve an index over HTTP: POST /search, GET /attention, the web page at /, docs at /docs",
         description="Load the index and its checkpoint once, then serve searches by uploaded image or "
-        "catalog item, attention heatmaps and a web page.",
+        "catalog item, attention heatmaps and a web page.  Every limit is described in docs/retrieval.md "
+        "(Limits and security).",
     )
     p.add_argument("--index", required=True, help="index folder built by `agman index`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs a token or --insecure-no-token)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0: any free port)")
     add_model_options(p)
-    p.add_argument("--max-k", type=positive_int, default=DEFAULT_MAX_K,
-                   help=f"largest k a request may ask (default {DEFAULT_MAX_K})")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+    add_verify_option(p, "full")
+    p.add_argument("--max-k", type=positive_int, default=d.DEFAULT_MAX_K,
+                   help=f"largest k a request may ask (default {d.DEFAULT_MAX_K})")
+    p.add_argument("--max-upload-mb", type=positive_number, default=d.DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                    help="upload size limit in MiB (default 10)")
-    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"decoded image size limit (default {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--query-cache", type=int, default=DEFAULT_QUERY_CACHE, help="uploaded queries kept for /attention")
+    p.add_argument("--max-pixels", type=positive_int, default=d.DEFAULT_MAX_PIXELS,
+                   help=f"decoded image size limit (default {d.DEFAULT_MAX_PIXELS})")
+    p.add_argument("--max-aspect", type=positive_number, default=d.DEFAULT_MAX_ASPECT,
+                   help=f"largest long/short side ratio of an uploaded image (default {d.DEFAULT_MAX_ASPECT:g})")
+    p.add_argument("--query-cache", type=positive_int, default=d.DEFAULT_QUERY_CACHE,
+                   help=f"uploaded queries kept for /attention and query=ID (default {d.DEFAULT_QUERY_CACHE})")
+    p.add_argument("--query-cache-mb", type=positive_number, default=d.DEFAULT_QUERY_CACHE_BYTES / 2**20,
+                   help=f"memory those kept queries may take, in MiB (default {d.DEFAULT_QUERY_CACHE_BYTES // 2**20})")
+    p.add_argument("--decode-slots", type=positive_int, default=d.DEFAULT_DECODE_SLOTS,
+                   help=f"uploads decoded at once (default {d.DEFAULT_DECODE_SLOTS})")
     add_search_tuning(p)
+    guard = p.add_argument_group("serving beyond localhost")
+    guard.add_argument("--token", default=None,
+                       help=f"bearer token every request must carry (default: ${TOKEN_ENV}, which keeps it out of "
+                       "the process list); required for a non-loopback --host")
+    guard.add_argument("--insecure-no-token", action="store_true",
+                       help="serve a non-loopback --host without a token (a trusted network, or a proxy that "
+                       "authenticates)")
+    guard.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host header name to accept besides the bound address and localhost (repeat; "
+                       "'*' accepts any; '*.example.com' a domain)")
+    guard.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                       help="proxies whose X-Forwarded-For/-Proto headers are trusted (default 127.0.0.1)")
+    guard.add_argument("--max-requests", type=positive_int, default=d.DEFAULT_MAX_REQUESTS,
+                       help=f"requests in progress at once; more are answered 503 (default {d.DEFAULT_MAX_REQUESTS})")
+    guard.add_argument("--max-connections", type=positive_int, default=d.DEFAULT_MAX_CONNECTIONS,
+                       help="open connections; past it the longest idle one is closed (default "
+                       f"{d.DEFAULT_MAX_CONNECTIONS}, lowered to fit the open-files limit)")
+    guard.add_argument("--header-timeout", type=positive_number, default=d.DEFAULT_HEADER_TIMEOUT,
+                       help=f"seconds a connection has to send its request head (default {d.DEFAULT_HEADER_TIMEOUT:g})")
+    guard.add_argument("--body-timeout", type=positive_number, default=d.DEFAULT_BODY_TIMEOUT,
+                       help=f"seconds a request body has to arrive (default {d.DEFAULT_BODY_TIMEOUT:g})")
+    guard.add_argument("--keep-alive", type=positive_number, default=d.DEFAULT_KEEP_ALIVE,
+                       help=f"seconds an idle keep-alive connection is kept (default {d.DEFAULT_KEEP_ALIVE:g})")
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from agman.cli.retrieval import open_retriever
     from agman.service.app import create_app
     from agman.service.limits import ServiceLimits
+    from agman.service.server import check_exposure, default_allowed_hosts, listen, serve
 
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    check_exposure(args.host, token, args.insecure_no_token)
     limits = ServiceLimits(
         max_k=args.max_k,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
+        max_aspect=args.max_aspect,
         query_cache=args.query_cache,
+        query_cache_bytes=int(args.query_cache_mb * 2**20),
+        decode_slots=args.decode_slots,
+        max_requests=args.max_requests,
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive=args.keep_alive,
     )
-    retriever = open_retriever(args, load_model=True)
-    app = create_app(retriever, limits=limits)
-    url = f"http://{args.host}:{args.port}/"
-    print(f"serving {args.index} ({len(retriever)} items) on {url}  (docs: /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    sock = listen(args.host, args.port)  # first: a busy port fails at once, before loading or announcing
+    try:
+        retriever = open_retriever(args, load_model=True, load_index=True)  # a damaged index stops here
+        allowed = None if "*" in args.allowed_host else default_allowed_hosts(args.host, args.allowed_host)
+        app = create_app(retriever, limits=limits, token=token, allowed_hosts=allowed)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        auth = "token required" if token else "no token"
+        print(f"serving {args.index} ({len(retriever)} items) on http://{shown}:{port}/  (docs: /docs; {auth})",
+              flush=True)
+        serve(app, sock, limits, forwarded_allow_ips=args.forwarded_allow_ips)
+    finally:
+        sock.close()
     return 0

@@ -1,8 +1,11 @@
-"""Uploads: the request-body limit (before a body is read) and decoding an image within the pixel limit."""
+"""Uploads: the request-body limit (counted as the body streams in, with a deadline), decoding an
+image within the pixel limit, and reducing it to what the service keeps of a query."""
 from __future__ import annotations
 
+import asyncio
 import io
 import warnings
+from dataclasses import dataclass
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -10,28 +13,70 @@ from PIL import Image, UnidentifiedImageError
 
 
 class BodyLimit:
-    """ASGI middleware: a POST whose ``Content-Length`` exceeds ``max_bytes`` is answered 413 before
-    its body is read (multipart parsing would otherwise spool it to disk first)."""
+    """ASGI middleware bounding every request body to ``max_bytes``.
 
-    def __init__(self, app, max_bytes: int, upload_bytes: int):
+    A declared ``Content-Length`` over the limit is answered 413 before the body is read; a body
+    without one (chunked) is counted as it streams in and answered 413 as soon as it passes the
+    limit, so nothing over the limit is read or spooled to disk.  The whole body must arrive within
+    ``timeout`` seconds of the first read (408 otherwise)."""
+
+    def __init__(self, app, max_bytes: int, upload_bytes: int, timeout: float = 60.0):
         self.app = app
         self.max_bytes = max_bytes
         self.upload_bytes = upload_bytes
+        self.timeout = timeout
+
+    def too_large(self, size: str) -> HTTPException:
+        return HTTPException(413, f"request body of {size} bytes exceeds the {self.upload_bytes}-byte upload limit")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None:
-                try:
-                    too_big = int(length) > self.max_bytes
-                except ValueError:
-                    await JSONResponse({"detail": "invalid Content-Length header"}, 400)(scope, receive, send)
-                    return
-                if too_big:
-                    detail = f"request body of {int(length)} bytes exceeds the {self.upload_bytes}-byte upload limit"
-                    await JSONResponse({"detail": detail}, 413)(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await JSONResponse({"detail": "invalid Content-Length header"}, 400)(scope, receive, send)
+                return
+            if declared > self.max_bytes:
+                await JSONResponse({"detail": self.too_large(str(declared)).detail}, 413)(scope, receive, send)
+                return
+        loop = asyncio.get_running_loop()
+        received, done, deadline = 0, False, None
+        started = False
+
+        async def counted_receive():
+            nonlocal received, done, deadline
+            if done:  # the body is complete: later reads wait for the disconnect, without a deadline
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {self.timeout:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                done = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise self.too_large(f"more than {self.max_bytes}")
+            else:
+                done = True
+            return message
+
+        async def watched_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except HTTPException as exc:  # raised by counted_receive outside a route (no handler answered it)
+            if started or exc.status_code not in (408, 413):
+                raise
+            await JSONResponse({"detail": exc.detail}, exc.status_code, {"Connection": "close"})(scope, receive, send)
 
 
 def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
@@ -57,3 +102,41 @@ def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
         raise HTTPException(413, f"image too large: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise HTTPException(400, f"cannot decode the image (truncated or corrupt?): {exc}") from None
+
+
+@dataclass
+class QueryPicture:
+    """What the service keeps of an uploaded image: the model's input (the upload resized as the
+    model's transform resizes it, so embedding or drawing attention over it gives the bits the full
+    image would) and a PNG thumbnail for the page."""
+
+    view: Image.Image
+    thumbnail_png: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.view.width * self.view.height * len(self.view.getbands()) + len(self.thumbnail_png)
+
+
+def model_input_side(input_size: int, crop_ratio: float) -> int:
+    """The short side the model's transform resizes an image to (``agman.data.transforms``)."""
+    return int(round(input_size / crop_ratio))
+
+
+def reduce_upload(picture: Image.Image, input_size: int, crop_ratio: float, max_aspect: float,
+                  thumbnail: int) -> QueryPicture:
+    """The decoded upload reduced to :class:`QueryPicture` (``picture`` itself becomes the
+    thumbnail); 413 when its aspect ratio exceeds ``max_aspect`` (resizing its short side would
+    make a huge image)."""
+    from torchvision import transforms as T
+
+    w, h = picture.size
+    if max(w, h) > max_aspect * min(w, h):
+        raise HTTPException(
+            413, f"image is {w}x{h}: its aspect ratio {max(w, h) / min(w, h):.1f}:1 exceeds {max_aspect:g}:1"
+        )
+    view = T.Resize(model_input_side(input_size, crop_ratio), antialias=True)(picture)
+    picture.thumbnail((thumbnail, thumbnail))  # in place: the full picture is not needed any more
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return QueryPicture(view, buf.getvalue())
