@@ -252,3 +252,49 @@ def test_model_without_attention_and_missing_catalog_files(tmp_path):
         r = client.get(f"/items/{item}/image")
         assert r.status_code == 404 and "missing" in r.json()["detail"]
         assert search(client, item=item, attributes="attr0", k="2").status_code == 200  # stored vectors still work
+
+
+# --------------------------------------------------------------------------- what is kept of an upload
+@pytest.mark.parametrize("size, input_size, crop_ratio", [((40, 56), 64, 1.0), ((900, 500), 224, 0.875),
+                                                           ((333, 1000), 96, 0.8)])
+def test_the_kept_view_is_what_the_model_would_see_of_the_full_upload(size, input_size, crop_ratio):
+    """The service keeps the upload resized as the model's transform resizes it: the model's input
+    tensor (embedding and attention) is bit for bit that of the full image."""
+    from agman.data.transforms import build_transform, model_view
+    from agman.service.uploads import reduce_upload
+
+    full = Image.open(io.BytesIO(png_bytes(3, size))).convert("RGB")
+    kept = reduce_upload(full.copy(), input_size, crop_ratio, max_aspect=20, thumbnail=64)
+    transform = build_transform(input_size, train=False, crop_ratio=crop_ratio)
+    assert torch_equal(transform(kept.view), transform(full))
+    assert np.array_equal(np.asarray(model_view(kept.view, input_size, crop_ratio)),
+                          np.asarray(model_view(full, input_size, crop_ratio)))
+    thumb = Image.open(io.BytesIO(kept.thumbnail_png))
+    assert max(thumb.size) == min(64, max(size)) and kept.nbytes < full.width * full.height * 3 + 64 * 64 * 3 * 4
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
+def test_query_cache_is_bounded_in_entries_and_bytes():
+    from agman.service.state import CachedQuery, QueryStore
+    from agman.service.uploads import QueryPicture
+
+    def query(i, side=32):
+        return CachedQuery(f"q{i}", QueryPicture(Image.new("RGB", (side, side)), b"png"), np.zeros((2, 8), np.float32))
+
+    one = query(0).nbytes
+    store = QueryStore(capacity=10, max_bytes=3 * one)
+    for i in range(5):
+        store.put(query(i))
+    assert len(store) == 3 and store.nbytes == 3 * one and store.get("q1") is None
+    store.get("q2")  # used: now the most recent
+    store.put(query(5))
+    assert store.get("q2") is not None and store.get("q3") is None
+    store.put(query(6, side=400))  # larger than the whole budget: not kept, the others stay
+    assert store.get("q6") is None and store.get("q2") is not None and store.nbytes == 3 * one
+    small = QueryStore(capacity=2, max_bytes=10**9)
+    for i in range(4):
+        small.put(query(i))
+    assert len(small) == 2

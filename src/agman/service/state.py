@@ -52,6 +52,8 @@ class QueryStore:
         return len(self._data)
 
     def put(self, query: CachedQuery) -> None:
+        if query.nbytes > self.max_bytes:
+            return
         with self._lock:
             old = self._data.pop(query.id, None)
             if old is not None:
