@@ -28,8 +28,8 @@ def positive_number(text: str) -> float:
 
 
 def register(subparsers) -> None:
-    from agman.cli.retrieval import add_model_options, add_search_tuning, add_verify_option, positive_int
-    from agman.service import limits as d
+    from agman.cli.retrieval import add_model_options, add_search_tuning, add_verify_option
+    from agman.service.limits import SERVE_OPTIONS, ServiceLimits
 
     p = subparsers.add_parser(
         "serve",
@@ -44,21 +44,13 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0: any free port)")
     add_model_options(p)
     add_verify_option(p, "full")
-    p.add_argument("--max-k", type=positive_int, default=d.DEFAULT_MAX_K,
-                   help=f"largest k a request may ask (default {d.DEFAULT_MAX_K})")
-    p.add_argument("--max-upload-mb", type=positive_number, default=d.DEFAULT_MAX_UPLOAD_BYTES / 2**20,
-                   help="upload size limit in MiB (default 10)")
-    p.add_argument("--max-pixels", type=positive_int, default=d.DEFAULT_MAX_PIXELS,
-                   help=f"decoded image size limit (default {d.DEFAULT_MAX_PIXELS})")
-    p.add_argument("--max-aspect", type=positive_number, default=d.DEFAULT_MAX_ASPECT,
-                   help=f"largest long/short side ratio of an uploaded image (default {d.DEFAULT_MAX_ASPECT:g})")
-    p.add_argument("--query-cache", type=positive_int, default=d.DEFAULT_QUERY_CACHE,
-                   help=f"uploaded queries kept for /attention and query=ID (default {d.DEFAULT_QUERY_CACHE})")
-    p.add_argument("--query-cache-mb", type=positive_number, default=d.DEFAULT_QUERY_CACHE_BYTES / 2**20,
-                   help=f"memory those kept queries may take, in MiB (default {d.DEFAULT_QUERY_CACHE_BYTES // 2**20})")
-    p.add_argument("--decode-slots", type=positive_int, default=d.DEFAULT_DECODE_SLOTS,
-                   help=f"uploads decoded at once (default {d.DEFAULT_DECODE_SLOTS})")
     add_search_tuning(p)
+    limits = p.add_argument_group("limits (docs/retrieval.md, Limits and security)")
+    defaults = ServiceLimits()
+    for option, name, unit, what in SERVE_OPTIONS:
+        default = getattr(defaults, name) / unit
+        limits.add_argument(option, dest=name, type=positive_number, default=default, metavar="N",
+                            help=f"{what} (default {default:g})")
     guard = p.add_argument_group("serving beyond localhost")
     guard.add_argument("--token", default=None,
                        help=f"bearer token every request must carry (default: ${TOKEN_ENV}, which keeps it out of "
@@ -71,42 +63,19 @@ def register(subparsers) -> None:
                        "'*' accepts any; '*.example.com' a domain)")
     guard.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
                        help="proxies whose X-Forwarded-For/-Proto headers are trusted (default 127.0.0.1)")
-    guard.add_argument("--max-requests", type=positive_int, default=d.DEFAULT_MAX_REQUESTS,
-                       help=f"requests in progress at once; more are answered 503 (default {d.DEFAULT_MAX_REQUESTS})")
-    guard.add_argument("--max-connections", type=positive_int, default=d.DEFAULT_MAX_CONNECTIONS,
-                       help="open connections; past it the longest idle one is closed (default "
-                       f"{d.DEFAULT_MAX_CONNECTIONS}, lowered to fit the open-files limit)")
-    guard.add_argument("--header-timeout", type=positive_number, default=d.DEFAULT_HEADER_TIMEOUT,
-                       help=f"seconds a connection has to send its request head (default {d.DEFAULT_HEADER_TIMEOUT:g})")
-    guard.add_argument("--body-timeout", type=positive_number, default=d.DEFAULT_BODY_TIMEOUT,
-                       help=f"seconds a request body has to arrive (default {d.DEFAULT_BODY_TIMEOUT:g})")
-    guard.add_argument("--keep-alive", type=positive_number, default=d.DEFAULT_KEEP_ALIVE,
-                       help=f"seconds an idle keep-alive connection is kept (default {d.DEFAULT_KEEP_ALIVE:g})")
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from agman.cli.retrieval import open_retriever
     from agman.service.app import create_app
-    from agman.service.limits import ServiceLimits
+    from agman.service.limits import SERVE_OPTIONS, ServiceLimits
     from agman.service.server import check_exposure, default_allowed_hosts, listen, serve
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_exposure(args.host, token, args.insecure_no_token)
-    limits = ServiceLimits(
-        max_k=args.max_k,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=args.max_pixels,
-        max_aspect=args.max_aspect,
-        query_cache=args.query_cache,
-        query_cache_bytes=int(args.query_cache_mb * 2**20),
-        decode_slots=args.decode_slots,
-        max_requests=args.max_requests,
-        max_connections=args.max_connections,
-        header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout,
-        keep_alive=args.keep_alive,
-    )
+    limits = ServiceLimits(**{name: round(getattr(args, name) * unit) if unit > 1 else getattr(args, name)
+                              for _, name, unit, _ in SERVE_OPTIONS})
     sock = listen(args.host, args.port)  # first: a busy port fails at once, before loading or announcing
     try:
         retriever = open_retriever(args, load_model=True, load_index=True)  # a damaged index stops here

@@ -12,7 +12,6 @@ from PIL import Image
 
 from agman.errors import NotFoundError, UsageError
 
-
 MAX_WEIGHT = 1e6
 """Largest attribute weight: scores are sums of weight x similarity (|similarity| <= 1), so with
 this bound they stay far from float overflow however many attributes are queried.  Only the
@@ -72,7 +71,9 @@ class AttributeWeights:
             except (TypeError, ValueError, OverflowError):
                 raise QueryError(f"weight of {name!r} must be a number, got {raw!r:.40}") from None
             if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:
-                raise QueryError(f"weight of {name!r} must be a finite number from 0 to {MAX_WEIGHT:g}, got {raw!r:.40}")
+                raise QueryError(
+                    f"weight of {name!r} must be a finite number from 0 to {MAX_WEIGHT:g}, got {raw!r:.40}"
+                )
             terms[name] = WeightedAttribute(index, name, weight)
         kept = tuple(t for t in terms.values() if t.weight > 0)
         if not kept:
