@@ -298,3 +298,21 @@ def test_query_cache_is_bounded_in_entries_and_bytes():
     for i in range(4):
         small.put(query(i))
     assert len(small) == 2
+
+
+# --------------------------------------------------------------------------- serving beyond localhost
+def test_exposure_checks_and_default_allowed_hosts():
+    from agman.errors import UsageError
+    from agman.service.server import check_exposure, default_allowed_hosts, is_loopback
+
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")] == [True] * 5
+    assert [is_loopback(h) for h in ("0.0.0.0", "::", "10.1.2.3", "192.168.0.7")] == [False] * 4
+    check_exposure("127.0.0.1", None, False)  # loopback: no token needed
+    check_exposure("0.0.0.0", "t" * 16, False)
+    check_exposure("0.0.0.0", None, True)  # explicitly insecure
+    with pytest.raises(UsageError, match="--host 10.1.2.3 makes the service reachable"):
+        check_exposure("10.1.2.3", None, False)
+    assert default_allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]"]  # Host: [::1]:8000
+    assert default_allowed_hosts("10.1.2.3", ["Shop.Example"])[-2:] == ["10.1.2.3", "shop.example"]
+    with pytest.raises(UsageError, match="at least 16 characters"):
+        create_app("/nonexistent/index", token="short")  # checked before anything is loaded

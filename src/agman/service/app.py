@@ -74,12 +74,12 @@ def create_app(
     """The FastAPI app serving ``retriever`` (or the index folder it is opened from: every file
     verified in full, every FAISS index read).  With ``token`` every request must carry it; with
     ``allowed_hosts`` other ``Host`` headers are answered 400."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise InvalidValueError(f"the token must have at least {MIN_TOKEN_LENGTH} characters, got {len(token)}")
     if not isinstance(retriever, Retriever):
         retriever = Retriever(FaissStore(retriever, verify="full", load=True), checkpoint=checkpoint, device=device)
     retriever.model  # noqa: B018 - load and verify the checkpoint before serving
     limits = limits or ServiceLimits()
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise InvalidValueError(f"the token must have at least {MIN_TOKEN_LENGTH} characters, got {len(token)}")
 
     app = FastAPI(
         title="agman retrieval",

@@ -24,7 +24,7 @@ from agman.service.limits import ServiceLimits
 
 log = logging.getLogger(__name__)
 
-LOCAL_NAMES = ["localhost", "127.0.0.1", "::1"]
+LOCAL_NAMES = ["localhost", "127.0.0.1", "[::1]"]  # an IPv6 Host header keeps its brackets
 FD_RESERVE = 64  # descriptors kept for the process's own files (libraries, mapped index files, logs)
 
 
@@ -68,7 +68,7 @@ def default_allowed_hosts(host: str, extra: list[str] | None = None) -> list[str
     if bare in ("0.0.0.0", "::", ""):
         names += [socket.gethostname(), socket.getfqdn()]
     else:
-        names.append(bare)
+        names.append(f"[{bare}]" if ":" in bare else bare)
     names += list(extra or [])
     return list(dict.fromkeys(n.lower() for n in names if n))
 
