@@ -116,6 +116,10 @@ def test_search_errors_for_items_images_indexes_and_checkpoints(catalog, capsys,
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     rc, _, err = run(capsys, "search", "--index", out, "--image", bad, "-a", "attr0")
     assert rc == 1 and "cannot read image" in err  # the file exists but is damaged: a runtime error
+    thin = tmp_path / "thin.png"
+    Image.new("L", (1, 200_000)).save(thin)  # #12.2: resizing its short side made ~800 Mpx
+    rc, _, err = run(capsys, "search", "--index", out, "--image", thin, "-a", "attr0")
+    assert rc == 1 and "aspect ratio 200000.0:1 exceeds 20:1" in err
     rc, _, err = run(capsys, "search", "--index", out, "--image", tmp_path / "missing.jpg", "-a", "attr0")
     assert rc == 2 and "not found" in err
     rc, _, err = run(capsys, "search", "--index", tmp_path / "no-index", "--item", "x", "-a", "attr0")

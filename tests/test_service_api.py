@@ -178,6 +178,12 @@ def test_bad_uploads(live):
     bomb = io.BytesIO()
     Image.new("RGB", (2000, 1000)).save(bomb, format="PNG")  # 2 Mpx in a few kB: over max_pixels
     cases.append((bomb.getvalue(), 413, "2000x1000"))
+    thin = io.BytesIO()
+    Image.new("L", (1, 200_000)).save(thin, format="PNG")  # #12.2: ~100 bytes; resizing it made 800 Mpx
+    cases.append((thin.getvalue(), 413, "aspect ratio 200000.0:1 exceeds 20:1"))
+    pcx = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(pcx, format="PCX")  # #12.8: a format Pillow reads, outside the allowed list
+    cases.append((pcx.getvalue(), 400, "not an image in a supported format"))
     cases.append((b"\0" * 400_000, 413, "upload limit"))  # over max_upload_bytes
     for data, status, message in cases:
         r = search(client, files={"image": ("q.png", data, "image/png")}, attributes="attr0")
@@ -264,7 +270,7 @@ def test_the_kept_view_is_what_the_model_would_see_of_the_full_upload(size, inpu
     from agman.service.uploads import reduce_upload
 
     full = Image.open(io.BytesIO(png_bytes(3, size))).convert("RGB")
-    kept = reduce_upload(full.copy(), input_size, crop_ratio, max_aspect=20, thumbnail=64)
+    kept = reduce_upload(full.copy(), input_size, crop_ratio, thumbnail=64)
     transform = build_transform(input_size, train=False, crop_ratio=crop_ratio)
     assert torch_equal(transform(kept.view), transform(full))
     assert np.array_equal(np.asarray(model_view(kept.view, input_size, crop_ratio)),

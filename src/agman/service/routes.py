@@ -162,9 +162,9 @@ def read_upload(file: BinaryIO, state: ServiceState) -> tuple[str, CachedQuery |
     cached = state.queries.get(qid)
     if cached is not None:
         return qid, cached
-    picture = decode_upload(data, limits.max_pixels)
+    picture = decode_upload(data, state.image_limits)
     del data
-    return qid, reduce_upload(picture, checkpoint.input_size, checkpoint.crop_ratio, limits.max_aspect, QUERY_THUMBNAIL)
+    return qid, reduce_upload(picture, checkpoint.input_size, checkpoint.crop_ratio, QUERY_THUMBNAIL)
 
 
 async def embed_upload(state: ServiceState, image: UploadFile) -> CachedQuery:

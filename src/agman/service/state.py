@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 from fastapi import HTTPException, Request
 
+from agman.data.decode import ImageLimits
 from agman.retrieval.search import Retriever
 from agman.service.limits import ServiceLimits
 from agman.service.uploads import QueryPicture
@@ -102,12 +103,14 @@ class ServiceState:
     queries: QueryStore = field(init=False)
     model_thread: Workers = field(init=False)
     decoders: Workers = field(init=False)
+    image_limits: ImageLimits = field(init=False)
     private_paths: list[tuple[str, str]] = field(init=False)
 
     def __post_init__(self):
         self.queries = QueryStore(self.limits.query_cache, self.limits.query_cache_bytes)
         self.model_thread = Workers(1, "agman-model")
         self.decoders = Workers(self.limits.decode_slots, "agman-decode")
+        self.image_limits = ImageLimits(max_source_pixels=self.limits.max_pixels, max_aspect=self.limits.max_aspect)
         store = self.retriever.store
         paths = [(str(store.location), "<index>"), (str(self.retriever.info.checkpoint.path), "<checkpoint>")]
         dirs = {os.path.dirname(store.item(int(r)).path) for r in store.rows()[:10_000]}

@@ -1,15 +1,17 @@
 """Uploads: the request-body limit (counted as the body streams in, with a deadline), decoding an
-image within the pixel limit, and reducing it to what the service keeps of a query."""
+image within the pixel and aspect limits (the data layer's bounded decoder), and reducing it to
+what the service keeps of a query."""
 from __future__ import annotations
 
 import asyncio
 import io
-import warnings
 from dataclasses import dataclass
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from agman.data.decode import ImageLimits, ImageLoadError, ImageTooLargeError, decode_image
 
 
 class BodyLimit:
@@ -79,29 +81,16 @@ class BodyLimit:
             await JSONResponse({"detail": exc.detail}, exc.status_code, {"Connection": "close"})(scope, receive, send)
 
 
-def decode_upload(data: bytes, max_pixels: int) -> Image.Image:
-    """Bytes of an uploaded file -> RGB image; 400 when not a (complete) image, 413 when too large."""
-    if not data:
-        raise HTTPException(400, "the uploaded image is empty")
+def decode_upload(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Bytes of an uploaded file -> RGB image (:func:`agman.data.decode.decode_image`: the size and
+    aspect ratio checked from the header before decoding, large images decoded at reduced size);
+    413 when too large or too elongated, 400 when not a (complete) image of an accepted format."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise HTTPException(
-                        413, f"image is {w}x{h} = {w * h} pixels; this service accepts at most {max_pixels}"
-                    )
-                im.load()
-                return im.convert("RGB")
-    except HTTPException:
-        raise
-    except UnidentifiedImageError:
-        raise HTTPException(400, "the upload is not an image this service can read (JPEG, PNG, WebP, ...)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise HTTPException(413, f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise HTTPException(400, f"cannot decode the image (truncated or corrupt?): {exc}") from None
+        return decode_image(data, limits, name="upload")
+    except ImageTooLargeError as exc:
+        raise HTTPException(413, str(exc)) from None
+    except ImageLoadError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 @dataclass
@@ -123,18 +112,12 @@ def model_input_side(input_size: int, crop_ratio: float) -> int:
     return int(round(input_size / crop_ratio))
 
 
-def reduce_upload(picture: Image.Image, input_size: int, crop_ratio: float, max_aspect: float,
-                  thumbnail: int) -> QueryPicture:
+def reduce_upload(picture: Image.Image, input_size: int, crop_ratio: float, thumbnail: int) -> QueryPicture:
     """The decoded upload reduced to :class:`QueryPicture` (``picture`` itself becomes the
-    thumbnail); 413 when its aspect ratio exceeds ``max_aspect`` (resizing its short side would
-    make a huge image)."""
+    thumbnail).  Its aspect ratio was bounded when it was decoded, so the view is at most
+    ``side^2 x max_aspect`` pixels."""
     from torchvision import transforms as T
 
-    w, h = picture.size
-    if max(w, h) > max_aspect * min(w, h):
-        raise HTTPException(
-            413, f"image is {w}x{h}: its aspect ratio {max(w, h) / min(w, h):.1f}:1 exceeds {max_aspect:g}:1"
-        )
     view = T.Resize(model_input_side(input_size, crop_ratio), antialias=True)(picture)
     picture.thumbnail((thumbnail, thumbnail))  # in place: the full picture is not needed any more
     buf = io.BytesIO()
