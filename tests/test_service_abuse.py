@@ -53,8 +53,14 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w/.~>-])/(?:[\w.@+~-]+/)+[\w.@+~-]*")
 
 
 # --------------------------------------------------------------------------- servers
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class Served:
-    """An `agman serve` process: its URL (announced on stdout, port 0), output, RSS."""
+    """An `agman serve` process on a free port: its URL (as announced on stdout), output, RSS."""
 
     def __init__(self, args: list[str], env: dict | None = None, nofile: int | None = None):
         def limit_files():
@@ -62,7 +68,7 @@ class Served:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agman", "serve", "--port", "0", *args],
+            [sys.executable, "-m", "agman", "serve", "--port", str(free_port()), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
             preexec_fn=limit_files,
         )
