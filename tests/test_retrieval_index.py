@@ -323,9 +323,10 @@ def test_a_version_1_index_is_read_and_rewritten_as_version_3_when_grown(tmp_pat
     assert grown["format_version"] == 3 and "model_name" not in grown and grown["count"] == 30
     assert grown["root"] is None
     assert json.loads((out / "items.jsonl").read_text().splitlines()[25])["path"] == every.paths[25]
-    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss")} == {
-        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss")
+    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss", "files")} == {
+        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss", "files")
     }
+    assert grown["files"]["items.jsonl"]["size"] > meta["files"]["items.jsonl"]["size"]  # re-recorded
 
 
 @pytest.fixture(scope="module")

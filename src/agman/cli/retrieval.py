@@ -83,20 +83,40 @@ def add_index_location(parser: argparse.ArgumentParser, repeat: bool = False) ->
     )
 
 
-def open_retriever(args: argparse.Namespace, index_dir: str | None = None, load_model: bool = False):
-    """The Retriever of ``--index`` (or ``index_dir``) with the command's model options and search settings."""
-    from agman.retrieval.info import IndexConfig
-    from agman.retrieval.search import Retriever
+def add_verify_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--verify``: how the index folder's recorded file hashes are checked when it is opened."""
+    from agman.retrieval.integrity import LEVELS
 
-    return Retriever.open(
+    parser.add_argument(
+        "--verify",
+        choices=LEVELS,
+        default=default,
+        help="check the index files against the sizes and hashes index.json recorded: sizes only, sampled "
+        f"blocks (about 1 MiB a file) or every byte (default {default})",
+    )
+
+
+def open_retriever(
+    args: argparse.Namespace, index_dir: str | None = None, load_model: bool = False, load_index: bool = False
+):
+    """The Retriever of ``--index`` (or ``index_dir``: a folder or a Milvus URI) with the command's
+    model options, search settings, ``--root`` and ``--verify`` level; ``load_index`` reads every
+    FAISS file now."""
+    from agman.retrieval.info import IndexConfig
+    from agman.retrieval.search import Retriever, open_store
+
+    store = open_store(
         index_dir or args.index,
-        getattr(args, "checkpoint", None),
-        device=args.device,
-        load_model=load_model,
-        root=getattr(args, "root", None),
         collection=getattr(args, "collection", None),
+        root=getattr(args, "root", None),
+        verify=getattr(args, "verify", "sample"),
+        load=load_index,
         **{name: getattr(args, name, None) for name in IndexConfig.SEARCH_SETTINGS},
     )
+    retriever = Retriever(store, checkpoint=getattr(args, "checkpoint", None), device=args.device)
+    if load_model:
+        retriever.model  # noqa: B018 - load and verify the checkpoint now
+    return retriever
 
 
 # --------------------------------------------------------------------------- register
@@ -198,6 +218,7 @@ def register(subparsers) -> None:
     search.add_argument("--grid", metavar="PNG", help="also save the query + top-k grid picture (Fig. 5)")
     add_model_options(search)
     add_search_tuning(search)
+    add_verify_option(search, "sample")
     search.set_defaults(func=run_search)
 
     att = subparsers.add_parser(
@@ -209,6 +230,7 @@ def register(subparsers) -> None:
     att.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
     att.add_argument("--out", required=True, help="PNG to write")
     add_model_options(att)
+    add_verify_option(att, "sample")
     att.set_defaults(func=run_attention)
 
     cmp_ = subparsers.add_parser(
@@ -224,6 +246,7 @@ def register(subparsers) -> None:
     cmp_.add_argument("--out", required=True, help="PNG to write")
     add_model_options(cmp_, checkpoint=False)  # each index embeds with its own checkpoint
     add_search_tuning(cmp_)
+    add_verify_option(cmp_, "sample")
     cmp_.set_defaults(func=run_compare)
 
 
@@ -359,7 +382,7 @@ def run_search(args: argparse.Namespace) -> int:
         image = query_image(retriever, args)
         result_grid(image, grid_results(retriever, result), title=title).save(args.grid)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False))
+        print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False, allow_nan=False))  # strict JSON
         return 0
     print(format_table(result))
     if args.grid:

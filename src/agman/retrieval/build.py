@@ -454,6 +454,13 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
         ):
             if emb.shape[1:] != expected:
                 raise CatalogIndexError(f"model returned embeddings {emb.shape[1:]}, expected {expected}")
+            finite = np.isfinite(emb).reshape(len(emb), -1).all(axis=1)
+            if not finite.all():
+                bad = pos + int(np.flatnonzero(~finite)[0])
+                raise CatalogIndexError(
+                    f"the model's embedding of {items[bad].path} (plan position {bad}) is not finite (NaN or "
+                    "infinity): the checkpoint's weights are damaged"
+                )
             failed = {}
             if failures:
                 failed = {i: failures.pop(i) for i in list(failures) if pos <= i < pos + len(emb)}

@@ -5,7 +5,7 @@ builder grows it through :class:`agman.retrieval.faiss_writer.FaissWriter`.
 A folder holds::
 
     index.json            IndexInfo: checkpoint, attributes, metadata schema, catalog root, D, index
-                          type, count (rows written), deleted rows
+                          type, count (rows written), deleted rows, sizes and hashes of the files below
     items.jsonl           one Item per line, in row order (paths relative to the catalog root)
     vectors/attr-NN.f32   exact float32 embeddings [count, D] of attribute NN (memory-mapped)
     faiss/attr-NN.faiss   approximate types only: the FAISS index of attribute NN (FAISS row i = row i)
@@ -13,7 +13,10 @@ A folder holds::
     progress.json, shards/   only while a build is unfinished (see agman.retrieval.build)
 
 Only the ``count`` committed rows are visible, minus the deleted ones: a folder whose build is
-unfinished answers for the items of its last completed run.  Exact (``flat``) search is a numpy
+unfinished answers for the items of its last completed run.  Opening checks the folder
+(:func:`~agman.retrieval.faiss_check.folder_problems`: sizes always, the recorded hashes sampled or
+in full) and refuses a damaged one naming the file; a running server asks :meth:`FaissStore.health`
+whether the files changed under it.  Exact (``flat``) search is a numpy
 scan of the memory-mapped vectors — as fast as ``X @ q`` + ``argpartition`` (a FAISS
 ``IndexFlatIP`` was 2.2x slower on one query and held a second copy of the vectors); approximate
 types shortlist with their FAISS index.
@@ -28,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from agman.retrieval.faiss_check import FolderHealth, FolderWatch, damage_message, folder_problems, map_vectors
 from agman.retrieval.faiss_index import read_faiss, search_params, similarities
 from agman.retrieval.filters import Filter
 from agman.retrieval.info import CatalogIndexError, IndexInfo, IndexLayout
+from agman.retrieval.integrity import LEVELS, IndexDamagedError
 from agman.retrieval.items import Item, read_items
 from agman.retrieval.ranking import exact_scores
 from agman.retrieval.store import Selection
@@ -54,10 +59,12 @@ def catalog_root(info: IndexInfo, override: str | Path | None) -> str | None:
 
 class FaissStore:
     """An index folder opened for search: items in memory, exact vectors memory-mapped, FAISS
-    indexes (approximate types) read on first use.  ``nprobe`` / ``ef_search`` / ``rerank`` override
-    the settings the index was built with; ``root`` the catalog root image paths resolve against.
-    Immutable once open (a changed folder is taken up by :meth:`reopened`); safe to share between
-    threads."""
+    indexes (approximate types) read on first use (all at once with ``load``).  ``nprobe`` /
+    ``ef_search`` / ``rerank`` override the settings the index was built with; ``catalog`` the
+    catalog root image paths resolve against.  ``verify`` is how the recorded file hashes are
+    checked at open (``size``, ``sample`` or ``full``: see :mod:`agman.retrieval.integrity`); a
+    damaged folder is an :class:`IndexDamagedError` naming the file.  Immutable once open (a changed
+    folder is taken up by :meth:`reopened`); safe to share between threads."""
 
     in_memory = True
 
@@ -69,11 +76,16 @@ class FaissStore:
         ef_search: int | None = None,
         rerank: int | None = None,
         catalog: str | Path | None = None,
+        verify: str = "sample",
+        load: bool = False,
     ):
+        if verify not in LEVELS:
+            raise ValueError(f"verify must be one of {', '.join(LEVELS)}, got {verify!r}")
         self.layout = IndexLayout(root)
         self.root = self.layout.root
         self.location = str(self.root)
-        self._settings = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank, "catalog": catalog}
+        self._settings = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank, "catalog": catalog,
+                          "verify": verify, "load": load}
         self._stamp = _stamp(self.layout.info)
         self.info = IndexInfo.read(self.layout.info)
         self.config = self.info.config.tuned(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
@@ -91,11 +103,24 @@ class FaissStore:
         self._row_of_id = {self.items[r].id: int(r) for r in self.live_rows}
         self._row_of_path = {os.path.normpath(self.items[r].path): int(r) for r in self.live_rows}
         self.unfinished = self.layout.progress.is_file()
+        self.verified = verify
+        problems = folder_problems(self.layout, self.info, verify)
+        if problems:
+            raise IndexDamagedError(damage_message(self.layout, problems))
+        if self.count and not self.info.files:
+            log.warning(
+                "%s records no file hashes (written by an older agman): only file sizes are checked; "
+                "`agman index --add` on this folder records them", self.layout.info,
+            )
         self._vectors: dict[int, np.ndarray] = {}
         self._faiss: dict[int, object] = {}
         self._columns = None
-        self._masks: dict[str, np.ndarray] = {}
+        self._masks: dict = {}
         self._lock = threading.Lock()
+        self._watch: FolderWatch | None = None
+        if load and not self.config.exact:
+            for a in range(len(self.info.attributes)):
+                self.faiss_index(a)
 
     @property
     def kind(self) -> str:
@@ -214,7 +239,15 @@ class FaissStore:
         with self._lock:
             if attribute not in self._faiss:
                 path = self.layout.faiss(attribute)
-                index = read_faiss(path)
+                try:
+                    index = read_faiss(path)
+                except RuntimeError as exc:  # FAISS's I/O errors: missing, truncated, not an index
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                    problem = f"{path}: not a readable FAISS index ({reason})"
+                    raise IndexDamagedError(damage_message(self.layout, [problem])) from None
+                if index.d != self.info.dim:
+                    problem = f"{path} holds vectors of dimension {index.d}; index.json says dim {self.info.dim}"
+                    raise IndexDamagedError(damage_message(self.layout, [problem]))
                 if index.ntotal != self.count:
                     raise CatalogIndexError(
                         f"{path} holds {index.ntotal} vectors; index.json counts {self.count}: "
@@ -222,6 +255,14 @@ class FaissStore:
                     )
                 self._faiss[attribute] = index
             return self._faiss[attribute]
+
+    def health(self) -> FolderHealth:
+        """Whether the folder's files changed under this open store, and if so whether it is damaged
+        (cheap while nothing changed: one ``stat`` per file; see :class:`FolderWatch`)."""
+        with self._lock:
+            if self._watch is None:
+                self._watch = FolderWatch(self)
+        return self._watch.check()
 
     def memory_bytes(self) -> dict[str, int]:
         """On-disk bytes per attribute: FAISS index and exact vectors (for the trade-off table)."""
@@ -240,11 +281,4 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def map_vectors(path: Path, count: int, dim: int) -> np.ndarray:
-    """The first ``count`` rows ``[count, D]`` of a vector file, memory-mapped read-only."""
-    if count == 0:
-        return np.zeros((0, dim), np.float32)
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(count, dim))
 

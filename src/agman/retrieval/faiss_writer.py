@@ -15,9 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.retrieval.faiss_index import factory_string, fill_faiss_index, new_faiss_index, read_faiss, write_faiss
-from agman.retrieval.faiss_store import map_vectors
-from agman.retrieval.info import CatalogIndexError, FaissFile, IndexInfo, IndexLayout, now
+from agman.retrieval.faiss_check import map_vectors, record_files
+from agman.retrieval.faiss_index import (
+    factory_string,
+    fill_faiss_index,
+    new_faiss_index,
+    read_faiss,
+    write_faiss,
+)
+from agman.retrieval.info import (
+    CatalogIndexError,
+    FaissFile,
+    IndexInfo,
+    IndexLayout,
+    now,
+)
 from agman.retrieval.items import Item, read_items
 from agman.retrieval.query import UnknownItemError
 
@@ -100,6 +112,7 @@ class FaissWriter:
         gone = [r for r in replaces if r is not None] + [first_row + i for i in skipped]
         info.count = total
         info.deleted = sorted(set(info.deleted) | set(gone))
+        record_files(self.layout, info)
         self._write_info()
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -111,6 +124,11 @@ class FaissWriter:
         self.info.deleted = sorted(set(self.info.deleted) | set(live.values()))
         self._write_info()
         return len(live)
+
+    def record_files(self) -> None:
+        """Record the sizes and hashes of a folder an older agman wrote without them."""
+        record_files(self.layout, self.info)
+        self._write_info()
 
     def _write_info(self) -> None:
         self.info.updated = now()

@@ -10,12 +10,17 @@
      "metadata": {"<column>": "string" | "number" | "bool", ...},
      "root": "/catalog/root" | null, "dim": D, "index": {IndexConfig fields},
      "count": rows written, "deleted": [rows no longer searchable],
-     "faiss": {"<attribute>": {"factory", "trained_on"}}, "created", "updated"}
+     "faiss": {"<attribute>": {"factory", "trained_on"}},
+     "files": {"<relative path>": {"size", "hash", "sample"}}, "created", "updated"}
 
 ``root`` is the catalog root the items' image paths are relative to (``null``: absolute paths, as
 formats 1 and 2 stored them); it can be overridden when the index is opened, so a folder can move.
 The same description is kept in a Milvus collection's properties (:meth:`IndexInfo.to_json` /
 :meth:`IndexInfo.parse`).
+
+``files`` (written since the index files carry hashes; a folder without it still opens, its sizes
+checked only) records, for ``items.jsonl`` and every vector and FAISS file, the bytes the index
+counts and their xxh3-128 hashes (:mod:`agman.retrieval.integrity`).
 """
 from __future__ import annotations
 
@@ -146,6 +151,20 @@ class FaissFile:
     trained_on: Annotated[int, Field(ge=0)]
 
 
+HASH_PATTERN = r"^xxh3-128:[0-9a-f]{32}$"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file of an index folder as the index counts it: its first ``size`` bytes (the whole file,
+    or the part a later unfinished build has not yet committed past), their hash, and the hash of a
+    fixed sample of blocks of them (cheap enough to check at every open)."""
+
+    size: Annotated[int, Field(ge=0)]
+    hash: Annotated[str, Field(pattern=HASH_PATTERN)]
+    sample: Annotated[str, Field(pattern=HASH_PATTERN)]
+
+
 @dataclass
 class IndexInfo:
     """``index.json``: which checkpoint built the index, its attributes, D, type and row count."""
@@ -156,6 +175,7 @@ class IndexInfo:
     config: Annotated[IndexConfig, Field(alias="index")]
     count: Annotated[int, Field(ge=0)] = 0
     faiss: dict[int, FaissFile] = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)
     created: str = field(default_factory=now)
     updated: str | None = None
     metadata: dict[str, Literal["string", "number", "bool"]] = field(default_factory=dict)
@@ -223,8 +243,8 @@ class IndexInfo:
         """Validate a description (pydantic, strict types); errors name ``where`` and the key."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
-            raise CatalogIndexError(f"{where}: unreadable index metadata ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise CatalogIndexError(f"{where}: unreadable index metadata ({type(exc).__name__}: {exc})") from None
         version = data.get("format_version", 0) if isinstance(data, dict) else 0
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise CatalogIndexError(f"{where} has format version {version}; upgrade agman to read it")
@@ -260,3 +280,7 @@ class IndexLayout:
 
     def faiss(self, a: int) -> Path:
         return self.root / "faiss" / f"attr-{a:02d}.faiss"
+
+    def name(self, path: Path) -> str:
+        """``path`` relative to the folder, as ``index.json``'s ``files`` names it."""
+        return path.relative_to(self.root).as_posix()

@@ -127,6 +127,7 @@ class Retriever:
         rerank: int | None = None,
         root: str | Path | None = None,
         collection: str | None = None,
+        verify: str = "sample",
     ) -> Retriever:
         """Open an index: a folder (FAISS files), or a Milvus collection — a Milvus Lite file
         (``catalog.db``) or a server URI (``http://host:19530``), ``collection`` naming it (default
@@ -135,7 +136,8 @@ class Retriever:
         ``rerank`` override the index's search settings; ``root`` the catalog root its image paths
         are relative to (for an index moved to another machine).  With ``load_model`` the checkpoint
         is loaded (and checked) now rather than on first need."""
-        store = open_store(index, collection=collection, root=root, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+        store = open_store(index, collection=collection, root=root, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
+                           verify=verify)
         retriever = cls(store, checkpoint=checkpoint, device=device)
         if load_model:
             retriever.model  # noqa: B018 - load and verify now
@@ -419,9 +421,12 @@ def open_store(
     nprobe: int | None = None,
     ef_search: int | None = None,
     rerank: int | None = None,
+    verify: str = "sample",
+    load: bool = False,
 ) -> VectorStore:
-    """The store of ``index``: an index folder, a Milvus URI (a ``.db`` Milvus Lite file or
-    ``http://...``) with ``collection``, or a ``MilvusTarget``."""
+    """The store of ``index``: an index folder (its files checked at ``verify``; every FAISS file
+    read now with ``load``), a Milvus URI (a ``.db`` Milvus Lite file or ``http://...``) with
+    ``collection``, or a ``MilvusTarget``."""
     from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
 
     tuning = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank}
@@ -434,7 +439,7 @@ def open_store(
         raise QueryError(f"--collection names a Milvus collection; {index} is an index folder")
     from agman.retrieval.faiss_store import FaissStore
 
-    return FaissStore(index, catalog=root, **tuning)
+    return FaissStore(index, catalog=root, verify=verify, load=load, **tuning)
 
 
 def _correct(query_labels: Mapping[str, str], labels: Mapping[str, str], weights: AttributeWeights) -> bool | None:

@@ -56,7 +56,9 @@ def open_for_build(out, ckpt, dim: int, config, metadata: dict[str, str], root, 
     if isinstance(out, MilvusTarget) or is_milvus_uri(out):
         return _open_milvus(out if isinstance(out, MilvusTarget) else MilvusTarget(str(out)), ckpt, dim, config,
                             metadata, root, grow, work)
+    from agman.retrieval.faiss_check import damage_message, folder_problems
     from agman.retrieval.faiss_writer import FaissWriter
+    from agman.retrieval.integrity import IndexDamagedError
 
     layout = IndexLayout(out)
     if layout.info.is_file():
@@ -65,12 +67,18 @@ def open_for_build(out, ckpt, dim: int, config, metadata: dict[str, str], root, 
             info = writer.info
             info.check_checkpoint(ckpt.identity, ckpt.path, layout.root)
             check_compatible(info, layout.root, config, metadata)
-            if not layout.progress.is_file() and not grow:
+            unfinished = layout.progress.is_file()
+            problems = [] if unfinished else folder_problems(layout, info, "sample")
+            if problems:  # growing a damaged index would hide the damage under new rows
+                raise IndexDamagedError(damage_message(layout, problems))
+            if not unfinished and not grow:
                 raise IndexExistsError(
                     f"{layout.root} already holds a complete index of {info.searchable} items; "
                     "pass add=True (--add) to add images, update=True (--update) to re-index them, or choose "
                     "another output folder"
                 )
+            if info.count and not info.files:  # written by an older agman: record its files' hashes now
+                writer.record_files()
         except BaseException:
             writer.close()
             raise

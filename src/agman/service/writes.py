@@ -35,7 +35,7 @@ class ItemChange(BaseModel):
 
 
 def _writable(state: ServiceState) -> None:
-    if not state.limits.writable:
+    if not state.writable:
         raise HTTPException(403, "this server is read-only: start it with --writable to change the catalog")
 
 
