@@ -26,8 +26,9 @@ from agman.retrieval.sources import from_split
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(spec, checkpoint, a small flat index) built once; tests damage copies of the index."""
-    return build_tiny_index(tmp_path_factory.mktemp("integrity"))
+    """(spec, checkpoint, a small HNSW index: vector and FAISS files) built once; tests damage copies
+    of the index.  (A flat index is its vector files: it has no FAISS files to damage.)"""
+    return build_tiny_index(tmp_path_factory.mktemp("integrity"), kind="hnsw")
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_a_running_store_notices_damage_and_updates(built, index):
     assert store.health().ok and store.health().notes == []
     build_index(index, from_split(spec, "valid"), ckpt, add=True)  # grown on disk: not damage
     health = store.health()
-    assert health.ok and "updated (40 items): restart" in health.notes[0]
+    assert health.ok and "updated (40 items): the server takes it up" in health.notes[0]
     truncate(index / "vectors/attr-01.f32", 64)
     health = store.health()
     assert not health.ok
@@ -159,3 +160,13 @@ def test_an_interrupted_commit_says_to_rerun_the_build(index):
     truncate(index / "faiss/attr-00.faiss", 100)
     with pytest.raises(IndexDamagedError, match="interrupted: rerun it"):
         FaissStore(index)
+
+
+def test_a_flat_index_records_and_checks_its_vector_files_only(tmp_path):
+    _, _, out = build_tiny_index(tmp_path)
+    assert set(json.loads((out / "index.json").read_text())["files"]) == {
+        "items.jsonl", "vectors/attr-00.f32", "vectors/attr-01.f32"
+    }
+    truncate(out / "vectors/attr-01.f32", 1000)
+    with pytest.raises(IndexDamagedError, match="vectors/attr-01.f32: truncated"):
+        FaissStore(out)

@@ -324,10 +324,10 @@ def test_a_public_address_without_a_token_is_refused(catalog, capsys, monkeypatc
 def test_a_damaged_index_refuses_to_start(catalog, capsys):
     tmp, _, out = catalog
     copy = shutil.copytree(out, tmp / "index-truncated")
-    faiss_file = copy / "faiss" / "attr-00.faiss"
-    faiss_file.write_bytes(faiss_file.read_bytes()[:200])
+    vectors = copy / "vectors" / "attr-00.f32"  # a flat index: its vector files are the index
+    vectors.write_bytes(vectors.read_bytes()[:200])
     rc, out, err = agman_main(capsys, "serve", "--index", copy, "--port", "0")
-    assert rc == 1 and f"{faiss_file}: truncated" in err and "serving" not in out
+    assert rc == 1 and f"{vectors}: truncated" in err and "serving" not in out
 
 
 # --------------------------------------------------------------------------- server B

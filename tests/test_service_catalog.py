@@ -47,7 +47,7 @@ def test_filters_in_the_search_form(shop, backend):
     tmp, spec, _ = shop
     index = tmp / "idx" if backend == "faiss" else str(tmp / "c.db")
     item = spec.split("test").paths[4]
-    app = create_app(Retriever.open(index, load_model=True), limits=ServiceLimits(reload_seconds=0))
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0)
     with LiveServer(app) as srv:
         r = httpx.post(f"{srv.url}/search", data={"item": item, "attributes": "attr0", "k": "30",
                                                    "filter": "price < 50 and category is not null"})
@@ -70,7 +70,7 @@ def test_the_server_serves_an_index_grown_by_agman_index_while_searches_run(shop
     import shutil
 
     index = shutil.copytree(tmp / "idx", tmp_path / "idx")
-    app = create_app(Retriever.open(index, load_model=True), limits=ServiceLimits(reload_seconds=0.1))
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0.1)
     item = spec.split("test").paths[2]
     errors, answers = [], []
     with LiveServer(app) as srv:
@@ -110,10 +110,10 @@ def test_delete_and_put_items_through_a_writable_server(shop, tmp_path, backend)
         index = str(tmp_path / "w.db")
         build_index(index, catalog(spec, range(30)), ckpt, batch_size=8)
     ids = spec.split("test").paths
-    with LiveServer(create_app(Retriever.open(index, load_model=True), limits=ServiceLimits(reload_seconds=0))) as ro:
+    with LiveServer(create_app(Retriever.open(index, load_model=True), reload_seconds=0)) as ro:
         r = httpx.delete(f"{ro.url}/items/{ids[1]}")
         assert r.status_code == 403 and "--writable" in r.json()["detail"]
-    app = create_app(Retriever.open(index, load_model=True), limits=ServiceLimits(reload_seconds=0, writable=True))
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0, writable=True)
     with LiveServer(app) as srv:
         assert httpx.delete(f"{srv.url}/items/nope.png").status_code == 404
         r = httpx.delete(f"{srv.url}/items/{ids[1]}")
@@ -144,7 +144,8 @@ def test_delete_and_put_items_through_a_writable_server(shop, tmp_path, backend)
 def test_concurrent_uploads_share_forward_passes(shop):
     tmp, _, _ = shop
     retriever = Retriever.open(tmp / "idx", load_model=True)
-    app = create_app(retriever, limits=ServiceLimits(reload_seconds=0, batch_size=8, batch_wait_ms=50))
+    app = create_app(retriever, limits=ServiceLimits(batch_size=8, batch_wait_ms=50),
+                     reload_seconds=0)
     pictures = [png(100 + i) for i in range(16)]
     with LiveServer(app) as srv:
         with ThreadPoolExecutor(16) as pool:
