@@ -61,7 +61,7 @@ class MemoryStore:
     def vectors(self, attribute, rows):
         return self._vectors[rows, attribute]
 
-    def similarities(self, attribute, query, selection):
+    def similarities(self, attribute, query, selection, exact=True):
         return selection.rows, exact_scores(self._vectors[selection.rows, attribute], query)
 
     def shortlist(self, attribute, query, n, selection):

@@ -208,20 +208,23 @@ class FaissStore:
             every = self._vectors[attribute]
         return every if rows is None else every[rows]
 
-    def similarities(self, attribute: int, query: np.ndarray, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+    def similarities(
+        self, attribute: int, query: np.ndarray, selection: Selection, exact: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         rows = selection.rows
         every = self.vectors(attribute)
+        product = exact_scores if exact else _blas_scores
         if rows is None:
-            return np.arange(self.count, dtype=np.int64), exact_scores(every, query)
+            return np.arange(self.count, dtype=np.int64), product(every, query)
         if len(rows) < GATHER_SHARE * self.count:
-            return rows, exact_scores(every[rows], query)
-        return rows, exact_scores(every, query)[rows]
+            return rows, product(every[rows], query)
+        return rows, product(every, query)[rows]
 
     def shortlist(
         self, attribute: int, query: np.ndarray, n: int, selection: Selection
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.config.exact:
-            rows, sims = self.similarities(attribute, query, selection)
+            rows, sims = self.similarities(attribute, query, selection, exact=False)
             if len(rows) > n:
                 best = np.argpartition(-sims, n - 1)[:n]
                 rows, sims = rows[best], sims[best]
@@ -272,6 +275,12 @@ class FaissStore:
             for kind, path in (("faiss", self.layout.faiss(a)), ("vectors", self.layout.vectors(a))):
                 out[kind] += path.stat().st_size if path.is_file() else 0
         return {k: v // max(1, n) for k, v in out.items()}
+
+
+def _blas_scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``vectors @ query`` (BLAS, possibly on several threads): within ``BORDER_EPS`` of
+    :func:`~agman.retrieval.ranking.exact_scores`, whose bits depend on nothing but the row."""
+    return np.asarray(vectors, dtype=np.float32) @ np.asarray(query, dtype=np.float32)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -237,7 +237,9 @@ class MilvusStore:
             raise MilvusError(f"items of {self.location} were deleted or rewritten during the search; search again")
         return np.asarray([found[pk] for pk in pks], dtype=np.float32).reshape(len(pks), self.dim)
 
-    def similarities(self, attribute: int, query: np.ndarray, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
+    def similarities(
+        self, attribute: int, query: np.ndarray, selection: Selection, exact: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         it = self.conn.client.query_iterator(
             self.conn.name, batch_size=FETCH_BATCH, filter=selection.expression or "",
             output_fields=["row", "vector"], partition_names=[_partition(attribute)],

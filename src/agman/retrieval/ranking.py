@@ -108,24 +108,35 @@ def rank(
 
 
 def _scan(store: VectorStore, query: np.ndarray, weights: AttributeWeights, k: int, selection: Selection) -> Ranking:
-    """Exact scores of every selected row, the top k of their weighted totals."""
+    """Every selected row scored by the store's fast product (a BLAS ``X @ q``: within
+    ``BORDER_EPS`` of exact), the best candidates re-scored exactly; more of them only when a row
+    outside could still reach the k-th exact total (near-ties at the border)."""
     rows, per = None, []
     for t in weights:
-        r, s = store.similarities(t.index, query[t.index], selection)
+        r, s = store.similarities(t.index, query[t.index], selection, exact=False)
         if rows is not None and not np.array_equal(r, rows):  # an item written between two calls
             common = np.intersect1d(rows, r, assume_unique=True)
             per = [p[np.searchsorted(rows, common)] for p in per]
             s, rows = s[np.searchsorted(r, common)], common
         rows = r if rows is None else rows
-        per.append(np.asarray(s, np.float32))
-    per = np.stack(per)
-    if len(weights) == 1:  # w > 0 keeps the order of the float32 scores: weigh the top k only
-        top = top_positions(per[0], rows, k)
-        return Ranking(rows[top].astype(np.int64), per[:, top], weighted_total(per[:, top], weights), len(rows),
-                       True, 0, True)
-    total = weighted_total(per, weights)
-    top = top_positions(total, rows, k)
-    return Ranking(rows[top].astype(np.int64), per[:, top], total[top], len(rows), True, 0, True)
+        per.append(s)
+    rows = np.asarray(rows, dtype=np.int64)
+    approx = per[0] if len(per) == 1 else weighted_total(np.stack(per), weights)  # w > 0: one term keeps its order
+    slack = sum(t.weight for t in weights) * BORDER_EPS
+    n = len(rows)
+    m = min(n, k + max(16, k))
+    while True:
+        if m < n:
+            part = np.argpartition(-approx, m)  # the best m first, the (m+1)-th best at position m
+            candidates, outside = part[:m], float(approx[part[m]])
+        else:
+            candidates, outside = np.arange(n), -np.inf
+        scored = _Rescored(store, query, weights)
+        scored.add(rows[candidates])
+        top = scored.top(k)
+        if m >= n or top[2][-1] > outside + slack:
+            return Ranking(*top, n, True, 0, True)
+        m = min(n, m * GROWTH)
 
 
 class _Rescored:

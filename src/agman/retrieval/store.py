@@ -96,9 +96,12 @@ class VectorStore(Protocol):
         """Stored embeddings ``[len(rows), D]`` float32 of attribute ``attribute``, exactly as
         embedded: exact scores are computed from these."""
 
-    def similarities(self, attribute: int, query: np.ndarray, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
-        """Every selected row (ascending int64) with its exact similarity to ``query [D]``
-        (:func:`~agman.retrieval.ranking.exact_scores` of the stored vectors): a full scan."""
+    def similarities(
+        self, attribute: int, query: np.ndarray, selection: Selection, exact: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every selected row (ascending int64) with its similarity to ``query [D]``: a full scan;
+        :func:`~agman.retrieval.ranking.exact_scores` of the stored vectors, or with ``exact``
+        False the store's fastest product within ``BORDER_EPS`` of them (the ranking re-scores)."""
 
     def shortlist(
         self, attribute: int, query: np.ndarray, n: int, selection: Selection
