@@ -1,6 +1,6 @@
 """Filter expressions over catalog items: parse once, check against the fields, evaluate anywhere.
 
-The language (docs/catalog-backends.md has the full description)::
+The language (docs/retrieval.md, "Filters", has the full description)::
 
     category == "dress" and price < 50
     colour in ["red", "blue"] and not in_stock == false
