@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from agman.retrieval.info import (
 )
 from agman.retrieval.items import Item, read_items
 from agman.retrieval.query import UnknownItemError
+from agman.retrieval.store import Blocks, Rows
 
 
 class IndexBusyError(CatalogIndexError):
@@ -93,14 +94,7 @@ class FaissWriter:
         """The first row ``n`` new items will get (rows are positions: nothing to record)."""
         return self.info.count
 
-    def commit(
-        self,
-        items: Sequence[Item],
-        blocks: Callable[[], Iterable[np.ndarray]],
-        replaces: Sequence[int | None],
-        skipped: Sequence[int],
-        first_row: int,
-    ) -> None:
+    def commit(self, items: Sequence[Item], blocks: Blocks, replaces: Rows, skipped: Sequence[int], first_row: int):
         """Append ``items`` (rows ``first_row ..``) and their embeddings, delete the rows they
         replace and the ``skipped`` ones (unreadable images: placeholders), then commit ``index.json``."""
         info = self.info
@@ -151,7 +145,7 @@ def _append_items(path: Path, keep: int, items: Sequence[Item], root: str | None
         os.fsync(f.fileno())
 
 
-def append_rows(layout: IndexLayout, info: IndexInfo, total: int, blocks: Callable[[], Iterable[np.ndarray]]) -> None:
+def append_rows(layout: IndexLayout, info: IndexInfo, total: int, blocks: Blocks) -> None:
     """Append rows ``info.count .. total`` to every attribute's vector file (and, for approximate
     types, FAISS index).
 

@@ -13,7 +13,7 @@ One process writes at a time.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from agman.retrieval.milvus_client import (
 )
 from agman.retrieval.query import UnknownItemError
 from agman.retrieval.ranking import exact_scores
-from agman.retrieval.store import Selection
+from agman.retrieval.store import Blocks, Rows, Selection
 
 
 def _utf8_len(text: str) -> int:
@@ -273,14 +273,7 @@ class MilvusStore:
         self.conn.set_properties(**{ROW_KEY: str(start + n)})
         return start
 
-    def commit(
-        self,
-        items: Sequence[Item],
-        blocks: Callable[[], Iterable[np.ndarray]],
-        replaces: Sequence[int | None],
-        skipped: Sequence[int],
-        first_row: int,
-    ) -> None:
+    def commit(self, items: Sequence[Item], blocks: Blocks, replaces: Rows, skipped: Sequence[int], first_row: int):
         """Write ``items`` as rows ``first_row ..`` (upserts by primary key: a rerun after a crash
         writes the same entities again), then delete the entities of the rows they replace."""
         self._check(items)

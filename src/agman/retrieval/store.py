@@ -23,7 +23,7 @@ Milvus Lite or a server).  Writers (:class:`CatalogWriter`) take embedded items 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -32,6 +32,11 @@ import numpy as np
 from agman.retrieval.filters import Filter
 from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.items import Item
+
+Blocks = Callable[[], Iterable[np.ndarray]]
+"""A writer's embeddings: called (once per attribute, or once) it yields ``[n, A, D]`` blocks in item order."""
+Rows = Sequence["int | None"]
+"""Per item, the row it replaces, or None."""
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,25 @@ class CatalogWriter(Protocol):
     def live_ids(self, ids: Iterable[str]) -> dict[str, int]:
         """``{id: row}`` of those of ``ids`` that are stored and searchable."""
 
-    def commit(self, items: Sequence[Item], blocks, replaces: Sequence[int | None], skipped: Sequence[int]) -> None:
-        """Store ``items`` (in order: they get the next fresh rows) with their embeddings, which
-        ``blocks()`` yields as ``[n, A, D]`` arrays in item order.  ``replaces[i]``: the row item i
-        updates (it stops being searchable), or None.  ``skipped``: positions in ``items`` whose
-        image could not be read (their embeddings are placeholders: not made searchable)."""
+    def reserve(self, n: int) -> int:
+        """The first of ``n`` fresh rows for the next commit (recorded by the builder, so a commit
+        cut short is redone with the same rows)."""
+
+    def commit(self, items: Sequence[Item], blocks: Blocks, replaces: Rows, skipped: Sequence[int], first_row: int):
+        """Store ``items`` as rows ``first_row ..`` with their embeddings, which ``blocks()`` yields
+        as ``[n, A, D]`` arrays in item order.  ``replaces[i]``: the row item i updates (it stops
+        being searchable), or None.  ``skipped``: positions in ``items`` whose image could not be
+        read (their embeddings are placeholders: not made searchable)."""
+
+    def known(self, ids: Iterable[str], paths: Iterable[str]) -> tuple[dict[str, tuple[int, Item]], set[str]]:
+        """The searchable items among ``ids`` (``{id: (row, item)}``) and which of ``paths`` are the
+        images of searchable items (what a build plans against)."""
+
+    def searchable(self) -> int:
+        """How many items can be found."""
+
+    def close(self) -> None:
+        """Release the writer (a folder's lock, a connection)."""
 
     def delete(self, ids: Sequence[str]) -> int:
         """Make the items ``ids`` unsearchable; an unknown id is an ``UnknownItemError`` and
