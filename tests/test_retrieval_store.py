@@ -33,8 +33,8 @@ class MemoryStore:
     def __len__(self):
         return len(self.live)
 
-    def rows(self):
-        return self.live
+    def rows(self, limit=None):
+        return self.live[:limit]
 
     def item(self, row):
         return self.items[row]

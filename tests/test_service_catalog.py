@@ -49,6 +49,8 @@ def test_filters_in_the_search_form(shop, backend):
     item = spec.split("test").paths[4]
     app = create_app(Retriever.open(index, load_model=True), reload_seconds=0)
     with LiveServer(app) as srv:
+        info = httpx.get(f"{srv.url}/info").json()
+        assert info["items"] == (30 if backend == "faiss" else 40) and len(info["examples"]) == 12
         r = httpx.post(f"{srv.url}/search", data={"item": item, "attributes": "attr0", "k": "30",
                                                    "filter": "price < 50 and category is not null"})
         assert r.status_code == 200, r.text

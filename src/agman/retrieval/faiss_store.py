@@ -133,8 +133,8 @@ class FaissStore:
     def __len__(self) -> int:
         return len(self.live_rows)
 
-    def rows(self) -> np.ndarray:
-        return self.live_rows
+    def rows(self, limit: int | None = None) -> np.ndarray:
+        return self.live_rows if limit is None else self.live_rows[:limit]
 
     def count_selected(self, selection: Selection) -> int:
         return self.count if selection.count is None else selection.count

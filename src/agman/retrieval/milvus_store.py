@@ -164,9 +164,11 @@ class MilvusStore:
             partition_names=[_partition(self.n_attributes - 1)],
         )
 
-    def rows(self) -> np.ndarray:
+    def rows(self, limit: int | None = None) -> np.ndarray:
+        """Every stored row, ascending (a scan of the collection); with ``limit`` only that many,
+        the first the collection hands out (not necessarily the lowest)."""
         it = self.conn.client.query_iterator(
-            self.conn.name, batch_size=FETCH_BATCH, output_fields=["row"],
+            self.conn.name, batch_size=FETCH_BATCH, output_fields=["row"], limit=-1 if limit is None else int(limit),
             partition_names=[_partition(self.n_attributes - 1)], timeout=self.target.request_timeout,
         )
         rows = []

@@ -287,7 +287,7 @@ class Retriever:
     def items(self, start: int = 0, limit: int | None = None) -> list[Item]:
         """Catalog items in row order, from the ``start``-th on (at most ``limit``)."""
         store = self.store
-        rows = store.rows()[start : None if limit is None else start + limit]
+        rows = store.rows(None if limit is None else start + limit)[start:]
         return store.items_of(rows)
 
     def item_image(self, item_id: str) -> Image.Image:

@@ -76,8 +76,9 @@ class VectorStore(Protocol):
     def __len__(self) -> int:
         """Number of searchable items."""
 
-    def rows(self) -> np.ndarray:
-        """Every searchable row, ascending (int64)."""
+    def rows(self, limit: int | None = None) -> np.ndarray:
+        """Every searchable row, ascending (int64); with ``limit`` at most that many (a database
+        may hand out any of them: for examples, not for ranking)."""
 
     def item(self, row: int) -> Item:
         """The record of ``row`` (image path resolved against the catalog root)."""
