@@ -113,16 +113,18 @@ def test_eval_json_follows_its_schema(tmp_path, capsys):
 ])
 def test_schemas_reject_what_they_should(doc, name, break_it):
     good = {
-        "index": {"schema": "agman/index/1", "index": "i", "type": "flat", "items": 1, "added": 1, "already_indexed": 0,
+        "index": {"schema": "agman/index/1", "index": "i", "type": "flat", "items": 1, "added": 1, "updated": 0, "unreadable": 0,
+                  "already_indexed": 0,
                   "embedded": 1, "resumed_from": 0, "seconds": 0.1, "images_per_second": 10.0, "source": "folder x",
                   "left_out": []},
-        "search": {"query": {"id": None, "labels": {}}, "attributes": {"a": 1.0}, "k": 1, "exact": True,
+        "search": {"query": {"id": None, "labels": {}}, "attributes": {"a": 1.0}, "filter": None, "k": 1, "exact": True,
                    "candidates": 3, "seconds": 0.0,
                    "predicted": {"a": {"value": "v", "share": 1.0, "votes": 1, "of": 1, "counts": {"v": 1}}},
                    "summary": {"a": {"value": "v", "source": "predicted", "matches": 1, "of": 1, "unknown": 0,
                                      "queried": True}},
                    "results": [{"rank": 1, "id": "x", "path": "/x", "score": 0.5, "scores": {"a": 0.5},
-                                "labels": {"a": "v"}, "correct": None, "matches": {"a": True}}]},
+                                "labels": {"a": "v"}, "metadata": {}, "correct": None,
+                                "matches": {"a": True}}]},
         "models": {"schema": "agman/models/1", "attributes": 8, "backbone": "resnet18",
                    "models": [{"name": "agman", "parameters": 1, "description": "d"}], "released_code_check": None},
         "eval": {"schema": "agman/eval/1", "checkpoint": "c.pt", "model": "agman", "attributes": ["a"],

@@ -179,7 +179,7 @@ def test_a_resumed_add_reports_the_rows_it_added(catalog, capsys, tmp_path):
     rc, stdout, err = run(capsys, "index", "--checkpoint", ck, "--images", tmp / "ds", "--split", "test", "--out", out,
                           "--add", "--no-progress", "--batch-size", "4", "--shard-size", "4")
     assert rc == 0, err
-    assert "30 items; added 20, already indexed 0, embedded 16 now" in stdout and "resumed at row 14" in stdout
+    assert "30 items; added 20, already indexed 0, embedded 16 now" in stdout and "resumed with 4 embedded" in stdout
     rc, stdout, _ = run(capsys, "index", "--checkpoint", ck, "--images", tmp / "ds", "--split", "test", "--out", out,
                         "--add", "--no-progress")
     assert "added 0, already indexed 20, embedded 0 now" in stdout

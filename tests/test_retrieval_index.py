@@ -138,11 +138,15 @@ def test_build_writes_the_documented_directory(tmp_path):
     spec, _ckpt, out = build_tiny_index(tmp_path, shard_size=8)
     meta = json.loads((out / "index.json").read_text())
     assert meta["count"] == 30 and meta["dim"] == 32 and meta["index"]["kind"] == "flat"
-    assert meta["format_version"] == 2 and "model_name" not in meta  # v2: the model name once, in "checkpoint"
+    assert meta["format_version"] == 3 and "model_name" not in meta  # since v2: the model name once, in "checkpoint"
+    assert meta["root"] == str((tmp_path / "ds").resolve()) and meta["deleted"] == [] and meta["metadata"] == {}
+    first = json.loads((out / "items.jsonl").read_text().splitlines()[0])
+    assert first["path"] == spec.split("test").paths[0]  # relative to the catalog root: the folder can move
     assert meta["checkpoint"]["model_name"] == "agman" and len(meta["checkpoint"]["identity"]) == 16
     assert [a["name"] for a in meta["attributes"]] == ["attr0", "attr1"]
     assert not (out / "progress.json").exists() and not (out / "shards").exists()
-    items = read_items(out / "items.jsonl")
+    assert not (out / "faiss").exists()  # flat: the vector files are the index
+    items = read_items(out / "items.jsonl", root=meta["root"])
     assert [it.id for it in items] == spec.split("test").paths
     assert items[1].labels == {"attr0": "attr0_v1", "attr1": "attr1_v1"}
     idx = FaissStore(out)
@@ -150,7 +154,6 @@ def test_build_writes_the_documented_directory(tmp_path):
         v = idx.vectors(a)
         assert v.shape == (30, 32)
         assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-        assert idx.faiss_index(a).ntotal == 30
     assert idx.labelled_rows("attr0").tolist() == list(range(30))
     assert idx.memory_bytes()["vectors"] == 30 * 32 * 4
 
@@ -189,7 +192,8 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_index(out, images, ckpt, batch_size=4, shard_size=8, on_shard=crash_after_first_shard)
     progress = json.loads((out / "progress.json").read_text())
-    assert progress["embedded"] == 8 and len(progress["shards"]) == 1
+    shards = json.loads((out / "shards" / "rank-000.json").read_text())
+    assert progress["planned"] == 30 and [(s["start"], s["count"]) for s in shards] == [(0, 8)]
     assert FaissStore(out).count == 0  # nothing searchable until the run completes
 
     # a broken image stops the run with its path; shards before it are kept
@@ -198,7 +202,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     broken.write_bytes(b"not an image")
     with pytest.raises(Exception, match=broken.name):
         build_index(out, images, ckpt, batch_size=4, shard_size=8)
-    assert json.loads((out / "progress.json").read_text())["embedded"] == 8
+    assert len(json.loads((out / "shards" / "rank-000.json").read_text())) == 1
     broken.write_bytes(good_bytes)
 
     seen = []
@@ -291,8 +295,9 @@ def test_every_index_type_builds_and_finds_exact_neighbours_on_a_small_catalog(t
 
 
 # --------------------------------------------------------------------------- index.json
-def test_a_version_1_index_is_read_and_rewritten_as_version_2_when_grown(tmp_path):
-    """Folders written before IndexInfo (format 1: model_name stored twice) keep working."""
+def test_a_version_1_index_is_read_and_rewritten_as_version_3_when_grown(tmp_path):
+    """Folders written before IndexInfo (format 1: model_name stored twice, absolute image paths, no
+    catalog root) keep working, and keep their absolute paths when grown."""
     from agman.retrieval.search import Retriever
 
     spec = open_dataset(tiny_dataset(tmp_path / "ds"))
@@ -301,20 +306,27 @@ def test_a_version_1_index_is_read_and_rewritten_as_version_2_when_grown(tmp_pat
     out = tmp_path / "idx"
     build_index(out, ImageSet(every.ids[:20], every.paths[:20], every.labels[:20]), ckpt, batch_size=8)
     meta = json.loads((out / "index.json").read_text())
-    v1 = dict(meta, format_version=1, model_name=meta["checkpoint"]["model_name"])
+    v1 = {k: v for k, v in meta.items() if k not in ("root", "metadata", "deleted")}
+    v1 = dict(v1, format_version=1, model_name=meta["checkpoint"]["model_name"])
     v1["index"] = dict(meta["index"], future_key=1)  # keys a reader does not know are ignored
     (out / "index.json").write_text(json.dumps(v1))
+    assert meta["root"] is None  # an ImageSet without a root: absolute paths, as formats 1 and 2 stored them
+    assert json.loads((out / "items.jsonl").read_text().splitlines()[3])["path"] == every.paths[3]
     store = FaissStore(out)
     assert store.info.model_name == "agman" and store.info.count == 20 and store.info.dim == 32
-    assert store.info.faiss[0].factory == "Flat" and store.info.faiss[1].trained_on == 20
+    assert store.info.root is None and store.items[3].path == every.paths[3]
     r = Retriever.open(out)
     assert len(r.search_item(every.ids[0], "attr0", k=5).hits) == 5
-    build_index(out, every, ckpt, add=True, batch_size=8)
+    assert r.search(every.paths[2], "attr0", k=1, exclude_self=True).hits[0].id != every.ids[2]
+    build_index(out, every, ckpt, add=True, batch_size=8)  # a source with a root: the index keeps none
     grown = json.loads((out / "index.json").read_text())
-    assert grown["format_version"] == 2 and "model_name" not in grown and grown["count"] == 30
-    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss")} == {
-        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss")
+    assert grown["format_version"] == 3 and "model_name" not in grown and grown["count"] == 30
+    assert grown["root"] is None
+    assert json.loads((out / "items.jsonl").read_text().splitlines()[25])["path"] == every.paths[25]
+    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss", "files")} == {
+        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss", "files")
     }
+    assert grown["files"]["items.jsonl"]["size"] > meta["files"]["items.jsonl"]["size"]  # re-recorded
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,10 @@ def test_attributes_are_parsed_once_into_weights():
     for bad, message in [
         ("collar", "unknown attribute 'collar'"),
         ("neckline_design:heavy", "must be a number"),
-        ("neckline_design:-1", ">= 0"),
+        ("neckline_design:-1", "from 0 to 1e\\+06"),
+        ("neckline_design:1e308,sleeve_length:1e308", "from 0 to 1e\\+06"),  # #12.9: their sum would overflow
+        ("neckline_design:1000001", "from 0 to 1e\\+06"),
+        ({"neckline_design": 10**400}, "must be a number"),
         ("neckline_design:nan", "finite"),
         ("neckline_design:inf", "finite"),
         ("neckline_design,neckline_design:2", "twice"),

@@ -6,19 +6,24 @@ import numpy as np
 import pytest
 from test_retrieval_index import build_tiny_index
 
+from agman.retrieval.catalog import CatalogSchema
 from agman.retrieval.faiss_store import FaissStore
 from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.items import Item
 from agman.retrieval.ranking import exact_scores, rank_order
 from agman.retrieval.search import Retriever
-from agman.retrieval.store import VectorStore
+from agman.retrieval.store import Selection, VectorStore
 
 
 class MemoryStore:
     """Items and vectors ``[n, A, D]`` in memory; ``live`` rows searchable (the others deleted).
+    Like a database it is ranked through shortlists (``in_memory`` False: the threshold algorithm).
     Its shortlist is a numpy brute force (exact), or, with ``config.exact`` False, one that ignores
     the query (rows in reverse order, made-up similarities): the Retriever's exact re-scoring of the
     shortlist has to do all the ranking."""
+
+    in_memory = False
+    shortlist_limit = 10**9
 
     def __init__(self, info: IndexInfo, items: list[Item], vectors: np.ndarray, config: IndexConfig, live=None):
         self.info, self.items, self._vectors, self.config = info, items, vectors, config
@@ -28,11 +33,14 @@ class MemoryStore:
     def __len__(self):
         return len(self.live)
 
-    def rows(self):
-        return self.live
+    def rows(self, limit=None):
+        return self.live[:limit]
 
     def item(self, row):
         return self.items[row]
+
+    def items_of(self, rows):
+        return [self.items[int(r)] for r in rows]
 
     def row_of_id(self, item_id):
         return next((int(r) for r in self.live if self.items[r].id == item_id), None)
@@ -40,19 +48,32 @@ class MemoryStore:
     def row_of_path(self, path):
         return next((int(r) for r in self.live if self.items[r].path == path), None)
 
-    def labelled_rows(self, attribute):
-        return np.asarray([r for r in self.live if attribute in self.items[r].labels], dtype=np.int64)
+    def select(self, flt=None, exclude=()):
+        rows = self.live
+        if flt is not None:
+            rows = rows[flt.mask(CatalogSchema.of(self.info).columns(self.items), len(self.items))[rows]]
+        rows = np.setdiff1d(rows, np.asarray(list(exclude), dtype=np.int64))
+        return Selection(len(rows), rows)
 
-    def vectors(self, attribute, rows=None):
-        return self._vectors[self.live if rows is None else rows, attribute]
+    def count_selected(self, selection):
+        return selection.count
 
-    def shortlist(self, attribute, query, n, allowed=None):
-        pool = self.live if allowed is None else np.intersect1d(allowed, self.live)
+    def vectors(self, attribute, rows):
+        return self._vectors[rows, attribute]
+
+    def similarities(self, attribute, query, selection, exact=True):
+        return selection.rows, exact_scores(self._vectors[selection.rows, attribute], query)
+
+    def shortlist(self, attribute, query, n, selection):
+        pool = selection.rows
         if not self.config.exact:
             return pool[::-1][:n], np.zeros(min(n, len(pool)), np.float32)
         scores = exact_scores(self._vectors[pool, attribute], query)
         order = rank_order(scores, pool)[:n]
         return pool[order], scores[order]
+
+    def reopened(self):
+        return None
 
 
 @pytest.fixture(scope="module")

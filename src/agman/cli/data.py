@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from agman.cli import data_synth
+from agman.cli import data_cache, data_synth
 
 
 def add_dataset_arguments(parser, root: bool = True) -> None:
@@ -42,13 +43,17 @@ def register(subparsers) -> None:
     check = sub.add_parser(
         "check",
         help="print counts per split/attribute/value and every problem; exit 1 on problems",
-        description="Open a dataset, print its counts and list every problem found "
-        "(missing/unreadable images, values with a single image, queries without candidates). "
-        "Exit code 0 when clean, 1 when problems were found, 2 when the files are malformed.",
+        description="Open a dataset, print its counts (per value, by name) and list every problem found "
+        "(missing/unreadable/over-limit images, values with a single image, queries without candidates, "
+        "a train split that cannot form a triplet). Exit code 0 when clean, 1 when problems were found "
+        "or a file is malformed (the message names it, on stderr).",
     )
     add_dataset_arguments(check)
     check.add_argument("--no-images", action="store_true", help="skip opening the image files")
     check.add_argument("--workers", type=int, default=8, help="threads for image checks (default 8)")
+    check.add_argument(
+        "--json", action="store_true", help="print the report as JSON (schema agman/data-check/1, docs/data.md)"
+    )
     check.set_defaults(func=run_check)
 
     imp = sub.add_parser(
@@ -61,6 +66,7 @@ def register(subparsers) -> None:
     imp.set_defaults(func=run_import_csv)
 
     data_synth.register(sub)
+    data_cache.register(sub)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
@@ -69,7 +75,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     spec = open_from_args(args, allow_singletons=True)
     report = check_dataset(spec, check_images=not args.no_images, workers=args.workers)
-    print(report.to_text())
+    print(json.dumps(report.to_json(), indent=1, ensure_ascii=False) if args.json else report.to_text())
     return 0 if report.ok else 1
 
 

@@ -23,9 +23,9 @@ class EpochTriplets(Dataset):
     """Triplet images addressed by ``(epoch, position)``: the rows of an epoch are computed (and
     cached) inside whichever process loads them, so persistent workers follow the epochs."""
 
-    def __init__(self, sampler, paths: list[str], root, transform, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, sampler, images: TripletImageDataset, seed: int, rank: int = 0, world_size: int = 1):
         self.sampler = sampler
-        self.images = TripletImageDataset(paths, root, transform)
+        self.images = images
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self._epoch: int | None = None
 

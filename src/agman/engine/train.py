@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agman.data.cache import triplet_dataset
 from agman.data.spec import DatasetSpec
-from agman.data.transforms import build_transform
 from agman.data.triplets import make_sampler
 from agman.engine import distributed as D
 from agman.engine.batches import EpochTriplets, epoch_loader
@@ -254,9 +254,8 @@ class Run:
         self.net = _wrap(state.model, config, ctx)
         train_split = spec.split("train")
         self.sampler = make_sampler(train_split, tcfg.triplets_per_epoch, tcfg.seed)
-        dataset = EpochTriplets(self.sampler, train_split.paths, spec.root,
-                                build_transform(dcfg.input_size, True, dcfg.crop_ratio), tcfg.seed, ctx.rank,
-                                ctx.world_size)
+        images = triplet_dataset(train_split.paths, spec.root, input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio)
+        dataset = EpochTriplets(self.sampler, images, tcfg.seed, ctx.rank, ctx.world_size)
         self.loader, self.batches = epoch_loader(dataset, tcfg, device)
         self.amp = tcfg.uses_amp(device)
         if self.amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -93,10 +93,11 @@ def fill_faiss_index(index, vectors: np.ndarray, *, chunk: int = 65536, train_ma
         index.add(np.ascontiguousarray(vectors[lo : lo + chunk], dtype=np.float32))
 
 
-def search_params(index, config: IndexConfig, k: int, allowed: np.ndarray | None = None):
+def search_params(index, config: IndexConfig, k: int, allowed: np.ndarray | None = None, count: int = 0):
     """FAISS search parameters for one call: ``nprobe`` (IVF), ``efSearch`` (HNSW, at least ``k``),
-    and a selector restricting the search to the ``allowed`` rows; ``None`` when there is nothing
-    to set.  Per call, so concurrent searches never share mutable settings."""
+    and a selector restricting the search to the ``allowed`` rows (of ``count``: a bitmap when they
+    are many, a hash set when few); ``None`` when there is nothing to set.  Per call, so concurrent
+    searches never share mutable settings."""
     faiss = import_faiss()
 
     inner = faiss.downcast_index(index)
@@ -109,7 +110,15 @@ def search_params(index, config: IndexConfig, k: int, allowed: np.ndarray | None
     else:
         return None
     if allowed is not None:
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+        if count and len(allowed) * 64 > count:  # a bitmap of count bits is the smaller and faster
+            mask = np.zeros(count, dtype=bool)
+            mask[allowed] = True
+            bits = np.packbits(mask, bitorder="little")
+            selector = faiss.IDSelectorBitmap(count, faiss.swig_ptr(bits))
+            params._bits = bits  # keep the bitmap alive as long as the selector
+        else:
+            selector = faiss.IDSelectorBatch(allowed)
         params.sel = selector
         params._selector = selector  # keep the selector alive as long as the parameters
     return params

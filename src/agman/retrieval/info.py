@@ -2,14 +2,25 @@
 :class:`IndexInfo` (read and validated here, and only here), the file names of an index folder
 (:class:`IndexLayout`), and the index errors.
 
-``index.json`` (format version 2; version 1, which also stored ``model_name`` at the top level,
-is read as well)::
+``index.json`` (format version 3; versions 1 and 2 are read as well)::
 
-    {"format_version": 2,
+    {"format_version": 3,
      "checkpoint": {"identity", "path", "model_name", "model_config", "input_size", "crop_ratio", "epoch"},
      "attributes": [{"name", "values": [...]}, ...],
-     "dim": D, "index": {IndexConfig fields}, "count": searchable rows,
-     "faiss": {"<attribute>": {"factory", "trained_on"}}, "created", "updated"}
+     "metadata": {"<column>": "string" | "number" | "bool", ...},
+     "root": "/catalog/root" | null, "dim": D, "index": {IndexConfig fields},
+     "count": rows written, "deleted": [rows no longer searchable],
+     "faiss": {"<attribute>": {"factory", "trained_on"}},
+     "files": {"<relative path>": {"size", "hash", "sample"}}, "created", "updated"}
+
+``root`` is the catalog root the items' image paths are relative to (``null``: absolute paths, as
+formats 1 and 2 stored them); it can be overridden when the index is opened, so a folder can move.
+The same description is kept in a Milvus collection's properties (:meth:`IndexInfo.to_json` /
+:meth:`IndexInfo.parse`).
+
+``files`` (written since the index files carry hashes; a folder without it still opens, its sizes
+checked only) records, for ``items.jsonl`` and every vector and FAISS file, the bytes the index
+counts and their xxh3-128 hashes (:mod:`agman.retrieval.integrity`).
 """
 from __future__ import annotations
 
@@ -17,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -25,8 +36,12 @@ from agman.data.spec import Attribute
 from agman.errors import AgmanError, InvalidValueError, UsageError
 from agman.fileio import atomic_write_text
 
-FORMAT_VERSION = 2
-"""2: ``model_name`` only inside ``checkpoint`` (1 stored it twice)."""
+FORMAT_VERSION = 3
+"""3: item paths relative to ``root``, the metadata schema, deleted rows (older agman would misread
+them); 2: ``model_name`` only inside ``checkpoint`` (1 stored it twice)."""
+
+METADATA_TYPES = ("string", "number", "bool")
+"""Types of metadata columns: ``number`` is float64 (finite), ``bool`` true/false."""
 
 INDEX_TYPES = {
     "flat": "exact: brute-force inner product over every item (FAISS IndexFlatIP)",
@@ -136,6 +151,20 @@ class FaissFile:
     trained_on: Annotated[int, Field(ge=0)]
 
 
+HASH_PATTERN = r"^xxh3-128:[0-9a-f]{32}$"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file of an index folder as the index counts it: its first ``size`` bytes (the whole file,
+    or the part a later unfinished build has not yet committed past), their hash, and the hash of a
+    fixed sample of blocks of them (cheap enough to check at every open)."""
+
+    size: Annotated[int, Field(ge=0)]
+    hash: Annotated[str, Field(pattern=HASH_PATTERN)]
+    sample: Annotated[str, Field(pattern=HASH_PATTERN)]
+
+
 @dataclass
 class IndexInfo:
     """``index.json``: which checkpoint built the index, its attributes, D, type and row count."""
@@ -146,13 +175,28 @@ class IndexInfo:
     config: Annotated[IndexConfig, Field(alias="index")]
     count: Annotated[int, Field(ge=0)] = 0
     faiss: dict[int, FaissFile] = field(default_factory=dict)
+    files: dict[str, FileRecord] = field(default_factory=dict)
     created: str = field(default_factory=now)
     updated: str | None = None
+    metadata: dict[str, Literal["string", "number", "bool"]] = field(default_factory=dict)
+    root: str | None = None
+    deleted: list[Annotated[int, Field(ge=0)]] = field(default_factory=list)
 
     def __post_init__(self):
         stray = sorted(a for a in self.faiss if not 0 <= a < len(self.attributes))
         if stray:
             raise ValueError(f"faiss: attribute {stray[0]} does not exist ({len(self.attributes)} attributes)")
+        clash = sorted(set(self.metadata) & {a.name for a in self.attributes})
+        if clash:
+            raise ValueError(f"metadata: {clash[0]!r} is also an attribute's name")
+        self.deleted = sorted(set(self.deleted))
+        if self.deleted and self.deleted[-1] >= self.count:
+            raise ValueError(f"deleted: row {self.deleted[-1]} is past count {self.count}")
+
+    @property
+    def searchable(self) -> int:
+        """Rows that can be found (written and not deleted)."""
+        return self.count - len(self.deleted)
 
     @property
     def model_name(self) -> str:
@@ -199,8 +243,8 @@ class IndexInfo:
         """Validate a description (pydantic, strict types); errors name ``where`` and the key."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
-            raise CatalogIndexError(f"{where}: unreadable index metadata ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise CatalogIndexError(f"{where}: unreadable index metadata ({type(exc).__name__}: {exc})") from None
         version = data.get("format_version", 0) if isinstance(data, dict) else 0
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise CatalogIndexError(f"{where} has format version {version}; upgrade agman to read it")
@@ -236,3 +280,7 @@ class IndexLayout:
 
     def faiss(self, a: int) -> Path:
         return self.root / "faiss" / f"attr-{a:02d}.faiss"
+
+    def name(self, path: Path) -> str:
+        """``path`` relative to the folder, as ``index.json``'s ``files`` names it."""
+        return path.relative_to(self.root).as_posix()

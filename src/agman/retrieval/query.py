@@ -12,9 +12,24 @@ from PIL import Image
 
 from agman.errors import NotFoundError, UsageError
 
+MAX_WEIGHT = 1e6
+"""Largest attribute weight: scores are sums of weight x similarity (|similarity| <= 1), so with
+this bound they stay far from float overflow however many attributes are queried.  Only the
+ratios between weights change a ranking, so nothing is lost."""
+
 
 class QueryError(UsageError, ValueError):
     """A query the index cannot answer as asked (unknown attribute, bad weight, bad k, ...)."""
+
+
+class UnknownItemError(QueryError):
+    """No catalog item has the given id (HTTP 404)."""
+
+    @classmethod
+    def of(cls, ids: Sequence[str], where: str, consequence: str = "") -> UnknownItemError:
+        """The error for ``ids`` (the first five named) missing from the index ``where``."""
+        shown = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        return cls(f"no item {shown} in {where}{'; ' + consequence if consequence else ''}")
 
 
 def attribute_index(name: str, known: Sequence[str]) -> int:
@@ -47,8 +62,8 @@ class AttributeWeights:
     ) -> AttributeWeights:
         """``'neckline_design:2'``, ``['a', 'b:0.5']``, ``'a:1,b:2'`` or ``{'a': 1.0}`` -> weights.
 
-        A missing weight is 1.  Weights must be finite and >= 0, at least one > 0; names must be
-        known and appear once.  Zero-weight attributes are dropped.  An ``AttributeWeights`` is
+        A missing weight is 1.  Weights must be numbers in ``[0, MAX_WEIGHT]``, at least one > 0;
+        names must be known and appear once.  Zero-weight attributes are dropped.  An ``AttributeWeights`` is
         returned as it is (it was checked when it was parsed).
         """
         if isinstance(spec, cls):
@@ -63,10 +78,12 @@ class AttributeWeights:
                 raise QueryError(f"attribute {name!r} is given twice")
             try:
                 weight = float(raw)
-            except (TypeError, ValueError):
-                raise QueryError(f"weight of {name!r} must be a number, got {raw!r}") from None
-            if not math.isfinite(weight) or weight < 0:
-                raise QueryError(f"weight of {name!r} must be a finite number >= 0, got {raw!r}")
+            except (TypeError, ValueError, OverflowError):
+                raise QueryError(f"weight of {name!r} must be a number, got {raw!r:.40}") from None
+            if not math.isfinite(weight) or not 0 <= weight <= MAX_WEIGHT:
+                raise QueryError(
+                    f"weight of {name!r} must be a finite number from 0 to {MAX_WEIGHT:g}, got {raw!r:.40}"
+                )
             terms[name] = WeightedAttribute(index, name, weight)
         kept = tuple(t for t in terms.values() if t.weight > 0)
         if not kept:

@@ -31,7 +31,8 @@ class Hit:
     """One ranked result: ``score`` is the weighted sum; ``scores`` the per-attribute similarities;
     ``labels`` the item's known values; ``correct`` whether it has the query's value of every
     queried attribute (None when a label is unknown on either side); ``matches`` per attribute
-    whether its label equals the result's reference value (:attr:`SearchResult.reference`)."""
+    whether its label equals the result's reference value (:attr:`SearchResult.reference`);
+    ``metadata`` the item's catalog payload (column -> value)."""
 
     rank: int
     row: int
@@ -42,6 +43,7 @@ class Hit:
     labels: dict[str, str]
     correct: bool | None
     matches: dict[str, bool] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -51,6 +53,7 @@ class Hit:
             "score": round(self.score, 6),
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
             "labels": self.labels,
+            "metadata": self.metadata,
             "correct": self.correct,
             "matches": self.matches,
         }
@@ -160,6 +163,7 @@ class SearchResult:
     query_id: str | None = None
     query_labels: dict[str, str] = field(default_factory=dict)
     candidates: int = 0
+    filter: str | None = None
     predicted: dict[str, Prediction] = field(default_factory=dict)
     summary: dict[str, MatchSummary] = field(default_factory=dict)
     query_path: str | None = None
@@ -170,6 +174,7 @@ class SearchResult:
         return {
             "query": {"id": self.query_id, "labels": self.query_labels},
             "attributes": self.weights,
+            "filter": self.filter,
             "k": self.k,
             "exact": self.exact,
             "candidates": self.candidates,
@@ -195,9 +200,10 @@ class SearchResult:
 
     # ------------------------------------------------------------------ views
     def describe_query(self) -> str:
-        """``query <id>: a:1, b:2; 10 of 400 items (exact)``."""
+        """``query <id>: a:1, b:2; 10 of 400 items (exact)[ matching <filter>]``."""
         head = f"query {self.query_id or '(image)'}: " + ", ".join(f"{n}:{w:g}" for n, w in self.weights.items())
-        return head + f"; {len(self.hits)} of {self.candidates} items ({'exact' if self.exact else 'approximate'})"
+        head += f"; {len(self.hits)} of {self.candidates} items ({'exact' if self.exact else 'approximate'})"
+        return head + (f" matching {self.filter}" if self.filter else "")
 
     def __repr__(self) -> str:
         lines = [f"SearchResult({self.describe_query()}, {self.seconds * 1000:.1f} ms)"]

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.filters import Filter, annotated, both, compile_filter
 from agman.retrieval.info import IndexInfo
 from agman.retrieval.items import Item
-from agman.retrieval.query import AttributeWeights, QueryError, attribute_index, load_query_image
+from agman.retrieval.query import AttributeWeights, QueryError, UnknownItemError, attribute_index, load_query_image
 from agman.retrieval.ranking import rank
 from agman.retrieval.results import Hit, Prediction, SearchResult, reference_values, summarise, vote
 from agman.retrieval.store import VectorStore
@@ -106,10 +106,6 @@ def _image(image) -> Image.Image:
     return load_query_image(image)
 
 
-class UnknownItemError(QueryError):
-    """No catalog item has the given id."""
-
-
 class NoModelError(QueryError):
     """An image query or an attention map needs the checkpoint, and none could be loaded."""
 
@@ -137,7 +133,7 @@ class Retriever:
     @classmethod
     def open(
         cls,
-        index_dir: str | Path,
+        index: str | Path,
         checkpoint: str | Path | None = None,
         *,
         device: str = "cpu",
@@ -145,11 +141,19 @@ class Retriever:
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
+        root: str | Path | None = None,
+        collection: str | None = None,
+        verify: str = "sample",
     ) -> Retriever:
-        """Open the index folder ``index_dir``; ``checkpoint`` defaults to the one recorded at build
-        time; ``nprobe`` / ``ef_search`` / ``rerank`` override the index's search settings.  With
-        ``load_model`` the checkpoint is loaded (and checked) now rather than on first need."""
-        store = FaissStore(index_dir, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+        """Open an index: a folder (FAISS files), or a Milvus collection — a Milvus Lite file
+        (``catalog.db``) or a server URI (``http://host:19530``), ``collection`` naming it (default
+        ``catalog``; or give a :class:`~agman.retrieval.milvus_client.MilvusTarget`).
+        ``checkpoint`` defaults to the one recorded at build time; ``nprobe`` / ``ef_search`` /
+        ``rerank`` override the index's search settings; ``root`` the catalog root its image paths
+        are relative to (for an index moved to another machine).  With ``load_model`` the checkpoint
+        is loaded (and checked) now rather than on first need."""
+        store = open_store(index, collection=collection, root=root, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
+                           verify=verify)
         retriever = cls(store, checkpoint=checkpoint, device=device)
         if load_model:
             retriever.model  # noqa: B018 - load and verify now
@@ -170,6 +174,28 @@ class Retriever:
 
     def __len__(self) -> int:
         return len(self.store)
+
+    def refresh(self) -> bool:
+        """Take up changes another process made to the index (rows added, updated, deleted): the
+        store is reopened and swapped in; searches already running finish on the old one.  An
+        index rebuilt by another checkpoint is refused (``IndexMismatchError``) and the old store
+        kept.  True when the index changed."""
+        fresh = self.store.reopened()
+        if fresh is None:
+            return False
+        built = self.store.info.checkpoint
+        fresh.info.check_checkpoint(built.identity, built.path, fresh.location)
+        self.store = fresh
+        return True
+
+    def compile_filter(self, text: str | Filter | None) -> Filter | None:
+        """A filter text checked against this index's fields (attributes and metadata): a
+        :class:`~agman.retrieval.filters.FilterError` naming the position otherwise."""
+        if text is None or isinstance(text, Filter):
+            return text
+        from agman.retrieval.catalog import CatalogSchema
+
+        return compile_filter(text, CatalogSchema.of(self.info).fields())
 
     def parse_attributes(self, attributes: AttributesLike) -> AttributeWeights:
         """``name[:weight]`` texts, ``{name: weight}`` -> checked weights (see ``AttributeWeights.parse``)."""
@@ -213,6 +239,21 @@ class Retriever:
         with self._model_lock, torch.inference_mode():
             out = model.embed_all(tensor)
         return out[0].float().cpu().numpy()
+
+    def model_input(self, image: ImageLike):
+        """The image as the model's input tensor ``[3, S, S]`` (resized, centre-cropped, normalised)."""
+        return self._tensor(load_query_image(image))[0]
+
+    def embed_batch(self, images: list) -> np.ndarray:
+        """Every attribute's embeddings ``[n, A, D]`` float32 of ``n`` images — or of their
+        :meth:`model_input` tensors — in one forward pass (the service's dynamic batching)."""
+        import torch
+
+        tensors = torch.stack([im if isinstance(im, torch.Tensor) else self.model_input(im) for im in images])
+        model = self.model
+        with self._model_lock, torch.inference_mode():
+            out = model.embed_all(tensors.to(self.device))
+        return out.float().cpu().numpy()
 
     def attribute_index(self, attribute: str | int) -> int:
         """Position of an attribute given by name (checked: unknown names are a ``QueryError``) or
@@ -275,8 +316,9 @@ class Retriever:
 
     def items(self, start: int = 0, limit: int | None = None) -> list[Item]:
         """Catalog items in row order, from the ``start``-th on (at most ``limit``)."""
-        rows = self.store.rows()[start : None if limit is None else start + limit]
-        return [self.store.item(int(r)) for r in rows]
+        store = self.store
+        rows = store.rows(None if limit is None else start + limit)[start:]
+        return store.items_of(rows)
 
     def item_ids(self) -> frozenset[str]:
         """The ids of every searchable item: which catalog this index holds."""
@@ -285,10 +327,11 @@ class Retriever:
     def item_image(self, item_id: str) -> Image.Image:
         return load_query_image(self.item(item_id).path)
 
-    def item_vectors(self, row: int) -> np.ndarray:
+    def item_vectors(self, row: int, store: VectorStore | None = None) -> np.ndarray:
         """The stored embeddings ``[A, D]`` of catalog row ``row``."""
+        store = store or self.store
         rows = np.asarray([row], dtype=np.int64)
-        return np.concatenate([self.store.vectors(a, rows) for a in range(len(self.attributes))]).astype(np.float32)
+        return np.concatenate([store.vectors(a, rows) for a in range(len(self.attributes))]).astype(np.float32)
 
     def row_of_path(self, path: str | os.PathLike) -> int | None:
         return self.store.row_of_path(os.path.normpath(os.path.abspath(path)))
@@ -303,6 +346,7 @@ class Retriever:
         exclude_self: bool = False,
         annotated_only: bool = False,
         exclude: Iterable[int] = (),
+        filter: str | Filter | None = None,
         predict: bool | Iterable[str] = True,
     ) -> SearchResult:
         """Rank catalog items by similarity to ``query`` in the given attribute(s).
@@ -313,16 +357,20 @@ class Retriever:
         ``AttributeWeights``.  ``exclude_self`` drops the catalog item whose file is the query file.
         ``annotated_only`` ranks only items annotated with every queried attribute (the evaluation's
         candidate set).  ``exclude``: rows to skip.  ``predict``: the attributes whose value to
-        predict (True: every attribute; False: none), see :meth:`predict`.
+        predict (True: every attribute; False: none), see :meth:`predict`.  ``filter``: an
+        expression over metadata and labels (``'category == "dress" and price < 50'``, see
+        :mod:`agman.retrieval.filters`); the result holds k items whenever k items pass it.
         """
         weights = self.parse_attributes(attributes)
+        flt = self.compile_filter(filter)
+        store = self.store
         query = query_input(query)
         row, path, thumbnail = None, None, None
         if isinstance(query, np.ndarray):
             vectors = query
         else:
             if isinstance(query, (str, os.PathLike)):
-                row = self.row_of_path(query)
+                row = store.row_of_path(os.path.normpath(os.path.abspath(query)))
                 path = os.path.abspath(query)
             else:
                 thumbnail = query.copy()
@@ -331,8 +379,8 @@ class Retriever:
         excluded = {int(r) for r in exclude}
         if exclude_self and row is not None:
             excluded.add(row)
-        item = self.store.item(row) if row is not None else None
-        result = self._search(vectors, weights, k, excluded, annotated_only, item, predict)
+        item = store.item(row) if row is not None else None
+        result = self._search(store, vectors, weights, k, excluded, annotated_only, item, flt, predict)
         result.query_path = item.path if item is not None else path
         result.query_image = thumbnail
         return result
@@ -345,46 +393,59 @@ class Retriever:
         *,
         exclude_self: bool = False,
         annotated_only: bool = False,
+        filter: str | Filter | None = None,
         predict: bool | Iterable[str] = True,
     ) -> SearchResult:
         """Rank items by similarity to catalog item ``item_id`` (its stored embeddings; no model).
         :meth:`find_item` turns an image path into the id."""
         weights = self.parse_attributes(attributes)
-        row = self.row(item_id)
+        flt = self.compile_filter(filter)
+        store = self.store
+        row = store.row_of_id(item_id)
+        if row is None:
+            raise UnknownItemError(f"no item {item_id!r} in index {store.location}")
         excluded = {row} if exclude_self else set()
-        query_item = self.store.item(row)
-        result = self._search(self.item_vectors(row), weights, k, excluded, annotated_only, query_item, predict)
+        query_item = store.item(row)
+        vectors = self.item_vectors(row, store)
+        result = self._search(store, vectors, weights, k, excluded, annotated_only, query_item, flt, predict)
         result.query_path = query_item.path
         return result
 
     def predict(
-        self, vectors: np.ndarray, k: int, attributes: bool | Iterable[str] = True, excluded: Iterable[int] = ()
+        self,
+        vectors: np.ndarray,
+        k: int,
+        attributes: bool | Iterable[str] = True,
+        excluded: Iterable[int] = (),
+        store: VectorStore | None = None,
     ) -> dict[str, Prediction]:
         """The predicted value of each attribute for query embeddings ``[A, D]``: a vote of the
         ``k`` items nearest in *that* attribute among the items labelled with it (the ``excluded``
         rows left out); attributes without labelled items are left out.  ``attributes``: names, or
         True for every attribute of the index."""
+        store = self.store if store is None else store
         names = self.attributes if attributes is True else [] if attributes is False else list(attributes)
-        excluded = np.asarray(sorted({int(r) for r in excluded}), np.int64)
         out = {}
         for name in names:
-            labelled = self.store.labelled_rows(name)
-            if not len(labelled):
+            labelled = store.select(Filter("", annotated([name])), excluded)
+            if not store.count_selected(labelled):
                 continue
-            found = rank(self.store, vectors, self.parse_attributes(name), k, allowed=labelled, excluded=excluded)
-            prediction = vote(name, [self.store.item(int(r)).labels[name] for r in found.rows])
+            found = rank(store, vectors, self.parse_attributes(name), k, labelled)
+            prediction = vote(name, [item.labels[name] for item in store.items_of(found.rows)])
             if prediction is not None:
                 out[name] = prediction
         return out
 
     def _search(
         self,
+        store: VectorStore,
         vectors,
         weights: AttributeWeights,
         k,
         excluded: set[int],
         annotated_only: bool,
         query_item: Item | None,
+        flt: Filter | None = None,
         predict: bool | Iterable[str] = True,
     ) -> SearchResult:
         started = time.perf_counter()
@@ -394,16 +455,14 @@ class Retriever:
         shape = (len(self.attributes), self.info.dim)
         if vectors.shape != shape:
             raise QueryError(f"query embeddings must be [{shape[0]}, {shape[1]}], got {list(vectors.shape)}")
-        allowed = None
         if annotated_only:
-            allowed = self.store.rows()
-            for t in weights:
-                allowed = np.intersect1d(allowed, self.store.labelled_rows(t.name), assume_unique=True)
-        found = rank(self.store, vectors, weights, k, allowed=allowed, excluded=np.asarray(sorted(excluded), np.int64))
+            flt = Filter(flt.text if flt else "", both(flt.expr if flt else None, annotated([t.name for t in weights])))
+        selection = store.select(flt, excluded)
+        found = rank(store, vectors, weights, k, selection)
+        candidates = found.candidates if found.candidates is not None else store.count_selected(selection)
         query_labels = query_item.labels if query_item is not None else {}
         hits = []
-        for i, (r, total) in enumerate(zip(found.rows, found.total)):
-            item = self.store.item(int(r))
+        for i, (r, item, total) in enumerate(zip(found.rows, store.items_of(found.rows), found.total)):
             hits.append(
                 Hit(
                     rank=i + 1,
@@ -414,19 +473,21 @@ class Retriever:
                     scores={t.name: float(found.per[j, i]) for j, t in enumerate(weights)},
                     labels=item.labels,
                     correct=_correct(query_labels, item.labels, weights),
+                    metadata=item.metadata,
                 )
             )
-        predicted = self.predict(vectors, int(k), predict, excluded)
+        predicted = self.predict(vectors, int(k), predict, excluded, store)
         summary = summarise(hits, reference_values(query_labels, predicted), [t.name for t in weights])
         return SearchResult(
             hits=hits,
             weights=weights.as_dict(),
             k=int(k),
-            exact=self.exact,
+            exact=store.config.exact,
             seconds=time.perf_counter() - started,
             query_id=query_item.id if query_item is not None else None,
             query_labels=dict(query_labels),
-            candidates=found.candidates,
+            candidates=candidates,
+            filter=flt.text if flt is not None and flt.text else None,
             predicted=predicted,
             summary=summary,
         )
@@ -436,6 +497,35 @@ class Retriever:
         return (f"Retriever({self.store.location!r}: {len(self)} items, {self.store.config.kind} "
                 f"({'exact' if self.exact else 'approximate'}), {self.info.model_name} model {model}, "
                 f"attributes {', '.join(self.attributes)})")
+
+
+def open_store(
+    index,
+    *,
+    collection: str | None = None,
+    root: str | Path | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    rerank: int | None = None,
+    verify: str = "sample",
+    load: bool = False,
+) -> VectorStore:
+    """The store of ``index``: an index folder (its files checked at ``verify``; every FAISS file
+    read now with ``load``), a Milvus URI (a ``.db`` Milvus Lite file or ``http://...``) with
+    ``collection``, or a ``MilvusTarget``."""
+    from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
+
+    tuning = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank}
+    if isinstance(index, MilvusTarget) or is_milvus_uri(index):
+        from agman.retrieval.milvus_store import MilvusStore
+
+        target = index if isinstance(index, MilvusTarget) else MilvusTarget(str(index), collection or "catalog")
+        return MilvusStore.open(target, catalog=root, **tuning)
+    if collection is not None:
+        raise QueryError(f"--collection names a Milvus collection; {index} is an index folder")
+    from agman.retrieval.faiss_store import FaissStore
+
+    return FaissStore(index, catalog=root, verify=verify, load=load, **tuning)
 
 
 def _correct(query_labels: Mapping[str, str], labels: Mapping[str, str], weights: AttributeWeights) -> bool | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +26,30 @@ only the images of the candidate (query) rows, labelled by those rows alone."""
 
 @dataclass
 class ImageSet:
-    """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value);
-    ``left_out``: image files of the source that are not items (a dataset root's own pictures)."""
+    """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value),
+    ``metadata[i]`` (column -> str / float / bool) typed by ``metadata_types`` (column -> ``string`` /
+    ``number`` / ``bool``); ``root``: the catalog root the index stores paths relative to (None: the
+    index's own root, or absolute paths); ``left_out``: image files of the source that are not items
+    (a dataset root's own pictures)."""
 
     ids: list[str]
     paths: list[str]
     labels: list[dict[str, str]] = field(default_factory=list)
     description: str = ""
     left_out: list[str] = field(default_factory=list)
+    metadata: list[dict] = field(default_factory=list)
+    metadata_types: dict[str, str] = field(default_factory=dict)
+    root: str | None = None
 
     def __post_init__(self):
         if not self.labels:
             self.labels = [{} for _ in self.ids]
-        if not len(self.ids) == len(self.paths) == len(self.labels):
+        if not self.metadata:
+            self.metadata = [{} for _ in self.ids]
+        if not len(self.ids) == len(self.paths) == len(self.labels) == len(self.metadata):
             raise ValueError(
-                f"ImageSet needs as many ids, paths and labels: {len(self.ids)}, {len(self.paths)}, {len(self.labels)}"
+                f"ImageSet needs as many ids, paths, labels and metadata: {len(self.ids)}, {len(self.paths)}, "
+                f"{len(self.labels)}, {len(self.metadata)}"
             )
         seen: dict[str, int] = {}
         for i, item_id in enumerate(self.ids):
@@ -50,6 +59,13 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def prefixed(self, prefix: str) -> ImageSet:
+        """This set with ``prefix`` in front of every id (two folders with the same file names indexed
+        into one catalog keep distinct ids)."""
+        if not prefix:
+            return self
+        return replace(self, ids=[prefix + i for i in self.ids])
 
 
 def _posix(path: Path) -> str:
@@ -84,7 +100,7 @@ def from_directory(folder: str | Path) -> ImageSet:
     rels = [_posix(p.relative_to(folder)) for p in files]
     marker = dataset_marker(folder)
     if marker is None:
-        return ImageSet(ids=rels, paths=[str(base / r) for r in rels], description=f"folder {folder}")
+        return ImageSet(ids=rels, paths=[str(base / r) for r in rels], description=f"folder {folder}", root=str(base))
     listed = _dataset_labels(folder, marker)
     paths = {r: os.path.normpath(base / r) for r in rels}
     kept = [r for r in rels if paths[r] in listed]
@@ -97,6 +113,7 @@ def from_directory(folder: str | Path) -> ImageSet:
         labels=[listed[paths[r]] for r in kept],
         description=f"dataset root {folder}",
         left_out=[r for r in rels if paths[r] not in listed],
+        root=str(base),
     )
 
 
@@ -119,10 +136,21 @@ def _dataset_labels(folder: Path, marker: str) -> dict[str, dict[str, str]]:
     return listed
 
 
-def from_csv(csv_path: str | Path) -> ImageSet:
-    """A catalog CSV ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; paths relative
-    to the CSV's folder; a non-empty cell is the item's value of that column's attribute), or a CSV
-    with the ``path`` column alone.  Items are sorted by path."""
+def from_csv(csv_path: str | Path, attributes=None, columns=None, *, root: str | Path | None = None) -> ImageSet:
+    """A catalog CSV.
+
+    With ``attributes`` (the checkpoint's: a list of :class:`~agman.data.spec.Attribute`) the CSV
+    is read as a typed catalog (:func:`agman.retrieval.catalog.read_catalog`): columns named after
+    an attribute hold its labels (checked against its values), ``columns``
+    (:class:`~agman.retrieval.catalog.CatalogColumns`) declares metadata, the id column and an id
+    prefix; any other column is an error; items in file order; paths relative to ``root`` (default:
+    the CSV's folder).  Without, ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; a
+    non-empty cell is the item's value of that column's attribute, value names taken from the CSV),
+    or a CSV with the ``path`` column alone; items sorted by path."""
+    if attributes is not None:
+        from agman.retrieval.catalog import read_catalog
+
+        return read_catalog(csv_path, attributes, columns, root=root).image_set()
     csv_path = Path(csv_path)
     try:
         with csv_path.open(encoding="utf-8-sig", newline="") as f:
@@ -146,7 +174,7 @@ def from_csv(csv_path: str | Path) -> ImageSet:
     if not rels:
         raise DatasetError("no image rows after the header", csv_path)
     base = csv_path.parent.resolve()
-    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}")
+    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}", root=str(base))
 
 
 def _named_labels(spec: DatasetSpec, row: np.ndarray) -> dict[str, str]:
@@ -178,4 +206,5 @@ def from_split(spec: DatasetSpec, split: str, part: str = "all") -> ImageSet:
         paths=[str(root / s.paths[i]) for i in images],
         labels=labels,
         description=f"{spec.name} {split} split ({part})",
+        root=str(root),
     )
