@@ -413,11 +413,11 @@ def run_search(args: argparse.Namespace) -> int:
     retriever = open_retriever(args)
     result = run_query(retriever, args, args.attribute, args.k)
     if args.grid:
-        from agman.retrieval.render import result_grid
+        from agman.retrieval.render import result_grid, save_picture
 
         title = " + ".join(f"{w:g} x {n}" if w != 1 else n for n, w in result.weights.items())
         image = query_image(retriever, args)
-        result_grid(image, grid_results(retriever, result), title=title).save(args.grid)
+        save_picture(result_grid(image, grid_results(retriever, result), title=title), args.grid)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False, allow_nan=False))  # strict JSON
         return 0
@@ -451,6 +451,8 @@ def format_table(result) -> str:
 
 # --------------------------------------------------------------------------- pictures
 def run_attention(args: argparse.Namespace) -> int:
+    from agman.retrieval.render import save_picture
+
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     retriever = open_retriever(args)
@@ -468,7 +470,7 @@ def run_attention(args: argparse.Namespace) -> int:
         from agman.retrieval.render import captioned_strip
 
         picture = captioned_strip(overlays, [t.name for t in terms], "attention (red = high)")
-    picture.save(args.out)
+    save_picture(picture, args.out)
     print(f"attention of {', '.join(t.name for t in terms)}: {args.out}")
     return 0
 
@@ -487,7 +489,7 @@ def same_catalog(first, other, first_dir: str, other_dir: str) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from agman.retrieval.render import ranking_comparison
+    from agman.retrieval.render import ranking_comparison, save_picture
 
     if args.name and len(args.name) != len(args.index):
         raise CLIError(f"--name given {len(args.name)} times for {len(args.index)} --index folders")
@@ -507,6 +509,6 @@ def run_compare(args: argparse.Namespace) -> int:
         if image is None:
             image = query_image(retriever, args)
     title = ", ".join(f"{n}:{w:g}" for n, w in weights.items())
-    ranking_comparison(image, rows, title=title).save(args.out)
+    save_picture(ranking_comparison(image, rows, title=title), args.out)
     print(f"comparison of {len(rows)} indexes: {args.out}")
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from agman.errors import InvalidValueError
+from agman.fileio import atomic_write
 
 Result = tuple[Image.Image, float, "bool | None"]
 
@@ -24,6 +25,21 @@ TEXT = (20, 20, 20)
 
 _FRAME = 4  # frame width in pixels
 _GAP = 6  # space between tiles
+
+
+def save_picture(image: Image.Image, path) -> None:
+    """Write ``image`` to ``path`` atomically (an interrupted save leaves no truncated file), in the
+    format its extension names (``.png``, ``.jpg``, ``.webp``, ...; anything else is an error)."""
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise InvalidValueError(f"{path}: cannot write a picture as {suffix or 'a file without extension'!r}; "
+                                "use .png, .jpg or .webp")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    atomic_write(path, lambda f: image.save(f, format=fmt))
 
 
 def _font(size: int) -> ImageFont.ImageFont:
