@@ -143,6 +143,9 @@ class TrainConfig:
     # true: also on CPU, where the fp32 step is 1.29x faster (bench/train_step.py); auto: GPU only
     channels_last: Switch = setting(True, choices=("auto", True, False))
     compile: bool = False  # torch.compile the model
+    # Adam/AdamW's fused kernels (one launch for all parameters); auto: on GPU. Same update rule,
+    # not bit-equal to the per-tensor loop, so the CPU default (the equivalence tests') stays off
+    fused_optimizer: Switch = setting("auto", choices=("auto", True, False))
     workers: int = setting(4, at_least=0)  # DataLoader worker processes
     pin_memory: Switch = setting("auto", choices=("auto", True, False))
     persistent_workers: bool = True
@@ -160,6 +163,9 @@ class TrainConfig:
 
     def uses_channels_last(self, device) -> bool:
         return _on(self.channels_last, device)
+
+    def uses_fused_optimizer(self, device) -> bool:
+        return self.optimizer in ("adam", "adamw") and _on(self.fused_optimizer, device)
 
     def uses_pin_memory(self, device) -> bool:
         return _on(self.pin_memory, device)

@@ -48,12 +48,14 @@ class TrainStep:
         return loss
 
 
-def build_optimizer(train: TrainConfig, params) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``params`` (SGD with momentum 0.9)."""
+def build_optimizer(train: TrainConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params`` (SGD with momentum 0.9); Adam/AdamW fused on ``device``
+    when ``train.fused_optimizer`` says so."""
+    fused = {"fused": True} if device is not None and train.uses_fused_optimizer(device) else {}
     if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
     return torch.optim.SGD(params, lr=train.lr, momentum=0.9, weight_decay=train.weight_decay)
 
 

@@ -204,7 +204,7 @@ def build_state(config: RunConfig, n_attributes: int, device: torch.device, pret
              else torch.preserve_format)
     criterion.to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(criterion.parameters())
-    optimizer = build_optimizer(config.train, params)
+    optimizer = build_optimizer(config.train, params, device)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.train.lr_step, gamma=config.train.lr_gamma)
     return TrainState(model, criterion, optimizer, scheduler)
 
