@@ -145,6 +145,7 @@ def test_docs_and_redoc_load_their_assets_from_this_server(live):
         html = client.get(page)
         assert html.status_code == 200
         assert "cdn" not in html.text.lower() and "https://" not in html.text
+        assert "default-src 'self'" in html.headers["content-security-policy"]  # the browser asks no other host
         for name in assets:
             assert f"/docs-assets/{name}" in html.text
             asset = client.get(f"/docs-assets/{name}")
