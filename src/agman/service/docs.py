@@ -20,31 +20,31 @@ and styles included); a browser does not even ask another host (ReDoc's footer l
 its CDN: the image is hidden when it fails to load)."""
 
 
+PAGES = {  # path: (FastAPI's page, its name, {argument: asset file}, other arguments)
+    "/docs": (get_swagger_ui_html, "Swagger UI",
+              {"swagger_js_url": "swagger-ui-bundle.js", "swagger_css_url": "swagger-ui.css",
+               "swagger_favicon_url": "favicon.png"},
+              {"swagger_ui_parameters": {"validatorUrl": None}}),  # no badge fetched from the online validator
+    "/redoc": (get_redoc_html, "ReDoc",
+               {"redoc_js_url": "redoc.standalone.js", "redoc_favicon_url": "favicon.png"},
+               {"with_google_fonts": False}),
+}
+
+
 def add_docs(app: FastAPI) -> None:
     """``/docs`` and ``/redoc`` on ``app`` (created with ``docs_url=None, redoc_url=None``)."""
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")
+    for path, (render, name, assets, options) in PAGES.items():
+        app.add_api_route(path, _page(app, render, name, assets, options), include_in_schema=False,
+                          response_class=HTMLResponse)
 
-    @app.get("/docs", include_in_schema=False)
-    def swagger_ui(request: Request) -> HTMLResponse:
+
+def _page(app: FastAPI, render, name: str, assets: dict, options: dict):
+    def page(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return _local_only(get_swagger_ui_html(
-            openapi_url=root + app.openapi_url, title=app.title + " - Swagger UI",
-            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
-            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from the online validator
-        ))
+        urls = {argument: f"{root}{ASSETS_URL}/{file}" for argument, file in assets.items()}
+        response = render(openapi_url=root + app.openapi_url, title=f"{app.title} - {name}", **urls, **options)
+        response.headers["Content-Security-Policy"] = DOCS_POLICY
+        return response
 
-    @app.get("/redoc", include_in_schema=False)
-    def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return _local_only(get_redoc_html(
-            openapi_url=root + app.openapi_url, title=app.title + " - ReDoc",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png", with_google_fonts=False,
-        ))
-
-
-def _local_only(page: HTMLResponse) -> HTMLResponse:
-    page.headers["Content-Security-Policy"] = DOCS_POLICY
     return page
