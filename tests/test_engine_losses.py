@@ -74,10 +74,13 @@ def test_uncertainty_and_fixed_weighting():
 
 def test_csn_regularisers():
     masks = torch.tensor([[1.0, -2.0], [0.5, 0.5], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
-    assert losses.mask_l1_penalty(masks, 2).item() == pytest.approx(9.0 / 2)
+    # CSN (tripletnet.py + main.py): the L1 norm of each image set's masks, averaged over the three sets, / B
+    per_set = [masks[0:2].abs().sum(), masks[2:4].abs().sum(), masks[4:6].abs().sum()]
+    assert losses.mask_l1_penalty(masks, 2).item() == pytest.approx(sum(per_set).item() / 3 / 2)
+    assert losses.mask_l1_penalty(masks, 2).item() == pytest.approx(9.0 / 3 / 2)
     general = torch.ones(6, 4)
-    # three parts of 2 rows x 4 ones: Frobenius norm sqrt(8) each
-    assert losses.embedding_l2_penalty(general, 2).item() == pytest.approx(3 * math.sqrt(8) / math.sqrt(2), rel=1e-6)
+    # three parts of 2 rows x 4 ones: Frobenius norm sqrt(8) each, averaged, / sqrt(B)
+    assert losses.embedding_l2_penalty(general, 2).item() == pytest.approx(math.sqrt(8) / math.sqrt(2), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["agman", "csn", "agman-official"])

@@ -43,14 +43,15 @@ def attribute_classification_loss(logits: Tensor, attribute_ids: Tensor) -> Tens
 
 
 def mask_l1_penalty(masks: Tensor, batch: int) -> Tensor:
-    """CSN: L1 norm of the per-sample masks (all three images), divided by the triplet batch size."""
-    return masks.float().abs().sum() / batch
+    """CSN: the L1 norm of one image set's mask rows ``[B, D]``, averaged over anchor, positive and
+    negative (``masks [3B, D]``), divided by the triplet batch size (Veit et al.'s tripletnet.py/main.py)."""
+    return masks.float().abs().sum() / 3 / batch
 
 
 def embedding_l2_penalty(general: Tensor, batch: int) -> Tensor:
-    """CSN: sum over anchor/positive/negative of the L2 (Frobenius) norm of the attribute-independent
-    embeddings, divided by sqrt(batch size)."""
-    return sum(part.float().norm(2) for part in general.chunk(3)) / math.sqrt(batch)
+    """CSN: the L2 (Frobenius) norm of one image set's attribute-independent embeddings ``[B, D]``,
+    averaged over anchor, positive and negative, divided by sqrt(batch size)."""
+    return sum(part.float().norm(2) for part in general.chunk(3)) / 3 / math.sqrt(batch)
 
 
 class LossWeighting(nn.Module):
