@@ -1,4 +1,4 @@
-"""Losses: Eq. 8 sign, Eq. 7 BCE, Eq. 9 exactly as written (and its drift), uncertainty, fixed, CSN."""
+"""Losses: Eq. 8 sign, Eq. 7 BCE, Eq. 9 released / as printed (and its drift) / uncertainty / fixed, CSN."""
 from __future__ import annotations
 
 import math
@@ -39,8 +39,8 @@ def test_classification_loss_is_bce_against_the_one_hot_attribute():
     assert losses.attribute_classification_loss(logits, ids).item() == pytest.approx(manual.item(), rel=1e-6)
 
 
-def test_dynamic_weighting_is_eq9_and_its_weights_only_fall():
-    w = losses.LossWeighting(("classification", "triplet"), "dynamic", init=0.0)
+def test_learned_weighting_is_eq9_as_printed_and_its_weights_only_fall():
+    w = losses.LossWeighting(("classification", "triplet"), "learned", init=0.0)
     lc, lt = torch.tensor(0.7), torch.tensor(0.3)
     total = w({"classification": lc, "triplet": lt})
     assert total.item() == pytest.approx(0.5 * 0.7 + 0 + 0.5 * 0.3 + 0)
@@ -55,7 +55,36 @@ def test_dynamic_weighting_is_eq9_and_its_weights_only_fall():
     assert torch.all(w.log_weights < -1.9)
     eff = w.effective_weights()
     assert eff["triplet"] == pytest.approx(0.5 * math.exp(float(w.log_weights.detach()[1])))
-    assert losses.LossWeighting(("triplet",), "dynamic", init=1.0).effective_weights()["triplet"] == pytest.approx(0.5 * math.e)
+    assert losses.LossWeighting(("triplet",), "learned", init=1.0).effective_weights()["triplet"] == pytest.approx(0.5 * math.e)
+
+
+def test_dynamic_is_read_as_learned():
+    # configs and checkpoints written before the rename say "dynamic"
+    old = losses.LossWeighting(("classification", "triplet"), "dynamic", init=0.3)
+    assert old.mode == "learned" and [n for n, _ in old.named_parameters()] == ["log_weights"]
+    new = losses.LossWeighting(("classification", "triplet"), "learned")
+    new.load_state_dict(old.state_dict())
+    assert torch.equal(new.log_weights, old.log_weights)
+    assert losses.TripletCriterion(weighting="dynamic").weighting.mode == "learned"
+
+
+def test_released_weighting_is_constant_half_e_plus_one_per_term():
+    w = losses.LossWeighting(("classification", "triplet"), "released", init=1.0)
+    assert list(w.parameters()) == []  # never optimised, as in mainFashionAI.py (Adam gets tnet's parameters)
+    assert torch.equal(w.state_dict()["log_weights"], torch.ones(2))  # kept in checkpoints
+    lc = torch.tensor(0.7, requires_grad=True)
+    lt = torch.tensor(0.3, requires_grad=True)
+    total = w({"classification": lc, "triplet": lt})
+    assert total.item() == pytest.approx(0.5 * math.e * 0.7 + 1 + 0.5 * math.e * 0.3 + 1, rel=1e-6)
+    total.backward()
+    assert lc.grad.item() == pytest.approx(0.5 * math.e) and lt.grad.item() == pytest.approx(0.5 * math.e)
+    assert w.effective_weights() == pytest.approx({"classification": 0.5 * math.e, "triplet": 0.5 * math.e})
+    # the order of the terms does not matter (the released code calls awl(L_triplet, L_cls))
+    swapped = losses.LossWeighting(("triplet", "classification"), "released", init=1.0)
+    assert swapped({"classification": lc, "triplet": lt}).item() == pytest.approx(total.item(), rel=1e-7)
+    # the default of the criterion is the released weighting
+    crit = losses.TripletCriterion()
+    assert crit.weighting.mode == "released" and list(crit.parameters()) == []
 
 
 def test_uncertainty_and_fixed_weighting():
@@ -94,7 +123,7 @@ def test_criterion_on_real_model_outputs(name):
     attrs = torch.tensor([0, 2])
     out = model(images, attrs.repeat(3))
     has_branch = bool(model.config.get("classification", False))
-    crit = losses.TripletCriterion(classification=has_branch, weighting="dynamic" if has_branch else "fixed",
+    crit = losses.TripletCriterion(classification=has_branch, weighting="learned" if has_branch else "fixed",
                                    mask_l1=5e-4 if name != "agman" else 0.0, embed_l2=5e-3 if name != "agman" else 0.0)
     res = crit(out, attrs)
     res.total.backward()

@@ -1,8 +1,8 @@
 """Training losses (§2.4): Eq. 7 attribute classification, Eq. 8 triplet ranking, Eq. 9 weighting,
 and CSN's mask / embedding regularisers.
 
-The model sees one batch of ``3B`` images in the order anchors, positives, negatives (the three
-triplet images through the backbone as one batch); :class:`TripletCriterion` splits the output.
+:class:`TripletCriterion` takes the model's output for ``3B`` images in the order anchors, positives,
+negatives (one pass of 3B, or three passes of B joined with :meth:`ModelOutput.cat`) and splits it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from torch import Tensor, nn
 from agman.errors import InvalidValueError
 from agman.models.output import ModelOutput
 
-WEIGHTINGS = ("dynamic", "uncertainty", "fixed")
+WEIGHTINGS = ("released", "learned", "uncertainty", "fixed")
+#: Former names still read from stored configs and checkpoints.
+WEIGHTING_ALIASES = {"dynamic": "learned"}
 
 
 def triplet_ranking_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.2) -> Tensor:
@@ -54,34 +56,49 @@ def embedding_l2_penalty(general: Tensor, batch: int) -> Tensor:
     return sum(part.float().norm(2) for part in general.chunk(3)) / 3 / math.sqrt(batch)
 
 
-class LossWeighting(nn.Module):
-    """How the task losses (``classification``, ``triplet``) are combined.
+def weighting_mode(name: str) -> str:
+    """``name`` as one of :data:`WEIGHTINGS` (former names mapped), or InvalidValueError."""
+    mode = WEIGHTING_ALIASES.get(name, name)
+    if mode not in WEIGHTINGS:
+        raise InvalidValueError(f"loss weighting must be one of {', '.join(WEIGHTINGS)}, got {name!r}")
+    return mode
 
-    ``dynamic``      Eq. 9 as printed: ``sum_i 0.5 * exp(w_i) * L_i + w_i``, ``w_i`` learned (init
-                     ``init``; 0 in the paper, 1 in the released code).  ``dL/dw_i = 0.5 e^{w_i}
-                     L_i + 1 > 0`` always, so the optimizer drives every ``w_i`` down without bound:
-                     the effective weights ``0.5 e^{w_i}`` decay like a schedule.
+
+class LossWeighting(nn.Module):
+    """How the task losses (``classification``, ``triplet``) are combined (Eq. 9 and alternatives).
+
+    ``released``     Eq. 9's form ``sum_i 0.5 * exp(w_i) * L_i + w_i`` with ``w_i = init`` held constant
+                     (a buffer, not a parameter): the released code builds ``AutomaticWeightedLoss``
+                     with ``w = 1`` but never gives it to the optimizer, so every term is ``0.5 e L_i``
+                     plus the constant 1 (docs/training.md).
+    ``learned``      Eq. 9 as printed, ``w_i`` learned (init ``init``; 0 in the paper).  ``dL/dw_i =
+                     0.5 e^{w_i} L_i + 1 > 0`` always, so the optimizer drives every ``w_i`` down without
+                     bound (``dynamic`` is read as this).
     ``uncertainty``  Kendall et al.: ``sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i``, ``s_i`` learned
                      (init ``init``); it has a finite optimum ``s_i = log L_i``.
     ``fixed``        ``sum_i weight_i * L_i`` with ``weights`` (default 1 each).
+
+    The order of the terms does not change the total (each weight belongs to its own term); the
+    released code calls ``awl(L_triplet, L_cls)``, here the state holds ``(classification, triplet)``.
     """
 
-    def __init__(self, terms: tuple[str, ...], mode: str = "dynamic", init: float = 0.0,
+    def __init__(self, terms: tuple[str, ...], mode: str = "released", init: float = 1.0,
                  weights: dict[str, float] | None = None):
         super().__init__()
-        if mode not in WEIGHTINGS:
-            raise InvalidValueError(f"loss weighting must be one of {', '.join(WEIGHTINGS)}, got {mode!r}")
         self.terms = tuple(terms)
-        self.mode = mode
+        self.mode = weighting_mode(mode)
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.terms))
         if unknown:
             raise InvalidValueError(f"loss weights given for unknown term(s) {', '.join(unknown)}; terms: {', '.join(self.terms)}")
         self.fixed = {t: float(weights.get(t, 1.0)) for t in self.terms}
-        if mode == "fixed":
+        start = torch.full((len(self.terms),), float(init))
+        if self.mode == "fixed":
             self.log_weights = None
+        elif self.mode == "released":
+            self.register_buffer("log_weights", start)
         else:
-            self.log_weights = nn.Parameter(torch.full((len(self.terms),), float(init)))
+            self.log_weights = nn.Parameter(start)
 
     def forward(self, losses: dict[str, Tensor]) -> Tensor:
         total = torch.zeros((), device=next(iter(losses.values())).device)
@@ -89,7 +106,7 @@ class LossWeighting(nn.Module):
             value = losses[term]
             if self.mode == "fixed":
                 total = total + self.fixed[term] * value
-            elif self.mode == "dynamic":
+            elif self.mode in ("released", "learned"):
                 w = self.log_weights[i]
                 total = total + 0.5 * torch.exp(w) * value + w
             else:
@@ -102,7 +119,7 @@ class LossWeighting(nn.Module):
         if self.mode == "fixed":
             return dict(self.fixed)
         w = self.log_weights.detach().float().cpu()
-        sign = 1.0 if self.mode == "dynamic" else -1.0
+        sign = -1.0 if self.mode == "uncertainty" else 1.0
         return {t: 0.5 * math.exp(sign * float(w[i])) for i, t in enumerate(self.terms)}
 
 
@@ -122,8 +139,8 @@ class TripletCriterion(nn.Module):
     0 disables), added outside the weighting.
     """
 
-    def __init__(self, *, margin: float = 0.2, classification: bool = True, weighting: str = "dynamic",
-                 init: float = 0.0, weights: dict[str, float] | None = None, mask_l1: float = 0.0,
+    def __init__(self, *, margin: float = 0.2, classification: bool = True, weighting: str = "released",
+                 init: float = 1.0, weights: dict[str, float] | None = None, mask_l1: float = 0.0,
                  embed_l2: float = 0.0):
         super().__init__()
         self.margin = float(margin)
