@@ -79,12 +79,18 @@ class ResNetTrunk(nn.Module):
 
 
 class HierarchicalFusion(nn.Module):
-    """§2.2: F23 = F3 + Conv1x1(MaxPool3x3/2(F2)), F2 brought to F3's grid and width (released code's layers)."""
+    """§2.2: F23 = F3 + Conv1x1(MaxPool3x3/2(F2)), F2 brought to F3's grid and width (released code's layers).
+
+    The 1x1 conv's weight starts N(0, sqrt(2 / (k*k*out_channels))) like every conv of the released
+    ``resnet.py`` (its ``conv1_1`` is a ResNet member, so the ResNet's init loop draws it and the
+    ImageNet weights, which have no such key, leave it so); the bias keeps PyTorch's default.
+    """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.proj = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=True)
+        nn.init.kaiming_normal_(self.proj.weight, mode="fan_out", nonlinearity="relu")  # std sqrt(2 / n)
 
     def forward(self, f2: Tensor, f3: Tensor) -> Tensor:
         f2 = self.pool(f2)
