@@ -148,7 +148,8 @@ def test_official_preset_deviations():
 def test_paper_and_official_defaults_differ_only_where_documented():
     paper, official = AGMAN(8, backbone="resnet18").config, AGMANOfficial(8, backbone="resnet18").config
     differing = {k for k in paper if paper[k] != official[k]}
-    assert differing == {"embedding_dim", "ca", "input_scale", "attribute_masks", "shared_attribute_embedding"}
+    assert differing == {"embedding_dim", "ca", "input_scale", "attribute_masks", "shared_attribute_embedding",
+                         "fusion_init"}
 
 
 def test_resnet50_224_forward_backward_on_cpu():

@@ -54,12 +54,12 @@ def test_fusion_adds_projected_f2_to_f3():
     assert torch.allclose(fusion(f2, f3), expected)
 
 
-@pytest.mark.parametrize("name", ["agman", "agman-official"])
-def test_fusion_conv_starts_as_the_released_resnet_inits_its_convs(name):
+@pytest.mark.parametrize("name, options", [("agman-official", {}), ("agman", {"fusion_init": "released"})])
+def test_fusion_conv_can_start_as_the_released_resnet_inits_its_convs(name, options):
     # resnet.py: every Conv2d the ResNet owns, conv1_1 included, gets N(0, sqrt(2 / (k*k*out))); the
     # ImageNet file has no conv1_1, so it stays so; its bias keeps PyTorch's U(+-1/sqrt(fan_in))
     torch.manual_seed(0)
-    proj = build_model(name, 8, backbone="resnet50").fusion.proj
+    proj = build_model(name, 8, backbone="resnet50", **options).fusion.proj
     w, b = proj.weight.detach().flatten(), proj.bias.detach()
     assert proj.weight.shape == (1024, 512, 1, 1)
     assert float(w.std()) == pytest.approx((2 / 1024) ** 0.5, rel=0.01)
@@ -68,6 +68,15 @@ def test_fusion_conv_starts_as_the_released_resnet_inits_its_convs(name):
     assert kurtosis == pytest.approx(3.0, abs=0.05)  # normal, not uniform (1.8)
     bound = 1 / 512 ** 0.5
     assert float(b.abs().max()) <= bound and float(b.abs().max()) > 0.9 * bound
+
+
+def test_paper_preset_keeps_pytorchs_default_fusion_init():
+    torch.manual_seed(0)
+    w = build_model("agman", 8, backbone="resnet50").fusion.proj.weight.detach().flatten()
+    bound = 1 / 512 ** 0.5  # kaiming_uniform(a=sqrt(5)) on fan_in 512
+    assert float(w.abs().max()) <= bound and float(w.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.01)
+    with pytest.raises(ValueError, match="fusion init must be one of default, released"):
+        HierarchicalFusion(4, 6, init="he")
 
 
 def test_trunk_without_layer4_refuses_top():
