@@ -38,7 +38,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "yaml": None,
         "image_root": None,
         "input_size": 224,
-        "crop_ratio": 0.875,  # resize to input_size / crop_ratio, centre-crop input_size
+        "crop_ratio": 1.0,  # resize to input_size / crop_ratio, centre-crop input_size (1.0: released code)
         "synthetic": None,  # {images, size, seed, mode}: generate the synthetic set at root if absent
     },
     "warmup": {  # agman.engine.pretrain: used when epochs > 0 and model.pretrained is none
@@ -50,6 +50,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "epochs": 50,
         "triplets_per_epoch": 100_000,
+        "sampling": "value",  # value (released/ASEN: value uniform, then its images) | image (anchor uniform)
+        "bn_passes": "separate",  # separate (released: anchor, far, close as 3 passes of B) | joint (one of 3B)
         "batch_size": 16,  # triplets per step (per process under DDP)
         "optimizer": "adam",
         "lr": 1e-4,
@@ -76,7 +78,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "loss": {
         "margin": 0.2,
         "classification": True,  # Eq. 7 (only where the model has the branch)
-        "weighting": "dynamic",  # dynamic (Eq. 9) | uncertainty | fixed
+        "weighting": "learned",  # released (Eq. 9, w held) | learned (Eq. 9 as printed) | uncertainty | fixed
         "weight_init": 0.0,  # w0, w1 at start (paper 0; released code 1)
         "weights": {},  # fixed weights per term: {classification: 1.0, triplet: 1.0}
         "mask_l1": 0.0,  # CSN mask L1 coefficient (5e-4 in CSN)
@@ -110,7 +112,9 @@ CHOICES = {
     ("train", "channels_last"): ("auto", True, False),
     ("train", "pin_memory"): ("auto", True, False),
     ("train", "ddp_backend"): ("auto", "nccl", "gloo"),
-    ("loss", "weighting"): ("dynamic", "uncertainty", "fixed"),
+    ("train", "sampling"): ("value", "image"),
+    ("train", "bn_passes"): ("separate", "joint"),
+    ("loss", "weighting"): ("released", "learned", "uncertainty", "fixed", "dynamic"),  # dynamic: old name of learned
 }
 AT_LEAST_ONE = {
     ("train", "epochs"), ("train", "triplets_per_epoch"), ("train", "batch_size"), ("train", "lr_step"),

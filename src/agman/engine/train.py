@@ -387,7 +387,7 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
     train_split = spec.split("train")
     spec.split(ecfg["split"])  # fail now, not after the first epoch
     seed = int(tcfg["seed"])
-    sampler = make_sampler(train_split, int(tcfg["triplets_per_epoch"]), seed)
+    sampler = make_sampler(train_split, int(tcfg["triplets_per_epoch"]), seed, tcfg["sampling"])
 
     # Model (on the warm-up trunk for a fresh run that asks for one), loss, optimisation.
     extra = {}
@@ -450,7 +450,7 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
     if amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("train.amp=bf16 on a CPU without native bf16 instructions is slow; train.amp=none is faster here")
     step_fn = TrainStep(net, criterion, optimizer, device, channels_last=channels_last, amp=amp,
-                        grad_clip=float(tcfg["grad_clip"]), ctx=ctx)
+                        grad_clip=float(tcfg["grad_clip"]), ctx=ctx, bn_passes=tcfg["bn_passes"])
 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
