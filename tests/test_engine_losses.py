@@ -39,6 +39,26 @@ def test_classification_loss_is_bce_against_the_one_hot_attribute():
     assert losses.attribute_classification_loss(logits, ids).item() == pytest.approx(manual.item(), rel=1e-6)
 
 
+def test_classification_loss_of_a_triplet_is_the_mean_of_the_three_images_bce():
+    torch.manual_seed(0)
+    logits, ids = torch.randn(12, 5), torch.tensor([0, 4, 2, 2])
+    bce = torch.nn.BCEWithLogitsLoss()
+    target = torch.eye(5)[ids]
+    a, p, n = logits.chunk(3)
+    released = (bce(a, target) + bce(n, target) + bce(p, target)) / 3.0  # Tripletnet: anchor, far, close
+    assert torch.equal(losses.triplet_classification_loss(logits, ids), released)
+    assert losses.triplet_classification_loss(logits, ids).item() == pytest.approx(
+        losses.attribute_classification_loss(logits, ids.repeat(3)).item(), rel=1e-6)
+
+
+def test_triplet_loss_is_margin_ranking_on_dot_products():
+    torch.manual_seed(1)
+    a, p, n = (F.normalize(torch.randn(6, 8), dim=-1) for _ in range(3))
+    sim_a, sim_b = (a * n).sum(1), (a * p).sum(1)  # released: sim_a with the far image, sim_b the close one
+    released = torch.nn.MarginRankingLoss(margin=0.2)(sim_a, sim_b, torch.full((6,), -1.0))
+    assert torch.equal(losses.triplet_ranking_loss(a, p, n, 0.2), released)
+
+
 def test_learned_weighting_is_eq9_as_printed_and_its_weights_only_fall():
     w = losses.LossWeighting(("classification", "triplet"), "learned", init=0.0)
     lc, lt = torch.tensor(0.7), torch.tensor(0.3)
@@ -55,7 +75,8 @@ def test_learned_weighting_is_eq9_as_printed_and_its_weights_only_fall():
     assert torch.all(w.log_weights < -1.9)
     eff = w.effective_weights()
     assert eff["triplet"] == pytest.approx(0.5 * math.exp(float(w.log_weights.detach()[1])))
-    assert losses.LossWeighting(("triplet",), "learned", init=1.0).effective_weights()["triplet"] == pytest.approx(0.5 * math.e)
+    one = losses.LossWeighting(("triplet",), "learned", init=1.0)
+    assert one.effective_weights()["triplet"] == pytest.approx(0.5 * math.e)
 
 
 def test_dynamic_is_read_as_learned():

@@ -26,7 +26,8 @@ def loss_of(out, generator=None):
 
 
 def params_without_grad(model):
-    return [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
 
 
 def names(module, prefix=""):
@@ -140,7 +141,8 @@ def test_official_preset_deviations():
     assert out.embedding.shape == (2, 512) and out.masks.shape == (2, 512)
     assert torch.allclose(F.normalize(out.general_embedding * out.masks, dim=-1), out.embedding, atol=1e-6)
     # the disjoint init: attribute 1's block of 1s
-    assert torch.equal(out.masks[0, 128:256], torch.ones(128)) and torch.allclose(out.masks[0, :128], torch.full((128,), 0.1))
+    assert torch.equal(out.masks[0, 128:256], torch.ones(128))
+    assert torch.allclose(out.masks[0, :128], torch.full((128,), 0.1))
     rebuilt = build_model(model.name, model.n_attributes, **model.config)
     assert type(rebuilt) is AGMANOfficial and rebuilt.config == model.config
 

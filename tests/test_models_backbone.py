@@ -139,7 +139,8 @@ def test_wrong_shapes_and_missing_files_are_clear_errors(tmp_path):
     path = tmp_path / "r50.pth"
     with torch.device("meta"):
         r50 = ResNetTrunk("resnet50")
-    torch.save({k: torch.zeros(v.shape, dtype=v.dtype) for k, v in r50.state_dict().items() if k.startswith("layer1.0.")}, path)
+    layer = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in r50.state_dict().items() if k.startswith("layer1.0.")}
+    torch.save(layer, path)
     with pytest.raises(PretrainedWeightsError, match="do not fit"):
         load_pretrained(ResNetTrunk("resnet18"), path)
     with pytest.raises(PretrainedWeightsError, match="not found"):

@@ -25,23 +25,34 @@ def triplet_ranking_loss(anchor: Tensor, positive: Tensor, negative: Tensor, mar
     """Eq. 8 with the released code's sign: ``mean(max(0, m + s(a, n) - s(a, p)))``.
 
     ``s`` is the cosine similarity; the embeddings are unit-norm so it is the dot product.  (Eq. 8c
-    as printed swaps the two similarities, which would reward pulling the negative closer.)
+    as printed swaps the two similarities, which would reward pulling the negative closer.)  It is
+    computed as the released code does, ``MarginRankingLoss(m)(s(a, n), s(a, p), -1)``, so the same
+    embeddings give the same floats.
     """
     anchor, positive, negative = anchor.float(), positive.float(), negative.float()
-    s_ap = (anchor * positive).sum(-1)
-    s_an = (anchor * negative).sum(-1)
-    return F.relu(margin + s_an - s_ap).mean()
+    s_ap = torch.sum(anchor * positive, dim=-1)
+    s_an = torch.sum(anchor * negative, dim=-1)
+    return F.margin_ranking_loss(s_an, s_ap, torch.full_like(s_an, -1.0), margin=margin)
 
 
 def attribute_classification_loss(logits: Tensor, attribute_ids: Tensor) -> Tensor:
-    """Eq. 7: binary cross-entropy with logits of ``logits [N, n]`` against the one-hot attribute.
+    """Eq. 7 for one set of images: binary cross-entropy with logits of ``logits [N, n]`` against the
+    one-hot attribute (mean over rows and attributes).
 
     Every image of a triplet is annotated with the triplet's attribute, so the class is the
-    attribute whatever its value.  With ``N = 3B`` (anchors, positives, negatives of equal count)
-    the mean over all rows is the average of the three per-image-set losses.
+    attribute whatever its value.  :func:`triplet_classification_loss` averages it over the three.
     """
     target = F.one_hot(attribute_ids, logits.shape[-1]).to(torch.float32)
     return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+def triplet_classification_loss(logits: Tensor, attribute_ids: Tensor) -> Tensor:
+    """Eq. 7 averaged over the triplet's images, as the released Tripletnet does:
+    ``(BCE(anchor) + BCE(far) + BCE(close)) / 3`` for ``logits [3B, n]`` in the order anchors,
+    positives, negatives and ``attribute_ids [B]``."""
+    anchor, positive, negative = logits.chunk(3)
+    parts = (anchor, negative, positive)  # the released order of the sum
+    return sum(attribute_classification_loss(p, attribute_ids) for p in parts) / 3.0
 
 
 def mask_l1_penalty(masks: Tensor, batch: int) -> Tensor:
@@ -90,7 +101,8 @@ class LossWeighting(nn.Module):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.terms))
         if unknown:
-            raise InvalidValueError(f"loss weights given for unknown term(s) {', '.join(unknown)}; terms: {', '.join(self.terms)}")
+            raise InvalidValueError(f"loss weights given for unknown term(s) {', '.join(unknown)}; "
+                                    f"terms: {', '.join(self.terms)}")
         self.fixed = {t: float(weights.get(t, 1.0)) for t in self.terms}
         start = torch.full((len(self.terms),), float(init))
         if self.mode == "fixed":
@@ -159,11 +171,12 @@ class TripletCriterion(nn.Module):
             if output.attribute_logits is None:
                 raise InvalidValueError("the classification loss needs a model with a classification branch "
                                  "(set loss.classification=false or model.classification=true)")
-            parts["classification"] = attribute_classification_loss(output.attribute_logits, attribute_ids.repeat(3))
+            parts["classification"] = triplet_classification_loss(output.attribute_logits, attribute_ids)
         total = self.weighting(parts)
         if self.mask_l1 or self.embed_l2:
             if output.masks is None or output.general_embedding is None:
-                raise InvalidValueError("mask_l1/embed_l2 regularisers need a model with attribute masks (CSN, agman-official)")
+                raise InvalidValueError("mask_l1/embed_l2 regularisers need a model with attribute masks "
+                                        "(CSN, agman-official)")
             reg = self.mask_l1 * mask_l1_penalty(output.masks, batch)
             reg = reg + self.embed_l2 * embedding_l2_penalty(output.general_embedding, batch)
             parts["regularization"] = reg

@@ -407,7 +407,8 @@ def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> Trai
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location="cpu")
         if ckpt["model_name"] != config["model"]["name"]:
-            raise InvalidValueError(f"{resume_path} holds a {ckpt['model_name']!r} model; the config trains {config['model']['name']!r}")
+            raise InvalidValueError(f"{resume_path} holds a {ckpt['model_name']!r} model; "
+                                    f"the config trains {config['model']['name']!r}")
         if "optimizer" not in ckpt:
             raise InvalidValueError(f"{resume_path} has no training state to resume from (is it a best.pt?)")
         model.load_state_dict(ckpt["state_dict"])

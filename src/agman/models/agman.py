@@ -1,4 +1,5 @@
-"""AG-MAN (Xiao & Yamasaki, Fig. 1): hierarchical features (§2.2), classification branch (Eq. 7), AGA (§2.3), and the released-code preset."""
+"""AG-MAN (Xiao & Yamasaki, Fig. 1): hierarchical features (§2.2), classification branch (Eq. 7), AGA (§2.3),
+and the released-code preset."""
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,8 @@ class AGA(nn.Module):
         return x, (self.asa.image_key(x) if self.asa is not None else None)
 
     def forward(self, state: tuple[Tensor, Tensor | None], attribute_ids: Tensor) -> ModelOutput:
-        """``(f [B,c',h,w], p(I)), attribute_ids [B,K] -> ModelOutput`` with the c'-vector as ``embedding [B,K,c']`` (not normalised)."""
+        """``(f [B,c',h,w], p(I)), attribute_ids [B,K] -> ModelOutput`` with the c'-vector as
+        ``embedding [B,K,c']`` (not normalised)."""
         x, key = state
         k = attribute_ids.shape[1]
         attention = None
