@@ -32,7 +32,8 @@ def test_the_written_out_adam_is_torch_adam_with_steplr(eq9):
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.9)
         for e in range(epochs):
             for k in range(steps):
-                w.grad = grad_of(w.detach(), torch.tensor(losses, dtype=torch.float64) * torch.from_numpy(factors[e][k]))
+                value = torch.tensor(losses, dtype=torch.float64) * torch.from_numpy(factors[e][k])
+                w.grad = grad_of(w.detach(), value)
                 opt.step()
             sched.step()
             sign = 1 if mode == "learned" else -1
