@@ -46,6 +46,7 @@ def test_tables_are_consistent_with_each_other():
 def test_names_of_runs_and_datasets():
     assert P.paper_dataset("FashionAI") == P.paper_dataset("fashionai") == "FashionAI"
     assert P.paper_dataset("zappos50k") == "Zappos50k" and P.paper_dataset("synthetic") is None
+    assert P.paper_dataset("fashionai_split") == "FashionAI" and P.paper_dataset(None) is None
     assert P.published("FashionAI", "agman-official") is P.published("FashionAI", "agman")
     assert P.published("FashionAI", "agman-no-sa").table == 7 and P.published("DeepFashion", "agman-no-ca").table == 8
     assert P.published("FashionAI", "agman-h1-c0").switches == {"AGA": True, "hierarchical": True,

@@ -122,10 +122,11 @@ def _key(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-def paper_dataset(name: str) -> str | None:
+def paper_dataset(name: str | None) -> str | None:
     """``'FashionAI'``, ``'DeepFashion'`` or ``'Zappos50k'`` for a dataset name (``DatasetSpec.name``,
-    any case), else None."""
-    return DATASETS.get(_key(name))
+    ``data.dataset`` or the data folder's name, any case: ``fashionai_split`` is FashionAI), else None."""
+    key = _key(name or "")
+    return next((paper for prefix, paper in DATASETS.items() if key.startswith(prefix)), None)
 
 
 def published(dataset: str, run: str) -> Published | None:
