@@ -63,7 +63,8 @@ def effective(mode: str, w: np.ndarray) -> np.ndarray:
 
 
 def gradient_rms(checkpoint: str) -> tuple[torch.Tensor, float]:
-    """Per-element gradient RMS at loss factor 1 from a checkpoint's Adam state, and the factor used."""
+    """Per-element gradient RMS at loss factor 1 from a checkpoint's Adam state (elements with a
+    gradient), and the factor the run had."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = ck["optimizer"]["state"]
     weights = ck.get("history", [{}])[-1]
@@ -73,8 +74,9 @@ def gradient_rms(checkpoint: str) -> tuple[torch.Tensor, float]:
         if "exp_avg_sq" not in s or s["exp_avg_sq"].numel() < 2:
             continue  # skip the loss weights themselves
         step = float(s["step"])
-        rms.append((s["exp_avg_sq"] / (1 - 0.999 ** step)).sqrt().flatten())
-    return torch.cat(rms) / factor, factor
+        rms.append((s["exp_avg_sq"] / (1 - BETA2 ** step)).sqrt().flatten())
+    rms = torch.cat(rms) / factor
+    return rms[rms > 0], factor  # elements that never had a gradient (e.g. padding-only taps) never move
 
 
 def main(argv=None) -> None:
@@ -99,8 +101,8 @@ def main(argv=None) -> None:
     learned = trajectories[("learned", 0.0)]
     if args.checkpoint:
         rms, factor = gradient_rms(args.checkpoint)
-        print(f"\n{rms.numel():,} parameter elements; gradient RMS at factor 1: median {rms.median():.3g}, "
-              f"10th percentile {rms.quantile(0.1):.3g} (run factor {factor:.3g})")
+        print(f"\n{rms.numel():,} parameter elements with a gradient; gradient RMS at factor 1: "
+              f"median {rms.median():.3g}, 10th percentile {rms.quantile(0.1):.3g} (run factor {factor:.3g})")
         print("share of elements whose Adam step is cut by more than half (RMS x factor < eps) under 'learned (0)':")
         for e in report:
             c = learned[e - 1][1]
