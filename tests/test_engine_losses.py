@@ -103,9 +103,11 @@ def test_released_weighting_is_constant_half_e_plus_one_per_term():
     # the order of the terms does not matter (the released code calls awl(L_triplet, L_cls))
     swapped = losses.LossWeighting(("triplet", "classification"), "released", init=1.0)
     assert swapped({"classification": lc, "triplet": lt}).item() == pytest.approx(total.item(), rel=1e-7)
-    # the default of the criterion is the released weighting
+    # the criterion's default: the weights held
     crit = losses.TripletCriterion()
     assert crit.weighting.mode == "released" and list(crit.parameters()) == []
+    # held at the paper's start (w = 0): 0.5 per loss, the paper preset's choice (docs/training.md)
+    assert crit.weighting.effective_weights() == {"classification": 0.5, "triplet": 0.5}
 
 
 def test_uncertainty_and_fixed_weighting():

@@ -78,7 +78,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "loss": {
         "margin": 0.2,
         "classification": True,  # Eq. 7 (only where the model has the branch)
-        "weighting": "learned",  # released (Eq. 9, w held) | learned (Eq. 9 as printed) | uncertainty | fixed
+        "weighting": "released",  # released (Eq. 9, w held) | learned (Eq. 9 as printed) | uncertainty | fixed
         "weight_init": 0.0,  # w0, w1 at start (paper 0; released code 1)
         "weights": {},  # fixed weights per term: {classification: 1.0, triplet: 1.0}
         "mask_l1": 0.0,  # CSN mask L1 coefficient (5e-4 in CSN)

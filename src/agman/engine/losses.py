@@ -93,7 +93,7 @@ class LossWeighting(nn.Module):
     released code calls ``awl(L_triplet, L_cls)``, here the state holds ``(classification, triplet)``.
     """
 
-    def __init__(self, terms: tuple[str, ...], mode: str = "released", init: float = 1.0,
+    def __init__(self, terms: tuple[str, ...], mode: str = "released", init: float = 0.0,
                  weights: dict[str, float] | None = None):
         super().__init__()
         self.terms = tuple(terms)
@@ -152,7 +152,7 @@ class TripletCriterion(nn.Module):
     """
 
     def __init__(self, *, margin: float = 0.2, classification: bool = True, weighting: str = "released",
-                 init: float = 1.0, weights: dict[str, float] | None = None, mask_l1: float = 0.0,
+                 init: float = 0.0, weights: dict[str, float] | None = None, mask_l1: float = 0.0,
                  embed_l2: float = 0.0):
         super().__init__()
         self.margin = float(margin)
