@@ -375,9 +375,11 @@ def evaluate_checkpoint(
             f"dataset {data_cfg.get('root')} has {spec.attribute_names}"
         )
     margin = float(info.config.get("eval", {}).get("margin") or info.config.get("loss", {}).get("margin", 0.2))
+    # bf16 on GPU unless the run trained in fp32 (train.amp: none, as the paper configs): then fp32 too
+    amp = torch.device(device).type == "cuda" and info.config.get("train", {}).get("amp", "auto") != "none"
     result = evaluate_model(
         model, spec, split, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=batch_size,
-        device=device, workers=workers, progress=progress, amp=torch.device(device).type == "cuda", ks=ks, margin=margin,
+        device=device, workers=workers, progress=progress, amp=amp, ks=ks, margin=margin,
     )
     return result, info
 
