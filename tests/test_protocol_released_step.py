@@ -20,8 +20,10 @@ import pytest
 import torch
 from torch import nn
 
+from agman.engine import distributed as D
 from agman.engine.config import load_config
-from agman.engine.train import TrainStep, build_criterion, build_from_config, build_optimizer
+from agman.engine.step import TrainStep
+from agman.engine.train import build_state
 
 N_ATTRIBUTES = 8  # FashionAI
 SMALL = ["model.backbone=resnet18", "model.attention_dim=32", "model.pretrained=none"]
@@ -63,26 +65,23 @@ def config():
 
 
 def test_the_official_config_claims_the_released_settings(config):
-    assert config["model"]["name"] == "agman-official"
-    assert (config["train"]["optimizer"], config["train"]["lr"], config["train"]["batch_size"]) == ("adam", 1e-4, 16)
-    assert (config["train"]["lr_step"], config["train"]["lr_gamma"], config["train"]["epochs"]) == (3, 0.9, 50)
-    assert config["train"]["amp"] == "none"  # the released code is fp32
-    assert config["train"]["bn_passes"] == "separate" and config["train"]["sampling"] == "value"
-    assert (config["loss"]["weighting"], config["loss"]["weight_init"]) == ("released", 1.0)
-    assert config["loss"]["margin"] == 0.2 and config["loss"]["classification"] is True
-    assert config["data"]["crop_ratio"] == 1.0 and config["data"]["input_size"] == 224
+    t, loss = config.train, config.loss
+    assert config.model.name == "agman-official"
+    assert (t.optimizer, t.lr, t.batch_size, t.weight_decay, t.grad_clip) == ("adam", 1e-4, 16, 0.0, 0.0)
+    assert (t.lr_step, t.lr_gamma, t.epochs) == (3, 0.9, 50)
+    assert t.amp == "none"  # the released code is fp32
+    assert t.bn_passes == "separate" and t.sampling == "value"
+    assert (loss.weighting, loss.weight_init) == ("released", 1.0)
+    assert loss.margin == 0.2 and loss.classification is True
+    assert config.data.crop_ratio == 1.0 and config.data.input_size == 224
 
 
-def agman_step_setup(config, model):
-    """What ``agman.engine.train`` builds for a run of ``config``, on CPU."""
-    criterion = build_criterion(config, model)
-    params = [p for p in model.parameters() if p.requires_grad] + list(criterion.parameters())
-    optimizer = build_optimizer(config["train"]["optimizer"], params, config["train"]["lr"],
-                                config["train"]["weight_decay"])
-    amp = config["train"]["amp"] == "bf16"
-    step = TrainStep(model, criterion, optimizer, torch.device("cpu"), amp=amp,
-                     grad_clip=config["train"]["grad_clip"], bn_passes=config["train"]["bn_passes"])
-    return step, criterion, optimizer
+def agman_step_setup(config):
+    """What ``agman.engine.train`` builds for a fresh run of ``config`` on CPU: the state and the step."""
+    state = build_state(config, N_ATTRIBUTES, torch.device("cpu"), None)
+    step = TrainStep.for_run(state.model, state.criterion, state.optimizer, config.train,
+                             D.DistributedContext(device=torch.device("cpu")))
+    return state.model.train(), step, state.criterion, state.optimizer
 
 
 def batches(n_steps=3, batch=4, size=64, seed=0):
@@ -93,10 +92,8 @@ def batches(n_steps=3, batch=4, size=64, seed=0):
 
 
 def run_both(config):
-    torch.manual_seed(0)
-    ours = build_from_config(config, N_ATTRIBUTES).train()
+    ours, step, criterion, optimizer = agman_step_setup(config)
     theirs = copy.deepcopy(ours)
-    step, criterion, optimizer = agman_step_setup(config, ours)
     assert list(criterion.parameters()) == []  # Adam holds the model's parameters only, as released
     assert len(optimizer.param_groups[0]["params"]) == len([p for p in ours.parameters() if p.requires_grad])
     released_opt = torch.optim.Adam(filter(lambda p: p.requires_grad, theirs.parameters()), lr=1e-4)
@@ -129,8 +126,8 @@ _START: dict = {}
 
 def build_start(config):
     if not _START:
-        torch.manual_seed(0)
-        _START.update({k: v.detach().clone() for k, v in build_from_config(config, N_ATTRIBUTES).named_parameters()})
+        model = build_state(config, N_ATTRIBUTES, torch.device("cpu"), None).model
+        _START.update({k: v.detach().clone() for k, v in model.named_parameters()})
     return _START
 
 

@@ -18,8 +18,8 @@ def test_zappos_configs_train_the_released_protocol(model, csn_root, tmp_path, m
         "model.pretrained=none", "data.input_size=32", "train.epochs=3", "train.triplets_per_epoch=10",
         "train.batch_size=5", "train.workers=0", "train.threads=1", "eval.batch_size=16",
         f"output.dir={tmp_path / 'run'}", "output.progress=false", "output.tensorboard=false"])
-    assert cfg["loss"]["classification"] is False and cfg["model"]["classification"] is False
-    assert cfg["loss"]["weighting"] == "fixed" and cfg["train"]["triplets_per_epoch"] == 10  # 200k unless overridden
+    assert cfg.loss.classification is False and cfg.model.options["classification"] is False
+    assert cfg.loss.weighting == "fixed" and cfg.train.triplets_per_epoch == 10  # 200k unless overridden
     drawn = []
     make = T.make_sampler
 
@@ -40,7 +40,7 @@ def test_zappos_configs_train_the_released_protocol(model, csn_root, tmp_path, m
     assert len(epochs) == 3 and all(len(e) == 10 for e in epochs)
     assert all({tuple(r) for r in e.tolist()} == {tuple(r) for r in epochs[0].tolist()} for e in epochs)
     # rows are (attribute, anchor, close, far) taken from the lists' (anchor, far, close)
-    from agman.data.layouts import read_csn
+    from agman.data.csn import read_csn
 
     lists = read_csn(csn_root).split("train").triplets
     listed = {(a, r[0], r[2], r[1]) for a, t in lists.items() for r in t.tolist()}
