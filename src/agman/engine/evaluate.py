@@ -239,6 +239,7 @@ class EvalResult:
     tr: TRResult | None = None
     seconds: float = 0.0
     images: int = 0
+    dataset: str = ""  # DatasetSpec.name (which published tables apply: agman.engine.published)
 
     @property
     def score(self) -> float:
@@ -320,7 +321,7 @@ def evaluate_model(
     emb = embed_split(model, spec, split, **embed_options)
     model.train(was_training)
     result = evaluate_embeddings(emb, spec, split, ks=ks, margin=margin)
-    result.seconds = time.perf_counter() - start
+    result.seconds, result.dataset = time.perf_counter() - start, spec.name
     return result
 
 
