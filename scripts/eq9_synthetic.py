@@ -7,6 +7,10 @@ is also started from the weights the paper's schedule reaches by epoch 10, 20 an
 (scripts/eq9_weights.py), to show what the rest of a 50-epoch run trains with.
 
     python scripts/eq9_synthetic.py --out /tmp/eq9 [--seeds 0 1] [--only released learned@50]
+    python scripts/eq9_synthetic.py --out /tmp/eq9 --only released --set data.crop_ratio=0.875   # other options
+
+``--set section.key=value`` items apply to every run (their runs get their own folders); each line
+also gives the best epoch's MAP per attribute.
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ RUNS = {
 }
 
 
-def run(out: Path, name: str, seed: int) -> dict:
+def run(out: Path, name: str, seed: int, overrides: list[str] = ()) -> dict:
     from agman.data.synthetic import generate
+    from agman.engine.checkpoint import load_checkpoint
     from agman.engine.config import from_dict
     from agman.engine.train import train
 
@@ -43,11 +48,13 @@ def run(out: Path, name: str, seed: int) -> dict:
                   "bn_passes": "separate", "sampling": "value"},
         "loss": RUNS[name],
         "eval": {"batch_size": 100},
-        "output": {"dir": str(out / f"{name}-seed{seed}"), "progress": False, "tensorboard": False},
-    })
+        "output": {"dir": str(out / "-".join([name, *overrides, f"seed{seed}"])), "progress": False,
+                   "tensorboard": False},
+    }, overrides)
     result = train(cfg, overwrite=True)
+    per = load_checkpoint(result.best_path)["metrics"]["map_per_attribute"]
     return {"best": result.best_score, "valid": [row["valid_score"] for row in result.history],
-            "weights": {k: v for k, v in result.history[-1].items() if k.startswith("weight_")}}
+            "weights": {k: v for k, v in result.history[-1].items() if k.startswith("weight_")}, "per": per}
 
 
 def main(argv=None) -> None:
@@ -55,14 +62,16 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="folder for the data, the warm-up trunks and the runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--only", nargs="+", choices=list(RUNS), help="run these modes only")
+    ap.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE", help="overrides for every run")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     for seed in args.seeds:
         for name in args.only or RUNS:
-            r = run(out, name, seed)
-            print(f"{name:12s} seed {seed}: best valid MAP {r['best']:.4f}; per epoch "
-                  f"{', '.join(f'{v:.4f}' for v in r['valid'])}; final factors {r['weights']}", flush=True)
+            r = run(out, name, seed, args.set)
+            print(f"{name:12s} {' '.join(args.set)} seed {seed}: best valid MAP {r['best']:.4f}; per epoch "
+                  f"{', '.join(f'{v:.4f}' for v in r['valid'])}; final factors {r['weights']}; per attribute "
+                  f"{', '.join(f'{a} {v:.4f}' for a, v in r['per'].items())}", flush=True)
 
 
 if __name__ == "__main__":
