@@ -43,9 +43,13 @@ def test_eval_prints_the_published_numbers_beside_the_measured(tmp_path, capsys)
     run = tmp_path / "run"
     assert main(tiny_train_args(root, run)) == 0
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0"]) == 0
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0",
+                 "--figures", "2"]) == 0
     out = capsys.readouterr().out
     assert "Measured and published (FashionAI, MAP (%))" in out
+    # Fig. 9 where a top-ranked result is wrong; no Fig. 8 without triplet lists
+    assert (run / "fig9-failures-test.png").is_file() and "fig9-failures-test.png" in out
+    assert not (run / "fig8-triplets-test.png").exists()
     lines = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith("agman ")}
     measured = 100 * json.loads((run / "eval-test.json").read_text())["map"]
     assert float(lines["measured"][-1]) == pytest.approx(measured, abs=0.005)

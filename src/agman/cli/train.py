@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--workers", type=int, default=2, help="image-loading processes (default 2)")
+    ev.add_argument("--figures", type=int, default=0, metavar="N",
+                    help="also draw the paper's Fig. 8 (N triplets with the model's verdict, where the split has "
+                         "triplet lists) and Fig. 9 (up to N retrieval failures with attention) as PNGs")
     ev.set_defaults(func=run_eval)
 
     ab = subparsers.add_parser(
@@ -132,6 +135,11 @@ def run_eval(args: argparse.Namespace) -> int:
     published = beside_text(result.dataset, {info.model_name: metrics}, info.attribute_names)
     if published:
         print(f"\n{published}")
+    if args.figures > 0:
+        from agman.engine.figures import draw_eval_figures
+
+        for path in draw_eval_figures(args.checkpoint, args.split, result.embeddings, out, args.figures, data=data):
+            print(f"figure written to {path}")
     print(f"\ntables written to {out}/eval-{args.split}.csv and .md ({result.seconds:.1f} s)")
     return 0
 

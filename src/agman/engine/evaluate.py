@@ -240,6 +240,7 @@ class EvalResult:
     seconds: float = 0.0
     images: int = 0
     dataset: str = ""  # DatasetSpec.name (which published tables apply: agman.engine.published)
+    embeddings: np.ndarray | None = field(default=None, repr=False)  # [N, A, D] the split's, for pictures
 
     @property
     def score(self) -> float:
@@ -321,7 +322,7 @@ def evaluate_model(
     emb = embed_split(model, spec, split, **embed_options)
     model.train(was_training)
     result = evaluate_embeddings(emb, spec, split, ks=ks, margin=margin)
-    result.seconds, result.dataset = time.perf_counter() - start, spec.name
+    result.seconds, result.dataset, result.embeddings = time.perf_counter() - start, spec.name, emb
     return result
 
 
