@@ -136,7 +136,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if published:
         print(f"\n{published}")
     if args.figures > 0:
-        from agman.engine.figures import draw_eval_figures
+        from agman.retrieval.figures import draw_eval_figures
 
         for path in draw_eval_figures(args.checkpoint, args.split, result.embeddings, out, args.figures, data=data):
             print(f"figure written to {path}")

@@ -19,7 +19,11 @@ from PIL import Image
 from agman.data.images import load_image
 from agman.data.spec import DatasetSpec, Split
 from agman.data.transforms import build_transform, model_view
+from agman.engine.checkpoint import load_model
+from agman.engine.config import stored_for_eval
 from agman.engine.evaluate import attribute_rows, iter_attribute_rankings, rank_split
+from agman.fileio import atomic_write
+from agman.retrieval.render import attention_overlay, result_grid, stack_vertically
 
 TOP_K = 5
 TILE = 128
@@ -46,8 +50,6 @@ def verdicts(embeddings: np.ndarray, split: Split, n: int) -> list[tuple[int, in
 
 def triplet_figure(spec: DatasetSpec, split_name: str, embeddings: np.ndarray, n: int = 6) -> Image.Image | None:
     """Fig. 8 for ``n`` triplets of the split's lists; None when it has none."""
-    from agman.retrieval.render import result_grid, stack_vertically
-
     split = spec.split(split_name)
     if not split.triplets:
         return None
@@ -84,8 +86,6 @@ def failures(embeddings: np.ndarray, split: Split, n_attributes: int, n: int) ->
 def failure_figure(model: torch.nn.Module, input_size: int, crop_ratio: float, spec: DatasetSpec, split_name: str,
                    embeddings: np.ndarray, n: int = 4) -> Image.Image | None:
     """Fig. 9 for up to ``n`` failed queries; None when the split has no queries or no failure."""
-    from agman.retrieval.render import attention_overlay, result_grid, stack_vertically
-
     split = spec.split(split_name)
     if not len(split.queries):
         return None
@@ -113,10 +113,6 @@ def draw_eval_figures(checkpoint: str | Path, split: str, embeddings: np.ndarray
                       data: dict | None = None, device: str | torch.device = "cpu") -> list[Path]:
     """``fig8-triplets-<split>.png`` and ``fig9-failures-<split>.png`` into ``out`` where the split
     allows them (triplet lists; queries with a failure); returns the files written."""
-    from agman.engine.checkpoint import load_model
-    from agman.engine.config import stored_for_eval
-    from agman.fileio import atomic_write
-
     model, info = load_model(checkpoint, device)
     data_cfg, _ = stored_for_eval(info.config, data, source=str(checkpoint))
     spec = data_cfg.open()
