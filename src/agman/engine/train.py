@@ -253,7 +253,7 @@ class Run:
         tcfg, dcfg, device = config.train, config.data, ctx.device
         self.net = _wrap(state.model, config, ctx)
         train_split = spec.split("train")
-        self.sampler = make_sampler(train_split, tcfg.triplets_per_epoch, tcfg.seed)
+        self.sampler = make_sampler(train_split, tcfg.triplets_per_epoch, tcfg.seed, tcfg.sampling)
         images = triplet_dataset(train_split.paths, spec.root, input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio)
         dataset = EpochTriplets(self.sampler, images, tcfg.seed, ctx.rank, ctx.world_size)
         self.loader, self.batches = epoch_loader(dataset, tcfg, device)
@@ -261,9 +261,7 @@ class Run:
         if self.amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             log.warning("train.amp=bf16 on a CPU without native bf16 instructions is slow; "
                         "train.amp=none is faster here")
-        self.step_fn = TrainStep(self.net, state.criterion, state.optimizer, device,
-                                 channels_last=tcfg.uses_channels_last(device), amp=self.amp,
-                                 grad_clip=tcfg.grad_clip, ctx=ctx)
+        self.step_fn = TrainStep.for_run(self.net, state.criterion, state.optimizer, tcfg, ctx)
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / "config.yaml")

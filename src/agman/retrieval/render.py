@@ -100,7 +100,8 @@ def _title_band(title: str, width: int, font) -> Image.Image | None:
     return band
 
 
-def _stack(parts: list[Image.Image]) -> Image.Image:
+def stack_vertically(parts: list[Image.Image]) -> Image.Image:
+    """``parts`` one under the other, left-aligned, on the background colour."""
     width = max(p.width for p in parts)
     out = Image.new("RGB", (width, sum(p.height for p in parts)), BACKGROUND)
     y = 0
@@ -139,7 +140,7 @@ def result_grid(
         row, col = divmod(i, columns)
         grid.paste(tile, (2 * _GAP + step * (1 + col), _GAP + row * (query.height + _GAP)))
     band = _title_band(title, grid.width, _font(max(12, tile_size // 8)))
-    return _stack([band, grid]) if band else grid
+    return stack_vertically([band, grid]) if band else grid
 
 
 def ranking_comparison(
@@ -172,7 +173,7 @@ def ranking_comparison(
         for c, tile in enumerate(_result_tiles(results, tile_size, font)):
             out.paste(tile, (label_w + _GAP + step * (1 + c), y))
     band = _title_band(title, out.width, _font(max(12, tile_size // 8)))
-    return _stack([band, out]) if band else out
+    return stack_vertically([band, out]) if band else out
 
 
 def captioned_strip(images: Sequence[Image.Image], captions: Sequence[str], title: str = "", *,
@@ -188,7 +189,7 @@ def captioned_strip(images: Sequence[Image.Image], captions: Sequence[str], titl
     for k, tile in enumerate(tiles):
         row.paste(tile, (_GAP + k * (tile_size + _GAP), _GAP))
     band = _title_band(title, row.width, _font(max(12, tile_size // 10)))
-    return _stack([band, row]) if band else row
+    return stack_vertically([band, row]) if band else row
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
