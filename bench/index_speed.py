@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from agman.engine.checkpoint import save_checkpoint
     from agman.engine.embed import embed_images
     from agman.models import build_model
-    from agman.retrieval.index import build_index
+    from agman.retrieval.build import build_index
     from agman.retrieval.sources import from_directory
 
     torch.manual_seed(0)

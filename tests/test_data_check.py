@@ -1,13 +1,35 @@
-"""`agman data check`: counts, problems, exit codes."""
+"""`agman data check`: counts, problems, exit codes, the --json schema."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import jsonschema
+import pytest
 from conftest import REAL_FASHIONAI_SPLIT, needs_real_split
+from PIL import Image
 
 from agman.cli import main
-from agman.data.check import check_dataset
+from agman.data.check import PROBLEM_KINDS, check_dataset
 from agman.data.layouts import read_asen
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "data.md"
+
+
+def documented_schema() -> dict:
+    """The JSON Schema block of docs/data.md (the documentation is the contract)."""
+    text = DOCS.read_text(encoding="utf-8")
+    block = re.search(r"<!-- data-check-schema -->\s*```json\n(.*?)\n```", text, re.S)
+    assert block, "docs/data.md lost its data-check schema block"
+    return json.loads(block.group(1))
+
+
+def check_json(capsys, *argv) -> tuple[int, dict]:
+    code = main(["data", "check", *map(str, argv), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    jsonschema.validate(report, documented_schema())
+    return code, report
 
 
 def test_clean_dataset_passes(asen_root, capsys):
@@ -16,7 +38,9 @@ def test_clean_dataset_passes(asen_root, capsys):
     assert "train: 24 images, 0 queries, 0 candidates" in out
     assert "valid: 10 images, 2 queries, 8 candidates" not in out  # 2 attributes per image
     assert "valid: 10 images, 4 queries, 16 candidates" in out
-    assert "attr0: 24 labelled, per value [8, 8, 8]" in out
+    # value counts carry the value names (issue #14)
+    assert "attr0: 24 labelled; per value attr0_v0=8, attr0_v1=8, attr0_v2=8" in out
+    assert "attr1: 10 labelled; per value attr1_v0=5, attr1_v1=5; queries 2, candidates 8" in out
     assert "image files checked: 44" in out and "no problems found" in out
 
 
@@ -54,11 +78,12 @@ def test_singleton_values_and_malformed_files(asen_root, capsys):
 
 def test_queries_without_candidates_reported(asen_root):
     lines = (asen_root / "candidate_valid.txt").read_text().splitlines()
-    (asen_root / "candidate_valid.txt").write_text("".join(l + "\n" for l in lines if l.split()[1] != "1"))
+    (asen_root / "candidate_valid.txt").write_text("".join(x + "\n" for x in lines if x.split()[1] != "1"))
     spec = read_asen(asen_root, allow_singletons=True)
     report = check_dataset(spec, check_images=False)
     assert not report.ok
-    assert any("2 queries of attribute attr1 have no candidate" in p for p in report.problems)
+    assert any("2 queries of attribute attr1 have no candidate" in p.message for p in report.problems)
+    assert {"reader", "queries-without-candidates"} <= {p.kind for p in report.problems}
 
 
 def test_csn_and_csv_layouts(csn_root, catalog_csv, capsys):
@@ -82,3 +107,67 @@ def test_import_csv(catalog_csv, tmp_path, capsys):
     assert main(["data", "import-csv", str(catalog_csv), "--out", str(out), "--seed", "2"]) == 0
     assert "train 48, valid 6, test 6 images" in capsys.readouterr().out
     assert (out / "meta.json").is_file() and (out / "query_test.txt").is_file()
+
+
+# --------------------------------------------------------------------------- issue #12.11: zero labels
+def test_train_split_with_zero_labels_is_a_problem(asen_root, capsys):
+    (asen_root / "label_train.txt").write_text("")
+    assert main(["data", "check", str(asen_root), "--no-images"]) == 1
+    out = capsys.readouterr().out
+    assert "train: split 'train' cannot form any triplet" in out
+    assert "(0 of 24 images labelled); `agman train` refuses this split" in out
+    assert "no problems found" not in out
+
+
+def test_train_split_with_one_trainable_attribute_is_fine_but_noted(asen_root, capsys):
+    lines = (asen_root / "label_train.txt").read_text().splitlines()
+    (asen_root / "label_train.txt").write_text("".join(" ".join(x.split()[:3]) + "\n" for x in lines))
+    assert main(["data", "check", str(asen_root), "--no-images"]) == 0
+    assert "note: train: no image is labelled with attr1: they are not trained" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- --json (issue #14)
+def test_json_output_follows_the_documented_schema(asen_root, capsys):
+    code, report = check_json(capsys, asen_root)
+    assert code == 0 and report["ok"] is True and report["problems"] == []
+    assert report["images_checked"] == 44
+    attr0 = report["splits"]["train"]["attributes"]["attr0"]
+    assert attr0["labelled"] == 24
+    assert attr0["values"] == [{"index": i, "name": f"attr0_v{i}", "images": 8} for i in range(3)]
+    assert report["splits"]["valid"]["attributes"]["attr1"]["queries"] == 2
+
+
+def test_json_problems_have_kinds_and_paths(asen_root, capsys):
+    (asen_root / "images/train/0003.png").unlink()
+    (asen_root / "images/valid/0002.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("RGB", (21, 1)).save(asen_root / "images/test/0001.png")  # aspect 21:1 > 20:1
+    (asen_root / "label_train.txt").write_text("")
+    code, report = check_json(capsys, asen_root)
+    assert code == 1 and report["ok"] is False
+    by_kind = {p["kind"]: p for p in report["problems"]}
+    assert set(by_kind) == {"missing-image", "unreadable-image", "image-too-large", "no-triplets"}
+    assert by_kind["missing-image"]["path"] == str(asen_root / "images/train/0003.png")
+    assert by_kind["image-too-large"]["path"] == str(asen_root / "images/test/0001.png")
+    assert "aspect ratio 21.0:1 exceeds 20:1" in by_kind["image-too-large"]["message"]
+    assert by_kind["no-triplets"]["split"] == "train"
+
+
+def test_json_for_a_triplet_list_dataset(csn_root, capsys):
+    code, report = check_json(capsys, csn_root)
+    assert code == 0
+    train = report["splits"]["train"]
+    assert train["triplets"] == 24 and train["attributes"]["class"] == {
+        "labelled": 0, "values": [], "queries": 0, "candidates": 0, "triplets": 6
+    }
+
+
+def test_schema_lists_every_problem_kind():
+    schema = documented_schema()
+    assert schema["properties"]["problems"]["items"]["properties"]["kind"]["enum"] == list(PROBLEM_KINDS)
+
+
+def test_schema_rejects_what_it_should():
+    bad = {"schema": "agman/data-check/1", "dataset": "x", "root": "/", "ok": True, "images_checked": -1,
+           "splits": {}, "problems": [], "notes": []}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, documented_schema())

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from agman.cli import main
-from agman.engine.config import packaged_config_dir
+from agman.engine.compose import packaged_config_dir
 
 TINY = ["model.embedding_dim=16", "model.attention_dim=16", "data.input_size=32", "train.workers=0",
         "train.batch_size=4", "train.triplets_per_epoch=8", "train.epochs=1", "eval.batch_size=16",
@@ -23,7 +23,8 @@ def test_train_then_eval(asen_root, tmp_path, capsys):
     assert main(tiny_train_args(asen_root, run)) == 0
     assert "best validation score" in capsys.readouterr().out
     assert main(["train", "--resume", str(run), "train.epochs=2", "--no-progress"]) == 0
-    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--split", "test", "--device", "cpu", "--workers", "0"]) == 0
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--split", "test", "--device", "cpu",
+                 "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "MAP (%) per attribute and overall" in out and "attr0" in out and "R@10" in out
     for name in ("eval-test.csv", "eval-test.md", "eval-test.json"):
@@ -66,7 +67,8 @@ def test_ablate_runs_a_grid_and_reuses_finished_runs(asen_root, tmp_path, capsys
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "hierarchical" in out and "agman-h0-c0" in out
-    for name in ("ablation.md", "ablation.csv", "ablation-hierarchy.md", "ablation-hierarchy.csv", "ablation-times.json"):
+    for name in ("ablation.md", "ablation.csv", "ablation-hierarchy.md", "ablation-hierarchy.csv",
+                 "ablation-times.json"):
         assert (tmp_path / "ab" / name).is_file(), name
     runs = sorted(p.name for p in (tmp_path / "ab" / "runs").iterdir())
     assert runs == ["agman", "agman-h0-c0", "agman-h0-c1", "agman-h1-c0"]
@@ -98,3 +100,13 @@ def test_demo_end_to_end_on_a_small_set(tmp_path, capsys):
     for a in attrs:
         assert (out / "grids" / f"{a}.png").is_file() and (out / "attention" / f"{a}.png").is_file()
     assert "every attribute above random" in (out / "report.md").read_text()
+
+
+def test_train_help_lists_what_can_be_composed(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("fashionai", "deepfashion", "zappos50k", "synthetic", "agman-official", "asenet-v2", "attnfashion",
+                 "csn", "synthetic/demo"):
+        assert name in text, name

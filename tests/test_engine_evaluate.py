@@ -96,8 +96,8 @@ def test_fashionai_validation_scale_runs(tmp_path):
     assert abs(result.overall_map - random_map["overall"]) < 0.02
 
 
-def test_colour_histogram_baseline_and_open_data(tmp_path, asen_root):
-    spec = evaluate.open_data({"root": str(asen_root)})
+def test_colour_histogram_baseline(asen_root):
+    spec = open_dataset(asen_root)
     emb = evaluate.colour_histogram_embeddings(spec, "test", bins=4)
     used = evaluate.referenced_images(spec.split("test"))
     assert emb.shape == (len(spec.split("test")), spec.n_attributes, 64)
@@ -105,7 +105,3 @@ def test_colour_histogram_baseline_and_open_data(tmp_path, asen_root):
     np.testing.assert_array_equal(emb[:, 0], emb[:, 1])
     result = evaluate.evaluate_embeddings(emb, spec, "test")
     assert result.asfr is not None and result.tr is None and 0 <= result.score <= 1
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        evaluate.open_data({"root": str(tmp_path / "missing")})
-    with pytest.raises(ValueError, match="data.root"):
-        evaluate.open_data({"root": None})

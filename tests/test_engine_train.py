@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from agman.engine.batches import EpochBatches, item_seed
 from agman.engine.checkpoint import load_checkpoint, load_model
-from agman.engine.config import from_dict
-from agman.engine.train import EpochBatches, item_seed, rng_state, set_rng_state, train
+from agman.engine.config import from_dict, with_overrides
+from agman.engine.train import find_resume, rng_state, set_rng_state, train
 
 
 def tiny_config(root, out, **train):
@@ -62,8 +63,8 @@ def test_resume_after_an_interruption_ends_with_identical_weights(asen_root, tmp
 
 
 def test_run_folder_contents_and_checkpoint(asen_root, tmp_path):
-    cfg = tiny_config(asen_root, tmp_path / "run", epochs=2, checkpoint_every_steps=1)
-    cfg["output"]["tensorboard"] = True
+    cfg = with_overrides(tiny_config(asen_root, tmp_path / "run", epochs=2, checkpoint_every_steps=1),
+                         ["output.tensorboard=true"])
     result = train(cfg)
     run = result.run_dir
     for name in ("config.yaml", "best.pt", "last.pt", "log.csv", "curves.png"):
@@ -74,8 +75,10 @@ def test_run_folder_contents_and_checkpoint(asen_root, tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"train_triplet", "train_classification", "weight_triplet", "valid_score", "triplets_per_s"} <= set(rows[0])
     ck = load_checkpoint(result.last_path)  # weights_only load
-    assert {"optimizer", "scheduler", "loss_state", "rng", "epoch", "step", "best_score", "metrics", "config"} <= set(ck)
-    assert ck["config"]["train"]["epochs"] == 2 and ck["attributes"][0]["values"] == ["attr0_v0", "attr0_v1", "attr0_v2"]
+    assert {"optimizer", "scheduler", "loss_state", "rng", "epoch", "step", "best_score", "metrics",
+            "config"} <= set(ck)
+    assert ck["config"]["train"]["epochs"] == 2
+    assert ck["attributes"][0]["values"] == ["attr0_v0", "attr0_v1", "attr0_v2"]
     best = load_checkpoint(result.best_path)
     assert "optimizer" not in best and best["metrics"]["map"] == pytest.approx(result.best_score)
     model, info = load_model(result.best_path)
@@ -113,13 +116,24 @@ def test_missing_data_and_bad_switches(tmp_path):
         train(tiny_config(tmp_path / "nowhere", tmp_path / "r"))
 
 
+def test_find_resume_names_one_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    assert find_resume(False, run) is None
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        find_resume(True, run)
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    assert find_resume(True, run) == find_resume(run, tmp_path / "other") == find_resume(run / "last.pt", run) \
+        == run / "last.pt"
+
+
 @pytest.mark.slow
 def test_training_on_the_synthetic_set_learns(tmp_path):
     """A short run on a small synthetic set (backbone warm-up, then the paper's training): validation
     MAP clearly above the untrained network and above the warm-up trunk with untrained heads."""
     from agman.data.synthetic import generate
-    from agman.engine.evaluate import evaluate_model, open_data
-    from agman.engine.train import build_from_config, seed_everything
+    from agman.engine.evaluate import evaluate_model
+    from agman.engine.train import seed_everything
 
     root = generate(tmp_path / "synth", 1200, 32, seed=0, progress=False)
     cfg = from_dict({
@@ -132,13 +146,12 @@ def test_training_on_the_synthetic_set_learns(tmp_path):
     })
     result = train(cfg)
     assert result.warmup_trunk is not None and result.warmup_trunk.is_file()
-    spec = open_data(cfg["data"])
+    spec = cfg.data.open()
     view = dict(input_size=32, crop_ratio=1.0, batch_size=100)
     scores = {}
     for name, extra in (("random init", {}), ("warm-up only", {"pretrained": str(result.warmup_trunk)})):
         seed_everything(0)
-        scores[name] = evaluate_model(build_from_config(cfg, spec.n_attributes, **extra).eval(), spec, "valid",
-                                      **view).score
+        scores[name] = evaluate_model(cfg.model.build(spec.n_attributes, **extra).eval(), spec, "valid", **view).score
     print("valid MAP", result.best_score, scores)
     # measured: 0.396 vs random init ~0.27 and warm-up only 0.295
     assert result.best_score > scores["random init"] + 0.08, (result.best_score, scores)

@@ -74,11 +74,20 @@ def test_search_table_json_and_grid(catalog, capsys):
     assert len([ln for ln in lines if ln.strip().split(" ")[0].isdigit()]) == 4
     with Image.open(tmp / "grid.png") as im:
         assert im.width > 4 * 128
-    rc, stdout, _ = run(capsys, "search", "--index", out, "--image", tmp / "ds" / item, "-a", "attr1", "--k", "3", "--json")
+    rc, stdout, _ = run(capsys, "search", "--index", out, "--image", tmp / "ds" / item, "-a", "attr1", "--k", "3",
+                        "--json")
     body = json.loads(stdout)
     assert body["query"]["id"] == item and body["attributes"] == {"attr1": 1.0}
     assert [r["rank"] for r in body["results"]] == [1, 2, 3]
     assert body["results"][0]["id"] == item and body["results"][0]["correct"] is True
+    rc, stdout, _ = run(capsys, "search", "--index", out, "--item", item, "-a", "attr0:1e6", "-a", "attr1:1e6",
+                        "--json")  # the largest weights: finite scores, strict JSON (#12.9)
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in the JSON output")
+
+    body = json.loads(stdout, parse_constant=no_constants)
+    assert rc == 0 and body["results"][0]["score"] == pytest.approx(2e6, rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +95,8 @@ def test_search_table_json_and_grid(catalog, capsys):
     [
         (["-a", "colour"], "unknown attribute 'colour'"),
         (["-a", "attr0:heavy"], "weight of 'attr0' must be a number"),
-        (["-a", "attr0:-2"], ">= 0"),
+        (["-a", "attr0:-2"], "from 0 to 1e+06"),
+        (["-a", "attr0:1e308", "-a", "attr1:1e308", "--json"], "from 0 to 1e+06"),  # #12.9: was Infinity
         (["-a", "attr0", "--k", "0"], "positive integer"),
         (["-a", "attr0", "--k", "5000"], "at most 1000"),
         (["-a", "attr0", "--k", "ten"], "positive integer"),
@@ -106,6 +116,10 @@ def test_search_errors_for_items_images_indexes_and_checkpoints(catalog, capsys,
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     rc, _, err = run(capsys, "search", "--index", out, "--image", bad, "-a", "attr0")
     assert rc == 1 and "cannot read image" in err  # the file exists but is damaged: a runtime error
+    thin = tmp_path / "thin.png"
+    Image.new("L", (1, 200_000)).save(thin)  # #12.2: resizing its short side made ~800 Mpx
+    rc, _, err = run(capsys, "search", "--index", out, "--image", thin, "-a", "attr0")
+    assert rc == 1 and "aspect ratio 200000.0:1 exceeds 20:1" in err
     rc, _, err = run(capsys, "search", "--index", out, "--image", tmp_path / "missing.jpg", "-a", "attr0")
     assert rc == 2 and "not found" in err
     rc, _, err = run(capsys, "search", "--index", tmp_path / "no-index", "--item", "x", "-a", "attr0")
@@ -121,7 +135,8 @@ def test_search_errors_for_items_images_indexes_and_checkpoints(catalog, capsys,
 def test_attention_and_compare_pictures(catalog, capsys, tmp_path):
     tmp, spec, _ck_a, ck_b, out = catalog
     item = spec.split("test").paths[2]
-    rc, stdout, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--out", tmp_path / "h.png")
+    rc, stdout, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1",
+                          "--out", tmp_path / "h.png")
     assert rc == 0, err
     with Image.open(tmp_path / "h.png") as im:
         assert im.size == (64, 64)

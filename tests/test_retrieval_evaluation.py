@@ -7,7 +7,7 @@ from conftest import make_asen
 from test_retrieval_index import tiny_checkpoint
 
 from agman.data.layouts import open_dataset
-from agman.retrieval.index import build_index
+from agman.retrieval.build import build_index
 from agman.retrieval.search import Retriever
 from agman.retrieval.sources import from_split
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +16,17 @@ from conftest import make_asen, make_csv, write_image
 from agman.data.layouts import open_dataset
 from agman.engine.checkpoint import save_checkpoint
 from agman.models import build_model
-from agman.retrieval.index import (
+from agman.retrieval.build import build_index
+from agman.retrieval.faiss_index import auto_nlist, auto_pq_m, factory_string
+from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.info import (
     INDEX_TYPES,
-    CatalogIndex,
     CatalogIndexError,
     IndexConfig,
     IndexExistsError,
     IndexMismatchError,
-    auto_nlist,
-    auto_pq_m,
-    build_index,
-    factory_string,
-    read_items,
 )
+from agman.retrieval.items import read_items
 from agman.retrieval.sources import ImageSet, from_csv, from_directory, from_split
 
 INPUT_SIZE = 64
@@ -37,7 +36,8 @@ def tiny_checkpoint(path: Path, attributes, seed: int = 0, model: str = "agman")
     """A real, randomly initialised small model saved as a checkpoint."""
     torch.manual_seed(seed)
     net = build_model(model, len(attributes), backbone="resnet18", embedding_dim=32, attention_dim=16)
-    return save_checkpoint(path, model=net, model_name=model, attributes=attributes, input_size=INPUT_SIZE, crop_ratio=1.0)
+    return save_checkpoint(path, model=net, model_name=model, attributes=attributes, input_size=INPUT_SIZE,
+                           crop_ratio=1.0)
 
 
 def tiny_dataset(root: Path, n_test: int = 30) -> Path:
@@ -128,7 +128,9 @@ def test_index_config_and_factory_strings():
     assert auto_nlist(10) == 1 and auto_nlist(10_000) == 256
     assert auto_pq_m(512) == 64 and 48 % auto_pq_m(48) == 0
     cfg = IndexConfig("ivf", nprobe=7)
-    assert IndexConfig.from_dict(cfg.to_dict() | {"future_key": 1}) == cfg
+    assert cfg.tuned(nprobe=None, rerank=3) == IndexConfig("ivf", nprobe=7, rerank=3)
+    with pytest.raises(ValueError, match="not a search-time setting"):
+        cfg.tuned(nlist=4)
 
 
 # --------------------------------------------------------------------------- building
@@ -136,18 +138,22 @@ def test_build_writes_the_documented_directory(tmp_path):
     spec, _ckpt, out = build_tiny_index(tmp_path, shard_size=8)
     meta = json.loads((out / "index.json").read_text())
     assert meta["count"] == 30 and meta["dim"] == 32 and meta["index"]["kind"] == "flat"
-    assert meta["model_name"] == "agman" and len(meta["checkpoint"]["identity"]) == 16
+    assert meta["format_version"] == 3 and "model_name" not in meta  # since v2: the model name once, in "checkpoint"
+    assert meta["root"] == str((tmp_path / "ds").resolve()) and meta["deleted"] == [] and meta["metadata"] == {}
+    first = json.loads((out / "items.jsonl").read_text().splitlines()[0])
+    assert first["path"] == spec.split("test").paths[0]  # relative to the catalog root: the folder can move
+    assert meta["checkpoint"]["model_name"] == "agman" and len(meta["checkpoint"]["identity"]) == 16
     assert [a["name"] for a in meta["attributes"]] == ["attr0", "attr1"]
     assert not (out / "progress.json").exists() and not (out / "shards").exists()
-    items = read_items(out / "items.jsonl")
+    assert not (out / "faiss").exists()  # flat: the vector files are the index
+    items = read_items(out / "items.jsonl", root=meta["root"])
     assert [it.id for it in items] == spec.split("test").paths
     assert items[1].labels == {"attr0": "attr0_v1", "attr1": "attr1_v1"}
-    idx = CatalogIndex(out)
+    idx = FaissStore(out)
     for a in range(2):
         v = idx.vectors(a)
         assert v.shape == (30, 32)
         assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-        assert idx.faiss_index(a).ntotal == 30
     assert idx.labelled_rows("attr0").tolist() == list(range(30))
     assert idx.memory_bytes()["vectors"] == 30 * 32 * 4
 
@@ -161,7 +167,7 @@ def test_index_embeddings_equal_the_one_pass_embedding(tmp_path):
     model, info = load_model(ckpt)
     paths = [str(spec.root / p) for p in spec.split("test").paths]
     ref = embed_images(model, paths, None, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=8)
-    idx = CatalogIndex(out)
+    idx = FaissStore(out)
     for a in range(2):
         assert np.array_equal(np.asarray(idx.vectors(a)), ref[:, a])
     from agman.data.images import load_image
@@ -186,8 +192,9 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_index(out, images, ckpt, batch_size=4, shard_size=8, on_shard=crash_after_first_shard)
     progress = json.loads((out / "progress.json").read_text())
-    assert progress["embedded"] == 8 and len(progress["shards"]) == 1
-    assert CatalogIndex(out).count == 0  # nothing searchable until the run completes
+    shards = json.loads((out / "shards" / "rank-000.json").read_text())
+    assert progress["planned"] == 30 and [(s["start"], s["count"]) for s in shards] == [(0, 8)]
+    assert FaissStore(out).count == 0  # nothing searchable until the run completes
 
     # a broken image stops the run with its path; shards before it are kept
     broken = Path(images.paths[13])
@@ -195,7 +202,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     broken.write_bytes(b"not an image")
     with pytest.raises(Exception, match=broken.name):
         build_index(out, images, ckpt, batch_size=4, shard_size=8)
-    assert json.loads((out / "progress.json").read_text())["embedded"] == 8
+    assert len(json.loads((out / "shards" / "rank-000.json").read_text())) == 1
     broken.write_bytes(good_bytes)
 
     seen = []
@@ -207,7 +214,7 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     fresh = tmp_path / "fresh"
     build_index(fresh, images, ckpt, batch_size=4, shard_size=8)
     for a in range(2):
-        assert np.array_equal(np.asarray(CatalogIndex(out).vectors(a)), np.asarray(CatalogIndex(fresh).vectors(a)))
+        assert np.array_equal(np.asarray(FaissStore(out).vectors(a)), np.asarray(FaissStore(fresh).vectors(a)))
 
 
 def test_add_appends_new_images_only_and_grows_faiss(tmp_path):
@@ -221,7 +228,7 @@ def test_add_appends_new_images_only_and_grows_faiss(tmp_path):
         build_index(out, every, ckpt)
     summary = build_index(out, every, ckpt, add=True, batch_size=8)
     assert (summary.added, summary.skipped, summary.count, summary.embedded) == (10, 20, 30, 10)
-    idx = CatalogIndex(out)
+    idx = FaissStore(out)
     assert [it.id for it in idx.items] == every.ids
     assert idx.faiss_index(0).ntotal == 30 and idx.kind == "hnsw"
     again = build_index(out, every, ckpt, add=True)
@@ -277,11 +284,88 @@ def test_every_index_type_builds_and_finds_exact_neighbours_on_a_small_catalog(t
     from agman.retrieval.search import Retriever
 
     _, _, out = build_tiny_index(tmp_path, kind=kind)
-    exact = CatalogIndex(out).vectors(0)
+    exact = FaissStore(out).vectors(0)
     r = Retriever.open(out)
-    assert r.index.kind == kind
+    assert r.store.kind == kind
     q = r.item_vectors(3)
     res = r.search(q, "attr0", k=5)
     truth = np.lexsort((np.arange(len(exact)), -np.einsum("ij,j->i", np.asarray(exact), q[0])))[:5]
     assert [h.row for h in res.hits] == truth.tolist()  # tiny catalog: the shortlist holds everything
     assert not res.exact
+
+
+# --------------------------------------------------------------------------- index.json
+def test_a_version_1_index_is_read_and_rewritten_as_version_3_when_grown(tmp_path):
+    """Folders written before IndexInfo (format 1: model_name stored twice, absolute image paths, no
+    catalog root) keep working, and keep their absolute paths when grown."""
+    from agman.retrieval.search import Retriever
+
+    spec = open_dataset(tiny_dataset(tmp_path / "ds"))
+    ckpt = tiny_checkpoint(tmp_path / "c.pt", spec.attributes)
+    every = from_split(spec, "test")
+    out = tmp_path / "idx"
+    build_index(out, ImageSet(every.ids[:20], every.paths[:20], every.labels[:20]), ckpt, batch_size=8)
+    meta = json.loads((out / "index.json").read_text())
+    v1 = {k: v for k, v in meta.items() if k not in ("root", "metadata", "deleted")}
+    v1 = dict(v1, format_version=1, model_name=meta["checkpoint"]["model_name"])
+    v1["index"] = dict(meta["index"], future_key=1)  # keys a reader does not know are ignored
+    (out / "index.json").write_text(json.dumps(v1))
+    assert meta["root"] is None  # an ImageSet without a root: absolute paths, as formats 1 and 2 stored them
+    assert json.loads((out / "items.jsonl").read_text().splitlines()[3])["path"] == every.paths[3]
+    store = FaissStore(out)
+    assert store.info.model_name == "agman" and store.info.count == 20 and store.info.dim == 32
+    assert store.info.root is None and store.items[3].path == every.paths[3]
+    r = Retriever.open(out)
+    assert len(r.search_item(every.ids[0], "attr0", k=5).hits) == 5
+    assert r.search(every.paths[2], "attr0", k=1, exclude_self=True).hits[0].id != every.ids[2]
+    build_index(out, every, ckpt, add=True, batch_size=8)  # a source with a root: the index keeps none
+    grown = json.loads((out / "index.json").read_text())
+    assert grown["format_version"] == 3 and "model_name" not in grown and grown["count"] == 30
+    assert grown["root"] is None
+    assert json.loads((out / "items.jsonl").read_text().splitlines()[25])["path"] == every.paths[25]
+    assert {k: v for k, v in grown.items() if k not in ("count", "updated", "format_version", "faiss", "files")} == {
+        k: v for k, v in meta.items() if k not in ("count", "updated", "format_version", "faiss", "files")
+    }
+    assert grown["files"]["items.jsonl"]["size"] > meta["files"]["items.jsonl"]["size"]  # re-recorded
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A small flat index, built once for the tests that damage copies of it."""
+    return build_tiny_index(tmp_path_factory.mktemp("built"))[2]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: [m], "Input should be an object"),
+        (lambda m: {k: v for k, v in m.items() if k != "dim"}, "dim is missing"),
+        (lambda m: dict(m, dim="32"), "dim: Input should be a valid integer (got '32')"),
+        (lambda m: dict(m, count=-1), "count: Input should be greater than or equal to 0 (got -1)"),
+        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], identity=7)), "checkpoint.identity: Input should be"),
+        (lambda m: dict(m, checkpoint=dict(m["checkpoint"], crop_ratio=None)), "checkpoint.crop_ratio: Input should"),
+        (lambda m: dict(m, attributes=[{"name": "a", "values": "xyz"}]), "attributes.0.values: Input should"),
+        (lambda m: dict(m, attributes=[]), "attributes: List should have at least 1 item"),
+        (lambda m: dict(m, index={"kind": "lsh"}), "index: unknown index type 'lsh'"),
+        (lambda m: dict(m, index=dict(m["index"], nprobe="many")), "index.nprobe: Input should be a valid integer"),
+        (lambda m: dict(m, faiss={"9": {"factory": "Flat", "trained_on": 1}}), "faiss: attribute 9 does not exist"),
+        (lambda m: dict(m, format_version=99), "format version 99; upgrade agman"),
+    ],
+)
+def test_a_malformed_index_json_is_an_error_naming_the_file_and_the_key(built, tmp_path, edit, message):
+    from agman.cli import main
+
+    out = shutil.copytree(built, tmp_path / "idx")
+    meta = json.loads((out / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps(edit(meta)))
+    with pytest.raises(CatalogIndexError) as err:
+        FaissStore(out)
+    assert str(out / "index.json") in str(err.value) and message in str(err.value)
+    assert main(["search", "--index", str(out), "--item", "x", "-a", "attr0"]) == 1  # a damaged index: exit 1
+
+
+def test_index_json_that_is_not_json(built, tmp_path):
+    out = shutil.copytree(built, tmp_path / "idx")
+    (out / "index.json").write_text("{ not json")
+    with pytest.raises(CatalogIndexError, match="unreadable index metadata"):
+        FaissStore(out)

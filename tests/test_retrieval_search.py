@@ -11,21 +11,12 @@ from PIL import Image
 from test_retrieval_index import INPUT_SIZE, build_tiny_index, tiny_checkpoint
 
 from agman.data.layouts import open_dataset
-from agman.retrieval.index import (
-    CatalogIndex,
-    IndexConfig,
-    IndexMismatchError,
-    build_index,
-)
-from agman.retrieval.search import (
-    NoModelError,
-    QueryError,
-    Retriever,
-    UnknownItemError,
-    exact_scores,
-    parse_attribute_weights,
-    rank_order,
-)
+from agman.retrieval.build import build_index
+from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.info import IndexConfig, IndexMismatchError
+from agman.retrieval.query import AttributeWeights
+from agman.retrieval.ranking import exact_scores, rank_order
+from agman.retrieval.search import NoModelError, QueryError, Retriever, UnknownItemError
 from agman.retrieval.sources import ImageSet, from_csv, from_split
 
 
@@ -40,7 +31,7 @@ def _brute(retriever: Retriever, q: np.ndarray, weights: dict[str, float]) -> tu
     total = np.zeros(n)
     for name, w in weights.items():
         a = retriever.attributes.index(name)
-        total += w * exact_scores(np.asarray(retriever.index.vectors(a)), q[a]).astype(np.float64)
+        total += w * exact_scores(np.asarray(retriever.store.vectors(a)), q[a]).astype(np.float64)
     order = rank_order(total, np.arange(n))
     return order, total[order]
 
@@ -70,19 +61,26 @@ def test_multi_attribute_score_is_the_weighted_sum_of_per_attribute_similarities
     assert scaled.ids == res.ids
 
 
-def test_parse_attribute_weights():
+def test_attributes_are_parsed_once_into_weights():
     known = ["neckline_design", "sleeve_length"]
-    assert parse_attribute_weights("neckline_design", known) == {"neckline_design": 1.0}
-    assert parse_attribute_weights(["neckline_design:2", "sleeve_length:0.5"], known) == {
-        "neckline_design": 2.0,
-        "sleeve_length": 0.5,
-    }
-    assert parse_attribute_weights("neckline_design:1, sleeve_length:0", known) == {"neckline_design": 1.0}
-    assert parse_attribute_weights({"sleeve_length": 3}, known) == {"sleeve_length": 3.0}
+
+    def parse(spec):
+        return AttributeWeights.parse(spec, known).as_dict()
+
+    assert parse("neckline_design") == {"neckline_design": 1.0}
+    assert parse(["neckline_design:2", "sleeve_length:0.5"]) == {"neckline_design": 2.0, "sleeve_length": 0.5}
+    assert parse("neckline_design:1, sleeve_length:0") == {"neckline_design": 1.0}
+    assert parse({"sleeve_length": 3}) == {"sleeve_length": 3.0}
+    parsed = AttributeWeights.parse("sleeve_length:2,neckline_design", known)
+    assert [(t.index, t.name, t.weight) for t in parsed] == [(1, "sleeve_length", 2.0), (0, "neckline_design", 1.0)]
+    assert AttributeWeights.parse(parsed, known) is parsed  # parsed values pass through unchecked
     for bad, message in [
         ("collar", "unknown attribute 'collar'"),
         ("neckline_design:heavy", "must be a number"),
-        ("neckline_design:-1", ">= 0"),
+        ("neckline_design:-1", "from 0 to 1e\\+06"),
+        ("neckline_design:1e308,sleeve_length:1e308", "from 0 to 1e\\+06"),  # #12.9: their sum would overflow
+        ("neckline_design:1000001", "from 0 to 1e\\+06"),
+        ({"neckline_design": 10**400}, "must be a number"),
         ("neckline_design:nan", "finite"),
         ("neckline_design:inf", "finite"),
         ("neckline_design,neckline_design:2", "twice"),
@@ -91,7 +89,7 @@ def test_parse_attribute_weights():
         ([], "no attribute"),
     ]:
         with pytest.raises(QueryError, match=message):
-            parse_attribute_weights(bad, known)
+            AttributeWeights.parse(bad, known)
 
 
 # --------------------------------------------------------------------------- queries and filters
@@ -192,11 +190,11 @@ def test_exact_search_breaks_ties_by_row_even_past_the_faiss_shortlist(tmp_path)
 def test_approximate_search_rescores_exactly(tmp_path, kind):
     spec, _, out = build_tiny_index(tmp_path, kind=kind)
     r = Retriever.open(out, rerank=2, nprobe=4, ef_search=16)
-    assert (r.index.config.rerank, r.index.config.nprobe, r.index.config.ef_search) == (2, 4, 16)
+    assert (r.store.config.rerank, r.store.config.nprobe, r.store.config.ef_search) == (2, 4, 16)
     res = r.search_item(spec.split("test").paths[0], {"attr0": 1, "attr1": 1}, k=4)
     q = r.item_vectors(0)
     for h in res.hits:
-        exact = [float(exact_scores(np.asarray(r.index.vectors(a))[[h.row]], q[a])[0]) for a in range(2)]
+        exact = [float(exact_scores(np.asarray(r.store.vectors(a))[[h.row]], q[a])[0]) for a in range(2)]
         assert h.scores == pytest.approx({"attr0": exact[0], "attr1": exact[1]}, abs=1e-7)
 
 
@@ -211,6 +209,21 @@ def test_attention_map_and_overlay(flat):
     assert r.model_view(path).size == (INPUT_SIZE, INPUT_SIZE)
     with pytest.raises(QueryError):
         r.attention(path, "nope")
+
+
+def test_the_attention_path_loads_the_query_image_once(flat, monkeypatch):
+    import agman.data.images
+
+    spec, _, r = flat
+    opened = []
+    load = agman.data.images.load_image
+    monkeypatch.setattr(agman.data.images, "load_image", lambda p: opened.append(p) or load(p))
+    path = spec.root / spec.split("test").paths[1]
+    assert r.attention_image(path, "attr0").size == (INPUT_SIZE, INPUT_SIZE)
+    assert opened == [path]
+    opened.clear()
+    r.search(path, ["attr0", "attr1:2"], k=3)
+    assert opened == [path]
 
 
 def test_model_without_attention_gives_none(tmp_path):
@@ -266,7 +279,7 @@ def test_incomplete_index_serves_committed_rows_only(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         build_index(out, every, ckpt, add=True, batch_size=4, shard_size=4, on_shard=stop)
-    idx = CatalogIndex(out)
+    idx = FaissStore(out)
     assert idx.unfinished and len(idx) == 10
     assert len(Retriever(idx).search_item(every.ids[0], "attr0", k=100).hits) == 10
 

@@ -20,7 +20,8 @@ from PIL import Image
 from test_retrieval_index import tiny_checkpoint
 
 from agman.data.layouts import open_dataset
-from agman.retrieval.index import IndexMismatchError, build_index
+from agman.retrieval.build import build_index
+from agman.retrieval.info import IndexMismatchError
 from agman.retrieval.sources import from_split
 from agman.service.app import ServiceLimits, create_app
 
@@ -150,6 +151,7 @@ def test_search_by_item_with_exclude_self_and_annotated_only(live):
         ({"attributes": "colour"}, 400, "unknown attribute 'colour'"),
         ({"attributes": "attr0:heavy"}, 400, "weight of 'attr0' must be a number"),
         ({"attributes": "attr0:nan"}, 400, "finite"),
+        ({"attributes": "attr0:1e308,attr1:1e308"}, 400, "from 0 to 1e+06"),  # #12.9: was inf scores -> 500
         ({"attributes": "attr0:0"}, 400, "above 0"),
         ({"attributes": "attr0", "k": "0"}, 400, "k must be between 1 and 20"),
         ({"attributes": "attr0", "k": "-4"}, 400, "k must be between 1 and 20"),
@@ -176,6 +178,12 @@ def test_bad_uploads(live):
     bomb = io.BytesIO()
     Image.new("RGB", (2000, 1000)).save(bomb, format="PNG")  # 2 Mpx in a few kB: over max_pixels
     cases.append((bomb.getvalue(), 413, "2000x1000"))
+    thin = io.BytesIO()
+    Image.new("L", (1, 200_000)).save(thin, format="PNG")  # #12.2: ~100 bytes; resizing it made 800 Mpx
+    cases.append((thin.getvalue(), 413, "aspect ratio 200000.0:1 exceeds 20:1"))
+    pcx = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(pcx, format="PCX")  # #12.8: a format Pillow reads, outside the allowed list
+    cases.append((pcx.getvalue(), 400, "not an image in a supported format"))
     cases.append((b"\0" * 400_000, 413, "upload limit"))  # over max_upload_bytes
     for data, status, message in cases:
         r = search(client, files={"image": ("q.png", data, "image/png")}, attributes="attr0")
@@ -250,3 +258,67 @@ def test_model_without_attention_and_missing_catalog_files(tmp_path):
         r = client.get(f"/items/{item}/image")
         assert r.status_code == 404 and "missing" in r.json()["detail"]
         assert search(client, item=item, attributes="attr0", k="2").status_code == 200  # stored vectors still work
+
+
+# --------------------------------------------------------------------------- what is kept of an upload
+@pytest.mark.parametrize("size, input_size, crop_ratio", [((40, 56), 64, 1.0), ((900, 500), 224, 0.875),
+                                                           ((333, 1000), 96, 0.8)])
+def test_the_kept_view_is_what_the_model_would_see_of_the_full_upload(size, input_size, crop_ratio):
+    """The service keeps the upload resized as the model's transform resizes it: the model's input
+    tensor (embedding and attention) is bit for bit that of the full image."""
+    from agman.data.transforms import build_transform, model_view
+    from agman.service.uploads import reduce_upload
+
+    full = Image.open(io.BytesIO(png_bytes(3, size))).convert("RGB")
+    kept = reduce_upload(full.copy(), input_size, crop_ratio, thumbnail=64)
+    transform = build_transform(input_size, train=False, crop_ratio=crop_ratio)
+    assert torch_equal(transform(kept.view), transform(full))
+    assert np.array_equal(np.asarray(model_view(kept.view, input_size, crop_ratio)),
+                          np.asarray(model_view(full, input_size, crop_ratio)))
+    thumb = Image.open(io.BytesIO(kept.thumbnail_png))
+    assert max(thumb.size) == min(64, max(size)) and kept.nbytes < full.width * full.height * 3 + 64 * 64 * 3 * 4
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
+def test_query_cache_is_bounded_in_entries_and_bytes():
+    from agman.service.state import CachedQuery, QueryStore
+    from agman.service.uploads import QueryPicture
+
+    def query(i, side=32):
+        return CachedQuery(f"q{i}", QueryPicture(Image.new("RGB", (side, side)), b"png"), np.zeros((2, 8), np.float32))
+
+    one = query(0).nbytes
+    store = QueryStore(capacity=10, max_bytes=3 * one)
+    for i in range(5):
+        store.put(query(i))
+    assert len(store) == 3 and store.nbytes == 3 * one and store.get("q1") is None
+    store.get("q2")  # used: now the most recent
+    store.put(query(5))
+    assert store.get("q2") is not None and store.get("q3") is None
+    store.put(query(6, side=400))  # larger than the whole budget: not kept, the others stay
+    assert store.get("q6") is None and store.get("q2") is not None and store.nbytes == 3 * one
+    small = QueryStore(capacity=2, max_bytes=10**9)
+    for i in range(4):
+        small.put(query(i))
+    assert len(small) == 2
+
+
+# --------------------------------------------------------------------------- serving beyond localhost
+def test_exposure_checks_and_default_allowed_hosts():
+    from agman.errors import UsageError
+    from agman.service.server import check_exposure, default_allowed_hosts, is_loopback
+
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost")] == [True] * 5
+    assert [is_loopback(h) for h in ("0.0.0.0", "::", "10.1.2.3", "192.168.0.7")] == [False] * 4
+    check_exposure("127.0.0.1", None, False)  # loopback: no token needed
+    check_exposure("0.0.0.0", "t" * 16, False)
+    check_exposure("0.0.0.0", None, True)  # explicitly insecure
+    with pytest.raises(UsageError, match="--host 10.1.2.3 makes the service reachable"):
+        check_exposure("10.1.2.3", None, False)
+    assert default_allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]"]  # Host: [::1]:8000
+    assert default_allowed_hosts("10.1.2.3", ["Shop.Example"])[-2:] == ["10.1.2.3", "shop.example"]
+    with pytest.raises(UsageError, match="at least 16 characters"):
+        create_app("/nonexistent/index", token="short")  # checked before anything is loaded

@@ -132,3 +132,23 @@ def test_a_bad_upload_shows_the_servers_message(page, tmp_path):
     pg.wait_for_selector("#error:not([hidden])")
     assert "not an image" in pg.text_content("#error")
     assert errors == []
+
+
+def test_a_filter_narrows_the_results_and_a_malformed_one_shows_where(page):
+    pg, spec, errors = page
+    pg.evaluate("document.getElementById('examples-box').open = true")  # an earlier test may have opened it
+    pg.click("#examples img >> nth=2")
+    pg.fill("#k", "30")
+    pg.fill("#filter", "attr0 == 'attr0_v1'")
+    pg.evaluate("document.getElementById('results').replaceChildren()")  # results of an earlier test
+    pg.click("#search")
+    pg.wait_for_function("() => document.querySelectorAll('#results .result').length > 0")
+    shown = pg.locator("#results .result").evaluate_all("tiles => tiles.map(t => t.dataset.id)")
+    labels = {p: row for p, row in zip(spec.split("test").paths, spec.split("test").labels)}
+    assert 0 < len(shown) < 30 and all(labels[i][0] == 1 for i in shown)  # only items valued attr0_v1
+    pg.fill("#filter", "attr0 ==")
+    pg.click("#search")
+    pg.wait_for_selector("#error:not([hidden])")
+    assert "column 9" in pg.text_content("#error")  # the end of "attr0 =="
+    pg.fill("#filter", "")
+    assert errors == []

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from agman.cli import data_synth
+from agman.cli import data_cache, data_synth
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every command that opens a dataset shares."""
-    parser.add_argument("root", help="dataset folder (ASEN or CSN layout) or a catalog .csv file")
+def add_dataset_arguments(parser, root: bool = True) -> None:
+    """The options every command that opens a dataset shares (on a parser or an argument group);
+    ``root=False`` leaves out the positional dataset root (a command that names it otherwise)."""
+    if root:
+        parser.add_argument("root", help="dataset folder (ASEN or CSN layout) or a catalog .csv file")
     parser.add_argument("--dataset", help="dataset name: sub-folder and/or meta.json key (e.g. FashionAI)")
     parser.add_argument("--layout", choices=["asen", "csn", "csv"], help="layout (auto-detected by default)")
     parser.add_argument("--meta", help="meta.json to use (default: beside the split files or in their parent)")
@@ -17,11 +20,12 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="split seed for a catalog CSV (default 0)")
 
 
-def open_from_args(args: argparse.Namespace, allow_singletons: bool = False):
+def open_from_args(args: argparse.Namespace, allow_singletons: bool = False, root: str | None = None):
+    """The dataset the options of :func:`add_dataset_arguments` name (at ``root``, default ``args.root``)."""
     from agman.data.layouts import open_dataset
 
     return open_dataset(
-        args.root,
+        root or args.root,
         args.dataset,
         layout=args.layout,
         allow_singletons=allow_singletons,
@@ -39,13 +43,17 @@ def register(subparsers) -> None:
     check = sub.add_parser(
         "check",
         help="print counts per split/attribute/value and every problem; exit 1 on problems",
-        description="Open a dataset, print its counts and list every problem found "
-        "(missing/unreadable images, values with a single image, queries without candidates). "
-        "Exit code 0 when clean, 1 when problems were found, 2 when the files are malformed.",
+        description="Open a dataset, print its counts (per value, by name) and list every problem found "
+        "(missing/unreadable/over-limit images, values with a single image, queries without candidates, "
+        "a train split that cannot form a triplet). Exit code 0 when clean, 1 when problems were found "
+        "or a file is malformed (the message names it, on stderr).",
     )
     add_dataset_arguments(check)
     check.add_argument("--no-images", action="store_true", help="skip opening the image files")
     check.add_argument("--workers", type=int, default=8, help="threads for image checks (default 8)")
+    check.add_argument(
+        "--json", action="store_true", help="print the report as JSON (schema agman/data-check/1, docs/data.md)"
+    )
     check.set_defaults(func=run_check)
 
     imp = sub.add_parser(
@@ -58,6 +66,7 @@ def register(subparsers) -> None:
     imp.set_defaults(func=run_import_csv)
 
     data_synth.register(sub)
+    data_cache.register(sub)
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
@@ -66,7 +75,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     spec = open_from_args(args, allow_singletons=True)
     report = check_dataset(spec, check_images=not args.no_images, workers=args.workers)
-    print(report.to_text())
+    print(json.dumps(report.to_json(), indent=1, ensure_ascii=False) if args.json else report.to_text())
     return 0 if report.ok else 1
 
 

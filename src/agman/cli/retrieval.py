@@ -47,60 +47,100 @@ def add_query_arguments(parser: argparse.ArgumentParser, several_attributes: boo
         parser.add_argument("--attribute", "-a", required=True, metavar="NAME", help="attribute")
 
 
+def add_model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
+    """``--checkpoint`` (the index's own by default) and ``--device``, for commands that embed queries."""
+    if checkpoint:
+        parser.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+
+
 def add_search_tuning(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
-    parser.add_argument("--device", default="cpu", help="torch device for image queries (default cpu)")
-    parser.add_argument("--nprobe", type=positive_int, help="IVF cells searched (approximate indexes)")
-    parser.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
-    parser.add_argument("--rerank", type=positive_int, help="shortlist = k x RERANK per attribute, re-scored exactly")
+    """The index's search-time settings: stored by `agman index`, overridden by search/serve/compare."""
+    from agman.retrieval.info import IndexConfig
 
-
-def open_retriever(args: argparse.Namespace, index_dir: str | None = None, load_model: bool = False):
-    from agman.retrieval.search import Retriever
-
-    return Retriever.open(
-        index_dir or args.index,
-        getattr(args, "checkpoint", None),
-        device=getattr(args, "device", "cpu"),
-        load_model=load_model,
-        nprobe=getattr(args, "nprobe", None),
-        ef_search=getattr(args, "ef_search", None),
-        rerank=getattr(args, "rerank", None),
+    d = IndexConfig()
+    parser.add_argument("--nprobe", type=positive_int, help=f"IVF cells searched (index default {d.nprobe})")
+    parser.add_argument("--ef-search", type=positive_int, help=f"HNSW search breadth (index default {d.ef_search})")
+    parser.add_argument(
+        "--rerank",
+        type=positive_int,
+        help=f"approximate: shortlist k x RERANK per attribute, re-scored exactly (index default {d.rerank})",
     )
 
 
-class _SplitOptions:
-    """Takes ``agman data``'s dataset options (all but its positional root, which is ``--images``
-    here) into an argument group, so both commands open datasets with the same options."""
+def add_index_location(parser: argparse.ArgumentParser, repeat: bool = False) -> None:
+    """``--index`` (a folder, or a Milvus URI: a ``.db`` Milvus Lite file or ``http://host:19530``),
+    ``--collection`` and ``--root``, for commands that open an index."""
+    parser.add_argument(
+        "--index", "--uri", dest="index", required=True, action="append" if repeat else "store",
+        help="index folder, or a Milvus URI: a Milvus Lite file (catalog.db) or http://host:19530"
+        + (" (repeat: one per checkpoint)" if repeat else ""),
+    )
+    parser.add_argument("--collection", help="Milvus collection (default 'catalog')")
+    parser.add_argument(
+        "--root", help="catalog root the index's image paths are relative to (default: the one recorded at build "
+        "time; for an index moved or copied to another machine)",
+    )
 
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.group = parser.add_argument_group("dataset split (with --split; --images is the dataset root)")
 
-    def add_argument(self, *names, **kwargs):
-        if names != ("root",):
-            self.group.add_argument(*names, **kwargs)
+def add_verify_option(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--verify``: how the index folder's recorded file hashes are checked when it is opened."""
+    from agman.retrieval.integrity import LEVELS
+
+    parser.add_argument(
+        "--verify",
+        choices=LEVELS,
+        default=default,
+        help="check the index files against the sizes and hashes index.json recorded: sizes only, sampled "
+        f"blocks (about 1 MiB a file) or every byte (default {default})",
+    )
+
+
+def open_retriever(
+    args: argparse.Namespace, index_dir: str | None = None, load_model: bool = False, load_index: bool = False
+):
+    """The Retriever of ``--index`` (or ``index_dir``: a folder or a Milvus URI) with the command's
+    model options, search settings, ``--root`` and ``--verify`` level; ``load_index`` reads every
+    FAISS file now."""
+    from agman.retrieval.info import IndexConfig
+    from agman.retrieval.search import Retriever, open_store
+
+    store = open_store(
+        index_dir or args.index,
+        collection=getattr(args, "collection", None),
+        root=getattr(args, "root", None),
+        verify=getattr(args, "verify", "sample"),
+        load=load_index,
+        **{name: getattr(args, name, None) for name in IndexConfig.SEARCH_SETTINGS},
+    )
+    retriever = Retriever(store, checkpoint=getattr(args, "checkpoint", None), device=args.device)
+    if load_model:
+        retriever.model  # noqa: B018 - load and verify the checkpoint now
+    return retriever
 
 
 # --------------------------------------------------------------------------- register
 def register(subparsers) -> None:
     from agman.cli.data import add_dataset_arguments
-    from agman.retrieval.index import INDEX_TYPES
+    from agman.retrieval.info import INDEX_TYPES, IndexConfig
     from agman.retrieval.sources import SPLIT_PARTS
 
     idx = subparsers.add_parser(
         "index",
-        help="embed a catalog with a checkpoint into a FAISS index (resumable, --add for new images)",
-        description="Embed every image for every attribute (one backbone pass per image) and write one "
-        "FAISS index per attribute plus item metadata into --out.  Rerunning an interrupted run continues "
-        "where it stopped; --add adds images not yet indexed.  An index only ever holds embeddings of one "
-        "checkpoint.  Index types: "
+        help="embed a catalog with a checkpoint into an index: FAISS files or Milvus (resumable, --add, --update, "
+        "--delete)",
+        description="Embed every image for every attribute (one backbone pass per image) into an index: a folder "
+        "of FAISS files (--out, the default) or a Milvus collection (--backend milvus --uri catalog.db for Milvus "
+        "Lite, --uri http://host:19530 for a server).  Rerunning an interrupted run continues where it stopped; "
+        "--add adds images not yet indexed, --update re-indexes changed ones, --delete removes items.  Under "
+        "torchrun (torchrun --nproc_per_node=N -m agman index ...) the images are shared out among the processes "
+        "and rank 0 writes the index.  An index only ever holds embeddings of one checkpoint.  Index types: "
         + "; ".join(f"{k}: {v}" for k, v in INDEX_TYPES.items()),
     )
-    idx.add_argument("--checkpoint", required=True, help="trained checkpoint (.pt)")
+    idx.add_argument("--checkpoint", help="trained checkpoint (.pt); not needed with --delete")
     idx.add_argument(
         "--images",
-        required=True,
-        help="a folder of images, a catalog CSV (path[,<attribute>,...]), or a dataset root with --split",
+        help="a folder of images, a catalog CSV (path,<attribute>...,<metadata>...), or a dataset root with --split",
     )
     idx.add_argument("--split", help="index this split of the dataset at --images (train/valid/test)")
     idx.add_argument(
@@ -109,21 +149,49 @@ def register(subparsers) -> None:
         default="all",
         help="with --split: all images, or only the candidate / query images with those rows' labels",
     )
-    add_dataset_arguments(_SplitOptions(idx))
-    idx.add_argument("--out", required=True, help="index folder to create, resume or (with --add) grow")
-    idx.add_argument("--add", action="store_true", help="add the images not yet in an existing index")
-    idx.add_argument("--type", dest="index_type", choices=list(INDEX_TYPES), help="index type (new index; default flat)")
+    split_options = idx.add_argument_group("dataset split (with --split; --images is the dataset root)")
+    add_dataset_arguments(split_options, root=False)
+    where = idx.add_argument_group("where the index is")
+    where.add_argument("--out", help="index folder (FAISS files) to create, resume, grow or update")
+    where.add_argument("--backend", choices=["faiss", "milvus"], help="faiss (a folder, default) or milvus (--uri)")
+    where.add_argument("--uri", help="Milvus: a Milvus Lite file (catalog.db) or a server (http://host:19530)")
+    where.add_argument("--collection", default="catalog", help="Milvus collection (default 'catalog')")
+    where.add_argument("--work", help="Milvus: folder for the resumable embedding shards (default beside the .db "
+                       "file, or ./agman-work-<collection>)")
+    change = idx.add_argument_group("changing an index")
+    change.add_argument("--add", action="store_true", help="add the images not yet in an existing index")
+    change.add_argument("--update", action="store_true",
+                        help="re-index the items of --images that the index holds (unknown ids are an error; "
+                        "with --add, new ones are added too)")
+    change.add_argument("--delete", nargs="+", metavar="ID", help="remove these items (unknown ids are an error)")
+    catalog = idx.add_argument_group("catalog CSV columns")
+    catalog.add_argument(
+        "--metadata", action="append", metavar="NAME[:TYPE],...",
+        help="declare metadata columns of the CSV, typed string (default), number or bool (repeatable); columns "
+        "named after an attribute hold its labels; any other column is an error",
+    )
+    catalog.add_argument("--id-column", help="CSV column holding the item ids (default: the path)")
+    catalog.add_argument("--id-prefix", default="", help="put in front of every item id (e.g. shopA/)")
+    catalog.add_argument(
+        "--root", help="catalog root the index stores image paths relative to (a new index; default: the folder, "
+        "the CSV's folder or the dataset root)",
+    )
+    idx.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                     help="an unreadable image: stop (default, it is named) or skip it and list it in skipped.jsonl")
+    idx.add_argument(
+        "--type", dest="index_type", choices=list(INDEX_TYPES), help="index type (new index; default flat)"
+    )
     idx.add_argument("--nlist", type=positive_int, help="IVF cells (default about 4*sqrt(items))")
-    idx.add_argument("--nprobe", type=positive_int, default=32, help="IVF cells searched (default 32)")
-    idx.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW neighbours per node (default 32)")
-    idx.add_argument("--ef-construction", type=positive_int, default=64, help="HNSW build breadth (default 64)")
-    idx.add_argument("--ef-search", type=positive_int, default=128, help="HNSW search breadth (default 128)")
+    idx.add_argument("--hnsw-m", type=positive_int, help=f"HNSW neighbours per node (default {IndexConfig.hnsw_m})")
+    idx.add_argument(
+        "--ef-construction", type=positive_int, help=f"HNSW build breadth (default {IndexConfig.ef_construction})"
+    )
     idx.add_argument("--pq-m", type=positive_int, help="PQ sub-quantizers (default D/8)")
-    idx.add_argument("--rerank", type=positive_int, default=10, help="approximate: shortlist k x RERANK, re-scored exactly (default 10)")
+    add_search_tuning(idx)
     idx.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
     idx.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable shard (default 1024)")
     idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
-    idx.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_model_options(idx, checkpoint=False)  # --checkpoint is declared above
     idx.add_argument("--no-progress", action="store_true", help="no progress bar")
     idx.set_defaults(func=run_index)
 
@@ -132,8 +200,13 @@ def register(subparsers) -> None:
         help="items with the same attribute value(s) as a query image or catalog item",
         description="Rank catalog items by (weighted) attribute similarity to the query and print them.",
     )
-    search.add_argument("--index", required=True, help="index folder")
+    add_index_location(search)
     add_query_arguments(search)
+    search.add_argument(
+        "--filter", metavar="EXPR",
+        help='only items matching this expression over metadata and labels, e.g. \'category == "dress" and '
+        "price < 50' (docs/retrieval.md: Filters)",
+    )
     search.add_argument("--k", type=k_value, default=10, help=f"results (1..{MAX_K}, default 10)")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
     search.add_argument("--exclude-self", action="store_true", help="leave the query item itself out of the results")
@@ -143,109 +216,158 @@ def register(subparsers) -> None:
         help="rank only items annotated with every queried attribute (as the evaluation does)",
     )
     search.add_argument("--grid", metavar="PNG", help="also save the query + top-k grid picture (Fig. 5)")
+    add_model_options(search)
     add_search_tuning(search)
+    add_verify_option(search, "sample")
     search.set_defaults(func=run_search)
 
     att = subparsers.add_parser(
         "attention",
         help="save the model's attention heatmap for (image, attribute) (Fig. 7)",
     )
-    att.add_argument("--index", required=True, help="index folder (its checkpoint draws the map)")
+    add_index_location(att)
     add_query_arguments(att, several_attributes=False)
     att.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
     att.add_argument("--out", required=True, help="PNG to write")
-    att.add_argument("--checkpoint", help="checkpoint (default: the one that built the index)")
-    att.add_argument("--device", default="cpu")
+    add_model_options(att)
+    add_verify_option(att, "sample")
     att.set_defaults(func=run_attention)
 
     cmp_ = subparsers.add_parser(
         "compare",
         help="side-by-side top-k of several checkpoints' indexes of one catalog for one query (Fig. 6)",
     )
-    cmp_.add_argument("--index", action="append", required=True, help="index folder (repeat: one per checkpoint)")
+    add_index_location(cmp_, repeat=True)
     cmp_.add_argument("--name", action="append", help="row label per --index (default: model name + folder)")
     add_query_arguments(cmp_)
     cmp_.add_argument("--k", type=k_value, default=5, help="results per row (default 5)")
     cmp_.add_argument("--exclude-self", action="store_true")
     cmp_.add_argument("--annotated-only", action="store_true")
     cmp_.add_argument("--out", required=True, help="PNG to write")
-    cmp_.add_argument("--device", default="cpu")
+    add_model_options(cmp_, checkpoint=False)  # each index embeds with its own checkpoint
+    add_search_tuning(cmp_)
+    add_verify_option(cmp_, "sample")
     cmp_.set_defaults(func=run_compare)
 
 
 # --------------------------------------------------------------------------- index
-def image_set_from_args(args: argparse.Namespace):
+def image_set_from_args(args: argparse.Namespace, attributes=None):
+    """The source ``--images`` names; a CSV is read as a typed catalog against the checkpoint's
+    ``attributes`` with the declared ``--metadata``, ``--id-column``, ``--id-prefix`` and ``--root``."""
     from agman.retrieval import sources
 
     src = Path(args.images)
+    declared = args.metadata or args.id_column
     if args.split:
         from agman.cli.data import open_from_args
 
-        spec = open_from_args(argparse.Namespace(**vars(args), root=args.images), allow_singletons=True)
-        return sources.from_split(spec, args.split, args.part)
-    if src.is_file() and src.suffix.lower() == ".csv":
-        return sources.from_csv(src)
-    if src.is_dir():
-        return sources.from_directory(src)
-    raise CLIError(f"--images {src}: not a folder or a .csv file (for a dataset split add --split)")
+        spec = open_from_args(args, allow_singletons=True, root=args.images)
+        images = sources.from_split(spec, args.split, args.part)
+    elif src.is_file() and src.suffix.lower() == ".csv":
+        from agman.retrieval.catalog import CatalogColumns, parse_metadata_declarations
+
+        columns = CatalogColumns(
+            metadata=parse_metadata_declarations(args.metadata or []), id_column=args.id_column,
+            id_prefix=args.id_prefix,
+        )
+        return sources.from_csv(src, attributes, columns, root=args.root)
+    elif src.is_dir():
+        images = sources.from_directory(src)
+    else:
+        raise CLIError(f"--images {src}: not a folder or a .csv file (for a dataset split add --split)")
+    if declared:
+        raise CLIError("--metadata and --id-column describe the columns of a catalog CSV; --images is not one")
+    return images.prefixed(args.id_prefix)
+
+
+BUILD_SETTINGS = ("nlist", "hnsw_m", "ef_construction", "pq_m", "nprobe", "ef_search", "rerank")
+
+
+def index_target(args: argparse.Namespace):
+    """The folder or Milvus collection ``agman index`` writes: ``--out DIR`` or ``--uri`` (milvus)."""
+    milvus = args.backend == "milvus" or (args.backend is None and args.uri is not None)
+    if milvus:
+        from agman.retrieval.milvus_client import MilvusTarget
+
+        if args.uri is None or args.out is not None:
+            raise CLIError("--backend milvus writes to --uri (catalog.db or http://host:19530), not --out")
+        return MilvusTarget(args.uri, args.collection)
+    if args.out is None or args.uri is not None:
+        raise CLIError("give --out INDEX_FOLDER (FAISS files), or --backend milvus --uri URI")
+    return args.out
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from agman.retrieval.index import IndexConfig, build_index
+    target = index_target(args)
+    if args.delete:
+        return run_delete(args, target)
+    if args.checkpoint is None or args.images is None:
+        raise CLIError("agman index needs --checkpoint and --images (or --delete ID ...)")
+    from agman.engine.checkpoint import load_model
+    from agman.engine.distributed import cleanup, init_distributed
+    from agman.retrieval.build import build_index
+    from agman.retrieval.info import IndexConfig
 
-    images = image_set_from_args(args)
-    config = None
-    if args.index_type:
-        config = IndexConfig(
-            kind=args.index_type,
-            nlist=args.nlist,
-            nprobe=args.nprobe,
-            hnsw_m=args.hnsw_m,
-            ef_construction=args.ef_construction,
-            ef_search=args.ef_search,
-            pq_m=args.pq_m,
-            rerank=args.rerank,
+    ctx = init_distributed(args.device)
+    try:
+        model, info = load_model(args.checkpoint, device=ctx.device)
+        images = image_set_from_args(args, info.attributes)
+        config = None
+        if args.index_type:  # a new index's type and settings (an existing index keeps its own)
+            given = {name: getattr(args, name) for name in BUILD_SETTINGS if getattr(args, name) is not None}
+            config = IndexConfig(kind=args.index_type, **given)
+        summary = build_index(
+            target, images, model=model, info=info, config=config, add=args.add, update=args.update,
+            batch_size=args.batch_size, shard_size=args.shard_size, workers=args.workers, device=str(ctx.device),
+            progress=not args.no_progress, on_error=args.on_error, root=args.root, work=args.work, distributed=ctx,
         )
-    summary = build_index(
-        args.out,
-        images,
-        args.checkpoint,
-        config=config,
-        add=args.add,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    resumed = f", resumed at row {summary.resumed_from}" if summary.resumed_from else ""
+    finally:
+        cleanup(ctx)
+    if not ctx.is_main:
+        return 0
+    resumed = f", resumed with {summary.resumed_from} embedded" if summary.resumed_from else ""
     speed = f" ({summary.images_per_second:.1f} images/s)" if summary.embedded else ""
+    unreadable = f"; {summary.unreadable} unreadable images skipped (skipped.jsonl)" if summary.unreadable else ""
+    ranks = f" on {ctx.world_size} processes" if ctx.world_size > 1 else ""
+    updated = f"updated {summary.updated}, " if summary.updated else ""
     print(
-        f"index {summary.root} ({summary.index_type}): {summary.count} items; "
-        f"added {summary.added}, already indexed {summary.skipped}, embedded {summary.embedded} now{speed}{resumed}"
+        f"index {summary.location} ({summary.index_type}): {summary.count} items; added {summary.added}, "
+        f"{updated}already indexed {summary.skipped}, embedded {summary.embedded} now{ranks}{speed}{resumed}"
+        f"{unreadable}"
     )
+    return 0
+
+
+def run_delete(args: argparse.Namespace, target) -> int:
+    from agman.retrieval.targets import open_writer
+
+    writer = open_writer(target)
+    try:
+        deleted = writer.delete(args.delete)
+        print(f"index {writer.location}: deleted {deleted} items; {writer.searchable()} remain")
+    finally:
+        writer.close()
     return 0
 
 
 # --------------------------------------------------------------------------- search
 def run_query(retriever, args: argparse.Namespace, attributes, k: int):
+    flags = {"exclude_self": args.exclude_self, "annotated_only": args.annotated_only,
+             "filter": getattr(args, "filter", None)}
     if args.item is not None:
-        return retriever.search_item(
-            args.item, attributes, k, exclude_self=args.exclude_self, annotated_only=args.annotated_only
-        )
-    return retriever.search(
-        args.image, attributes, k, exclude_self=args.exclude_self, annotated_only=args.annotated_only
-    )
+        return retriever.search_item(args.item, attributes, k, **flags)
+    return retriever.search(args.image, attributes, k, **flags)
 
 
 def query_image(retriever, args: argparse.Namespace):
-    from agman.retrieval.search import load_query_image
+    """The query as a picture: the catalog item's image or the image file, loaded once."""
+    from agman.retrieval.query import load_query_image
 
     return retriever.item_image(args.item) if args.item is not None else load_query_image(args.image)
 
 
 def grid_results(retriever, result):
-    from agman.retrieval.search import load_query_image
+    from agman.retrieval.query import load_query_image
 
     return [(load_query_image(h.path), h.score, h.correct) for h in result.hits]
 
@@ -260,7 +382,7 @@ def run_search(args: argparse.Namespace) -> int:
         image = query_image(retriever, args)
         result_grid(image, grid_results(retriever, result), title=title).save(args.grid)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False))
+        print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False, allow_nan=False))  # strict JSON
         return 0
     print(format_table(result))
     if args.grid:
@@ -272,6 +394,8 @@ def format_table(result) -> str:
     names = list(result.weights)
     head = f"query {result.query_id or '(image)'}: " + ", ".join(f"{n}:{w:g}" for n, w in result.weights.items())
     head += f"; {len(result.hits)} of {result.candidates} items ({'exact' if result.exact else 'approximate'})"
+    if result.filter:
+        head += f" matching {result.filter}"
     lines = [head]
     cols = ["rank", "score"] + ([f"{n}" for n in names] if len(names) > 1 else []) + ["match", "id"]
     lines.append("  ".join(cols))
@@ -288,15 +412,12 @@ def format_table(result) -> str:
 
 # --------------------------------------------------------------------------- pictures
 def run_attention(args: argparse.Namespace) -> int:
-    from agman.retrieval.search import load_query_image
-
-    retriever = open_retriever(args)
-    image = retriever.item(args.item).path if args.item is not None else args.image
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
-    overlay = retriever.attention_image(load_query_image(image), args.attribute, alpha=args.alpha)
+    retriever = open_retriever(args)
+    overlay = retriever.attention_image(query_image(retriever, args), args.attribute, alpha=args.alpha)
     if overlay is None:
-        raise CLIError(f"model {retriever.index.meta['model_name']!r} has no spatial attention map")
+        raise CLIError(f"model {retriever.info.model_name!r} has no spatial attention map")
     overlay.save(args.out)
     print(f"attention of {args.attribute}: {args.out}")
     return 0
@@ -314,7 +435,7 @@ def run_compare(args: argparse.Namespace) -> int:
         retriever = open_retriever(args, index_dir)
         result = run_query(retriever, args, args.attribute, args.k)
         weights = result.weights
-        name = args.name[i] if args.name else f"{retriever.index.meta['model_name']} ({Path(index_dir).name})"
+        name = args.name[i] if args.name else f"{retriever.info.model_name} ({Path(index_dir).name})"
         if name in rows:
             name = f"{name} #{i + 1}"
         rows[name] = grid_results(retriever, result)

@@ -2,55 +2,114 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+TOKEN_ENV = "AGMAN_TOKEN"
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535 (0: any free port), got {value}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def register(subparsers) -> None:
-    from agman.service.app import (
-        DEFAULT_MAX_K,
-        DEFAULT_MAX_PIXELS,
-        DEFAULT_MAX_UPLOAD_BYTES,
-        DEFAULT_QUERY_CACHE,
+    from agman.cli.retrieval import (
+        add_index_location,
+        add_model_options,
+        add_search_tuning,
+        add_verify_option,
+        positive_int,
     )
+    from agman.service.limits import SERVE_OPTIONS, ServiceLimits
 
     p = subparsers.add_parser(
         "serve",
         help="serve an index over HTTP: POST /search, GET /attention, the web page at /, docs at /docs",
         description="Load the index and its checkpoint once, then serve searches by uploaded image or "
-        "catalog item, attention heatmaps and a web page.",
+        "catalog item, attention heatmaps and a web page.  Every limit is described in docs/retrieval.md "
+        "(Limits and security).",
     )
-    p.add_argument("--index", required=True, help="index folder built by `agman index`")
-    p.add_argument("--checkpoint", help="checkpoint (default: the one recorded when the index was built)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K, help=f"largest k a request may ask (default {DEFAULT_MAX_K})")
-    p.add_argument(
-        "--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20, help="upload size limit in MiB (default 10)"
-    )
-    p.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"decoded image size limit (default {DEFAULT_MAX_PIXELS})"
-    )
-    p.add_argument("--query-cache", type=int, default=DEFAULT_QUERY_CACHE, help="uploaded queries kept for /attention")
-    p.add_argument("--nprobe", type=int, help="IVF cells searched (approximate indexes)")
-    p.add_argument("--ef-search", type=int, help="HNSW search breadth")
-    p.add_argument("--rerank", type=int, help="approximate: shortlist k x RERANK, re-scored exactly")
+    add_index_location(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs a token or --insecure-no-token)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0: any free port)")
+    add_model_options(p)
+    add_verify_option(p, "full")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch threads for the model (default: torch's, one per core); 1 keeps a busy machine's "
+                   "cores from waiting on each other")
+    catalog = p.add_argument_group("a catalog that changes")
+    catalog.add_argument("--reload-seconds", type=float, default=2.0,
+                         help="check the index for changes (agman index --add/--update/--delete) this often and "
+                         "serve them without a restart (default 2; 0: never)")
+    catalog.add_argument("--writable", action="store_true",
+                         help="allow DELETE /items/{id} and PUT /items/{id} (re-index an item) through the service")
+    add_search_tuning(p)
+    limits = p.add_argument_group("limits (docs/retrieval.md, Limits and security)")
+    defaults = ServiceLimits()
+    for option, name, unit, what in SERVE_OPTIONS:
+        default = getattr(defaults, name) / unit
+        limits.add_argument(option, dest=name, type=positive_number, default=default, metavar="N",
+                            help=f"{what} (default {default:g})")
+    guard = p.add_argument_group("serving beyond localhost")
+    guard.add_argument("--token", default=None,
+                       help=f"bearer token every request must carry (default: ${TOKEN_ENV}, which keeps it out of "
+                       "the process list); required for a non-loopback --host")
+    guard.add_argument("--insecure-no-token", action="store_true",
+                       help="serve a non-loopback --host without a token (a trusted network, or a proxy that "
+                       "authenticates)")
+    guard.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host header name to accept besides the bound address and localhost (repeat; "
+                       "'*' accepts any; '*.example.com' a domain)")
+    guard.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                       help="proxies whose X-Forwarded-For/-Proto headers are trusted (default 127.0.0.1)")
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from agman.cli import CLIError
     from agman.cli.retrieval import open_retriever
-    from agman.service.app import ServiceLimits, create_app
+    from agman.service.app import create_app
+    from agman.service.limits import SERVE_OPTIONS, ServiceLimits
+    from agman.service.server import check_exposure, default_allowed_hosts, listen, serve
 
-    limits = ServiceLimits(
-        max_k=args.max_k,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_pixels=args.max_pixels,
-        query_cache=args.query_cache,
-    )
-    retriever = open_retriever(args, load_model=True)
-    app = create_app(retriever, limits=limits)
-    print(f"serving {args.index} ({len(retriever)} items) on http://{args.host}:{args.port}/  (docs: /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    check_exposure(args.host, token, args.insecure_no_token)
+    limits = ServiceLimits(**{name: round(getattr(args, name) * unit) if unit > 1 else getattr(args, name)
+                              for _, name, unit, _ in SERVE_OPTIONS})
+    if args.reload_seconds < 0:
+        raise CLIError(f"--reload-seconds must be 0 (never) or more, got {args.reload_seconds}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    sock = listen(args.host, args.port)  # first: a busy port fails at once, before loading or announcing
+    try:
+        retriever = open_retriever(args, load_model=True, load_index=True)  # a damaged index stops here
+        allowed = None if "*" in args.allowed_host else default_allowed_hosts(args.host, args.allowed_host)
+        app = create_app(retriever, limits=limits, token=token, allowed_hosts=allowed,
+                         reload_seconds=args.reload_seconds, writable=args.writable)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        auth = "token required" if token else "no token"
+        print(f"serving {args.index} ({len(retriever)} items) on http://{shown}:{port}/  (docs: /docs; {auth})",
+              flush=True)
+        serve(app, sock, limits, forwarded_allow_ips=args.forwarded_allow_ips)
+    finally:
+        sock.close()
     return 0

@@ -17,13 +17,16 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
+    from agman.engine.compose import describe
+
     tr = subparsers.add_parser(
         "train", help="train a model from a config (configs/<dataset>/<model>.yaml)",
         description="Train from a YAML config plus KEY=VALUE overrides. The run folder (output.dir, "
                     "default runs/<dataset>-<model>) receives config.yaml, best.pt, last.pt, log.csv, "
-                    "curves.png and TensorBoard logs. Works under torchrun (DDP).",
+                    "curves.png and TensorBoard logs. Works under torchrun (DDP). Configs: " + describe(),
     )
-    tr.add_argument("--config", help="config file (resolved against the working directory, then the packaged configs)")
+    tr.add_argument("--config", help="DATASET/MODEL or a config file (resolved against the working directory, then "
+                                     "the packaged configs; configs/fashionai/agman.yaml works too)")
     tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_OR_CHECKPOINT",
                     help="continue the run exactly: with no value the config's run folder; or a run folder / last.pt "
                          "(then --config may be left out)")
@@ -54,7 +57,8 @@ def register(subparsers) -> None:
                     "AttnFashion, AG-MAN), hierarchy (hierarchical x classification), aga (each of ASA/SA/ACA/CA "
                     "off). Runs that finished are reused, so an interrupted ablation continues.",
     )
-    ab.add_argument("--config", required=True, help="a config of the dataset folder, e.g. configs/synthetic/agman.yaml")
+    ab.add_argument("--config", required=True, help="a config of the dataset, e.g. configs/synthetic/agman.yaml "
+                                                    "(each model of the grid is composed with the same dataset)")
     ab.add_argument("--grid", default="models,hierarchy,aga", help="comma-separated grids (default all three)")
     ab.add_argument("--quick", action="store_true", help="short schedule (see docs/training.md)")
     ab.add_argument("--split", default="test", help="split to report (default test)")
@@ -63,36 +67,36 @@ def register(subparsers) -> None:
     ab.set_defaults(func=run_ablate)
 
 
-def _config_from_args(args: argparse.Namespace) -> dict:
+def _config_and_resume(args: argparse.Namespace):
+    """The run's config and the checkpoint ``--resume`` names (None for a fresh run)."""
     from agman.engine.checkpoint import load_checkpoint
     from agman.engine.config import from_dict, load_config
+    from agman.engine.train import find_resume
 
     overrides = list(args.overrides)
-    if getattr(args, "out", None):
+    if args.out:
         overrides.append(f"output.dir={args.out}")
-    if getattr(args, "no_progress", False):
+    if args.no_progress:
         overrides.append("output.progress=false")
     if args.config:
-        return load_config(args.config, overrides)
+        config = load_config(args.config, overrides)
+        return config, find_resume(args.resume, config.run_dir)
     if args.resume and args.resume is not True:
-        path = Path(args.resume)
-        path = path / "last.pt" if path.is_dir() else path
+        path = find_resume(args.resume, Path("."))
         saved = load_checkpoint(path).get("config") or {}
         if not saved:
             raise CLIError(f"{path} carries no config; pass --config")
         saved = {k: v for k, v in saved.items() if k != "overrides"}
-        run_dir = path.parent.as_posix()
-        return from_dict(saved, [f"output.dir={run_dir}", *overrides], source=str(path))
-    raise CLIError("give --config FILE (or --resume RUN_FOLDER)")
+        return from_dict(saved, [f"output.dir={path.parent.as_posix()}", *overrides], source=str(path)), path
+    raise CLIError("give --config DATASET/MODEL or FILE (or --resume RUN_FOLDER)")
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from agman.engine.distributed import env_world
     from agman.engine.train import train
 
-    config = _config_from_args(args)
-    result = train(config, resume=args.resume, overwrite=args.force)
-    from agman.engine.distributed import env_world
-
+    config, resume = _config_and_resume(args)
+    result = train(config, resume=resume or False, overwrite=args.force)
     if env_world()[0] != 0:
         return 0
     if result.interrupted:

@@ -1,7 +1,10 @@
-"""Torch datasets over a DatasetSpec split: single images (evaluation, indexing) and triplets (training)."""
+"""Torch datasets over a DatasetSpec split: single images (evaluation, indexing) and triplets (training).
+
+Images are decoded by :func:`agman.data.decode.decode_image` (bounded memory, every decoder failure an
+:class:`ImageLoadError` naming the file); ``load_image`` and the errors are re-exported here.
+"""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,34 +12,40 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from agman.errors import AgmanError
+from agman.data.decode import (
+    DEFAULT_LIMITS,
+    ImageLimits,
+    ImageLoadError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    decode_image,
+)
+
+__all__ = [
+    "ImageListDataset",
+    "ImageLimits",
+    "ImageLoadError",
+    "ImageNotFoundError",
+    "ImageTooLargeError",
+    "TripletImageDataset",
+    "decode_image",
+    "load_image",
+]
 
 
-class ImageLoadError(AgmanError, RuntimeError):
-    """An image file is missing or cannot be decoded; the message names its path."""
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open ``path`` as RGB, turning any decoder failure into an ImageLoadError naming the file."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                return im.convert("RGB")
-    except FileNotFoundError:
-        raise ImageLoadError(f"image file not found: {path}") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(f"cannot read image {path}: {exc}") from None
+def load_image(path: str | Path, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Open the image file ``path`` as RGB within ``limits`` (see :func:`agman.data.decode.decode_image`)."""
+    return decode_image(Path(path), limits)
 
 
 class ImageListDataset(Dataset):
     """Images by path (absolute, or relative to ``root``): yields ``(tensor, index)``."""
 
-    def __init__(self, paths: list[str], root: str | Path | None, transform):
+    def __init__(self, paths: list[str], root: str | Path | None, transform, limits: ImageLimits = DEFAULT_LIMITS):
         self.paths = paths
         self.root = Path(root) if root is not None else None
         self.transform = transform
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,7 +55,7 @@ class ImageListDataset(Dataset):
         return p if self.root is None else self.root / p
 
     def __getitem__(self, index: int):
-        return self.transform(load_image(self.path(index))), index
+        return self.transform(load_image(self.path(index), self.limits)), index
 
 
 class TripletImageDataset(Dataset):

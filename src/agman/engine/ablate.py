@@ -3,7 +3,8 @@
 Grids (``GRIDS``):
 
 * ``models``     — Tables 2–3: CSN, ASENet_V2, AttnFashion and AG-MAN, each from the config of
-                   the same name in the given config's folder (``configs/<dataset>/<model>.yaml``);
+                   the same name beside the given one (``configs/<dataset>/<model>.yaml``: the
+                   dataset composed with each model, :func:`agman.engine.compose.sibling`);
 * ``hierarchy``  — Tables 5–6: hierarchical feature x classification loss;
 * ``aga``        — Tables 7–8: AG-MAN without ASA, SA, ACA or CA, and with all four.
 
@@ -20,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agman.engine.config import load_config
+from agman.engine.compose import sibling
+from agman.engine.config import RunConfig, load_config
 from agman.engine.evaluate import evaluate_checkpoint
 from agman.engine.report import write_report_tables
 from agman.engine.train import train
@@ -124,12 +126,9 @@ def run_ablation(
     split: str = "test",
 ) -> AblationResult:
     """Train and evaluate every run the grids need; write ``ablation.{md,csv}`` (all rows) and one
-    table per grid into ``out_dir``.  ``config_path`` is any config of the dataset folder (its
-    siblings ``<model>.yaml`` are used); ``overrides`` apply to every run (after ``--quick``'s)."""
-    from agman.engine.config import resolve_config_path
-
+    table per grid into ``out_dir``.  ``config_path`` is any config of the dataset (the runs use
+    its siblings ``<model>.yaml``); ``overrides`` apply to every run (after ``--quick``'s)."""
     start = time.perf_counter()
-    folder = resolve_config_path(config_path).parent
     out = Path(out_dir)
     per_grid, runs = plan(list(grids))
     extra = list(QUICK if quick else ()) + list(overrides)
@@ -145,13 +144,14 @@ def run_ablation(
             log.info("[%d/%d] %s: done before (score %.4f)", i, len(runs), v.name, metrics[v.name]["score"])
             continue
         t0 = time.perf_counter()
-        config = load_config(folder / f"{v.model_file}.yaml", [*extra, *v.overrides, f"output.dir={run_dir.as_posix()}",
-                                                              f"warmup.dir={(out / 'warmup').as_posix()}"])
+        config = load_config(sibling(config_path, v.model_file),
+                             [*extra, *v.overrides, f"output.dir={run_dir.as_posix()}",
+                              f"warmup.dir={(out / 'warmup').as_posix()}"])
         log.info("[%d/%d] training %s (%s)", i, len(runs), v.name, " ".join(v.overrides) or "as configured")
         resume = (run_dir / "last.pt").is_file()
         result = train(config, resume=resume, overwrite=True)
         evaluation, info = evaluate_checkpoint(result.best_path or result.last_path, split,
-                                               device=_device(config), batch_size=int(config["eval"]["batch_size"]))
+                                               device=_device(config), batch_size=config.eval.batch_size)
         metrics[v.name] = evaluation.to_dict()
         attribute_names = info.attribute_names
         seconds[v.name] = time.perf_counter() - t0
@@ -177,7 +177,7 @@ def _row_label(v: Variant, variants: list[Variant]) -> str:
     return v.label if labels.count(v.label) == 1 else v.name
 
 
-def _device(config: dict) -> str:
+def _device(config: RunConfig) -> str:
     from agman.engine.distributed import pick_device
 
-    return str(pick_device(config["train"]["device"]))
+    return str(pick_device(config.train.device))

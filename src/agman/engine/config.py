@@ -1,8 +1,8 @@
-"""Run configs: YAML files with ``base:`` inheritance, ``key=value`` overrides, validation.
+"""Run configs: one typed dataclass per section; every key's type, default and bound is declared here.
 
-A config has seven sections (see :data:`DEFAULTS` for every key and its default)::
+A config has seven sections::
 
-    model:   name + the model's keyword arguments (build_model(name, n, **rest)); pretrained
+    model:   name + the model's own options (build_model(name, n, **options)), pretrained
     data:    where the dataset is and how images are prepared
     warmup:  optional backbone warm-up on the train split's values (offline stand-in for ImageNet)
     train:   optimisation, schedule, devices, speed switches
@@ -10,375 +10,429 @@ A config has seven sections (see :data:`DEFAULTS` for every key and its default)
     eval:    validation split, Recall/Precision cut-offs
     output:  run folder and logging
 
-A file may name others with ``base: <path relative to the file>`` (or a list of paths, merged left to
-right); their keys are merged under the file's own (nested dicts merge, other values replace).  Every key is checked against the schema;
-an unknown key or a value of the wrong type raises :class:`ConfigError` naming the key and the file
-(or the override).  ``model`` keys are checked against the named model's options.
+**How a key is validated** (all of it in this file): its section's dataclass field gives its type
+(OmegaConf structured configs check it while merging: ``train.epochs=abc`` or an unknown
+``train.lrr`` stop there) and, through :func:`setting`, its bound (``at_least``) or its
+``choices``, checked by :func:`_check_bounds`.  The free-form ``model`` section is checked once,
+against the named model's own option table (``AttributeModel.resolve_options``), by building the
+model on the meta device.  Every error is a :class:`ConfigError` naming the key and the file or
+override it came from.
+
+Where the YAML comes from (a file and its ``base:`` chain, or a dataset and a model composed by
+name, e.g. ``configs/fashionai/agman.yaml``) is :mod:`agman.engine.compose`; overrides are
+``section.key=value`` items with YAML values (a bare ``key`` where only one section has it).
+The engine reads typed attributes (``cfg.train.batch_size``) and never re-casts them.
 """
 from __future__ import annotations
 
 import copy
-from importlib import resources
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from agman.errors import UsageError
+from agman.data import synthetic as synthetic_set
+from agman.engine.compose import ConfigError, config_layers
+from agman.fileio import atomic_write_text
 
-PACKAGED_PREFIX = "configs"
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {"name": "agman", "pretrained": "none"},
-    "data": {
-        "root": None,  # dataset folder, relative to the working directory
-        "dataset": None,  # sub-folder / meta.json key (e.g. FashionAI)
-        "layout": None,  # asen | csn | csv (auto-detected)
-        "meta": None,
-        "yaml": None,
-        "image_root": None,
-        "input_size": 224,
-        "crop_ratio": 0.875,  # resize to input_size / crop_ratio, centre-crop input_size
-        "synthetic": None,  # {images, size, seed, mode}: generate the synthetic set at root if absent
-    },
-    "warmup": {  # agman.engine.pretrain: used when epochs > 0 and model.pretrained is none
-        "epochs": 0,
-        "batch_size": 64,  # images per step
-        "lr": 1e-3,  # Adam
-        "dir": None,  # folder for the trunk file (default: the run folder); runs may share one
-    },
-    "train": {
-        "epochs": 50,
-        "triplets_per_epoch": 100_000,
-        "batch_size": 16,  # triplets per step (per process under DDP)
-        "optimizer": "adam",
-        "lr": 1e-4,
-        "weight_decay": 0.0,
-        "lr_step": 3,  # StepLR step size in epochs
-        "lr_gamma": 0.9,
-        "grad_clip": 0.0,  # max gradient norm; 0 = off
-        "seed": 0,
-        "device": "auto",  # auto | cpu | cuda | cuda:N
-        "amp": "auto",  # auto (bf16 on GPU, off on CPU) | bf16 | none
-        "channels_last": "auto",  # auto (on GPU) | true | false
-        "compile": False,  # torch.compile the model
-        "workers": 4,  # DataLoader worker processes
-        "pin_memory": "auto",
-        "persistent_workers": True,
-        "prefetch_factor": 2,
-        "checkpoint_every_steps": 0,  # also write last.pt every N steps (0: once per epoch)
-        "max_steps_per_epoch": 0,  # cap on steps per epoch (0: all triplets)
-        "threads": 0,  # torch CPU threads (0: torch's default)
-        "ddp_backend": "auto",  # nccl on GPU, gloo on CPU
-        "sync_bn": False,
-        "find_unused_parameters": False,
-    },
-    "loss": {
-        "margin": 0.2,
-        "classification": True,  # Eq. 7 (only where the model has the branch)
-        "weighting": "dynamic",  # dynamic (Eq. 9) | uncertainty | fixed
-        "weight_init": 0.0,  # w0, w1 at start (paper 0; released code 1)
-        "weights": {},  # fixed weights per term: {classification: 1.0, triplet: 1.0}
-        "mask_l1": 0.0,  # CSN mask L1 coefficient (5e-4 in CSN)
-        "embed_l2": 0.0,  # CSN embedding L2 coefficient (5e-3 in CSN)
-    },
-    "eval": {
-        "split": "valid",  # model selection split
-        "every": 1,  # validate every k epochs (and after the last)
-        "batch_size": 64,
-        "ks": [1, 5, 10, 50],
-        "margin": None,  # TR average loss margin (default: loss.margin)
-    },
-    "output": {
-        "dir": None,  # run folder (default runs/<config folder>-<config name>)
-        "tensorboard": True,
-        "log_every": 20,  # steps between TensorBoard points
-        "progress": True,
-    },
-}
+def setting(default: Any, *, at_least: float | None = None, choices: tuple | None = None):
+    """A config key: its default, and what it may hold beyond its type (checked by :func:`_check_bounds`)."""
+    meta = {"at_least": at_least, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
-#: Top-level keys a resolved config carries for the record (where it came from), not settings.
+
+# --------------------------------------------------------------------------- the sections
+@dataclass
+class ModelConfig:
+    """``model``: the model's ``name`` and its own options (``backbone``, ``pretrained``,
+    ``embedding_dim``, ...), written flat in YAML (``model: {name: agman, backbone: resnet50}``)."""
+
+    name: str = "agman"
+    options: dict[str, Any] = field(default_factory=lambda: {"pretrained": "none"})
+
+    def option(self, key: str) -> Any:
+        """The value the model uses for option ``key`` (its default when the config leaves it out)."""
+        from agman.models.registry import option
+
+        return option(self.name, self.options, key)
+
+    def build(self, n_attributes: int, **replace: Any):
+        """The model this section describes; ``replace`` overrides options (the warm-up trunk as ``pretrained``)."""
+        from agman.models.registry import build_model
+
+        return build_model(self.name, n_attributes, **{**self.options, **replace})
+
+
+@dataclass
+class SyntheticConfig:
+    """``data.synthetic``: render agman's synthetic set at ``data.root`` when that folder is absent
+    or empty (:func:`agman.data.source.open_data`; an existing dataset is never overwritten)."""
+
+    images: int = setting(synthetic_set.DEFAULT_IMAGES, at_least=1)
+    size: int = synthetic_set.DEFAULT_SIZE  # pixels; the generator names its own minimum
+    seed: int = 0
+    mode: str = setting("all", choices=synthetic_set.MODES)
+    workers: int = setting(2, at_least=1)  # rendering processes (the bytes do not depend on it)
+
+
+@dataclass
+class DataConfig:
+    """``data``: where the dataset is and how images are prepared."""
+
+    root: Optional[str] = None  # dataset folder, relative to the working directory
+    dataset: Optional[str] = None  # sub-folder / meta.json key (e.g. FashionAI)
+    layout: Optional[str] = setting(None, choices=(None, "asen", "csn", "csv"))  # None: auto-detected
+    meta: Optional[str] = None
+    yaml: Optional[str] = None
+    image_root: Optional[str] = None
+    input_size: int = setting(224, at_least=16)
+    crop_ratio: float = 0.875  # resize to input_size / crop_ratio, centre-crop input_size
+    synthetic: Optional[SyntheticConfig] = None
+
+    def open(self, progress: bool = False):
+        """The dataset this section describes (:func:`agman.data.source.open_data`)."""
+        from dataclasses import asdict
+
+        from agman.data.source import open_data
+
+        return open_data(self.root, dataset=self.dataset, layout=self.layout, meta=self.meta, yaml_config=self.yaml,
+                         image_root=self.image_root, progress=progress,
+                         synthetic=asdict(self.synthetic) if self.synthetic is not None else None)
+
+
+@dataclass
+class WarmupConfig:
+    """``warmup`` (:mod:`agman.engine.pretrain`): used when ``epochs`` > 0 and ``model.pretrained`` is none."""
+
+    epochs: int = setting(0, at_least=0)
+    batch_size: int = setting(64, at_least=1)  # images per step
+    lr: float = setting(1e-3, at_least=0)  # Adam
+    dir: Optional[str] = None  # folder for the trunk file (default: the run folder); runs may share one
+
+
+Switch = Union[str, bool]  # 'auto' (on for GPU) | true | false
+
+
+def _on(value: Switch, device) -> bool:
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
+@dataclass
+class TrainConfig:
+    """``train``: optimisation, schedule, devices and speed switches."""
+
+    epochs: int = setting(50, at_least=1)
+    triplets_per_epoch: int = setting(100_000, at_least=1)
+    batch_size: int = setting(16, at_least=1)  # triplets per step (per process under DDP)
+    optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
+    lr: float = setting(1e-4, at_least=0)
+    weight_decay: float = setting(0.0, at_least=0)
+    lr_step: int = setting(3, at_least=1)  # StepLR step size in epochs
+    lr_gamma: float = setting(0.9, at_least=0)
+    grad_clip: float = setting(0.0, at_least=0)  # max gradient norm; 0 = off
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = setting("auto", choices=("auto", "bf16", "none"))  # auto: bf16 on GPU, off on CPU
+    # true: also on CPU, where the fp32 step is 1.29x faster (bench/train_step.py); auto: GPU only
+    channels_last: Switch = setting(True, choices=("auto", True, False))
+    compile: bool = False  # torch.compile the model
+    workers: int = setting(4, at_least=0)  # DataLoader worker processes
+    pin_memory: Switch = setting("auto", choices=("auto", True, False))
+    persistent_workers: bool = True
+    prefetch_factor: int = setting(2, at_least=1)
+    checkpoint_every_steps: int = setting(0, at_least=0)  # also write last.pt every N steps (0: once per epoch)
+    max_steps_per_epoch: int = setting(0, at_least=0)  # cap on steps per epoch (0: all triplets)
+    threads: int = setting(0, at_least=0)  # torch CPU threads (0: torch's default)
+    ddp_backend: str = setting("auto", choices=("auto", "nccl", "gloo"))  # auto: nccl on GPU, gloo on CPU
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
+
+    def uses_amp(self, device) -> bool:
+        """bf16 autocast: when asked (``bf16``), or by default (``auto``) on GPU."""
+        return self.amp == "bf16" or (self.amp == "auto" and device.type == "cuda")
+
+    def uses_channels_last(self, device) -> bool:
+        return _on(self.channels_last, device)
+
+    def uses_pin_memory(self, device) -> bool:
+        return _on(self.pin_memory, device)
+
+
+@dataclass
+class LossConfig:
+    """``loss`` (:mod:`agman.engine.losses`)."""
+
+    margin: float = setting(0.2, at_least=0)
+    classification: bool = True  # Eq. 7 (only where the model has the branch)
+    weighting: str = setting("dynamic", choices=("dynamic", "uncertainty", "fixed"))  # dynamic: Eq. 9
+    weight_init: float = 0.0  # w0, w1 at start (paper 0; released code 1)
+    weights: dict[str, float] = setting({})  # fixed weights per term: {classification: 1.0, triplet: 1.0}
+    mask_l1: float = setting(0.0, at_least=0)  # CSN mask L1 coefficient (5e-4 in CSN)
+    embed_l2: float = setting(0.0, at_least=0)  # CSN embedding L2 coefficient (5e-3 in CSN)
+
+
+@dataclass
+class EvalConfig:
+    """``eval``: model selection during training."""
+
+    split: str = "valid"  # model selection split
+    every: int = setting(1, at_least=1)  # validate every k epochs (and after the last)
+    batch_size: int = setting(64, at_least=1)
+    ks: list[int] = setting([1, 5, 10, 50])
+    margin: Optional[float] = None  # TR average loss margin (default: loss.margin)
+
+
+@dataclass
+class OutputConfig:
+    """``output``: the run folder and logging."""
+
+    dir: Optional[str] = None  # run folder (default runs/<config folder>-<config name>)
+    tensorboard: bool = True
+    log_every: int = setting(20, at_least=1)  # steps between TensorBoard points
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A resolved, validated config.  ``config_path`` and ``overrides`` record where it came from."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    config_path: Optional[str] = None
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def eval_margin(self) -> float:
+        """The margin of the TR average loss: ``eval.margin``, else ``loss.margin``."""
+        return self.eval.margin if self.eval.margin is not None else self.loss.margin
+
+    @property
+    def run_dir(self) -> Path:
+        """``output.dir``, else ``runs/<config folder>-<config name>``."""
+        if self.output.dir:
+            return Path(self.output.dir)
+        p = Path(self.config_path or "run.yaml")
+        return Path("runs") / f"{p.parent.name}-{p.stem}" if p.parent.name else Path("runs") / p.stem
+
+    def to_dict(self) -> dict:
+        """Plain types, ``model`` written flat: what ``config.yaml`` and checkpoints hold (:func:`from_dict` input)."""
+        out = {s: OmegaConf.to_container(OmegaConf.structured(getattr(self, s))) for s in SECTIONS}
+        out["model"] = {"name": self.model.name, **copy.deepcopy(self.model.options)}
+        return {**out, "config_path": self.config_path, "overrides": list(self.overrides)}
+
+
+SECTIONS = ("model", "data", "warmup", "train", "loss", "eval", "output")
+#: Top-level keys a saved config carries for the record (where it came from), not settings.
 RECORD_KEYS = ("config_path", "overrides")
 
-#: Keys whose values are free-form dicts (not checked key by key).
-FREE_DICTS = {("data", "synthetic"), ("loss", "weights")}
 
-CHOICES = {
-    ("data", "layout"): (None, "asen", "csn", "csv"),
-    ("train", "optimizer"): ("adam", "adamw", "sgd"),
-    ("train", "amp"): ("auto", "bf16", "none"),
-    ("train", "channels_last"): ("auto", True, False),
-    ("train", "pin_memory"): ("auto", True, False),
-    ("train", "ddp_backend"): ("auto", "nccl", "gloo"),
-    ("loss", "weighting"): ("dynamic", "uncertainty", "fixed"),
-}
-AT_LEAST_ONE = {
-    ("train", "epochs"), ("train", "triplets_per_epoch"), ("train", "batch_size"), ("train", "lr_step"),
-    ("eval", "every"), ("eval", "batch_size"), ("output", "log_every"), ("train", "prefetch_factor"),
-    ("warmup", "batch_size"),
-}
-NON_NEGATIVE = {
-    ("train", "workers"), ("train", "checkpoint_every_steps"), ("train", "max_steps_per_epoch"),
-    ("train", "threads"), ("train", "lr"), ("train", "weight_decay"), ("train", "grad_clip"),
-    ("loss", "margin"), ("loss", "mask_l1"), ("loss", "embed_l2"), ("train", "lr_gamma"),
-    ("warmup", "epochs"), ("warmup", "lr"),
-}
+# --------------------------------------------------------------------------- checking
+def _check_bounds(obj: Any, prefix: str, where: str) -> None:
+    for f in fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}.{f.name}"
+        if is_dataclass(value):
+            _check_bounds(value, key, where)
+            continue
+        choices, at_least = f.metadata.get("choices"), f.metadata.get("at_least")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        if at_least is not None and value is not None and value < at_least:
+            bound = "must not be negative" if at_least == 0 else f"must be at least {at_least}"
+            raise ConfigError(f"{where}: {key} {bound}, got {value!r}")
 
 
-class ConfigError(UsageError, ValueError):
-    """A config file or override is wrong; the message names the key and where it came from."""
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
-# --------------------------------------------------------------------------- locating files
-def packaged_config_dir() -> Path:
-    return Path(str(resources.files("agman") / "configs"))
-
-
-def resolve_config_path(path: str | Path) -> Path:
-    """``path`` as given (relative to the working directory) if it exists, else the same path
-    inside the installed package's configs (``configs/fashionai/agman.yaml`` and
-    ``fashionai/agman.yaml`` both work; ``.yaml`` may be left out)."""
-    p = Path(path)
-    candidates = [p, p.with_suffix(".yaml")] if p.suffix != ".yaml" else [p]
-    for c in candidates:
-        if c.is_file():
-            return c
-    parts = p.parts[1:] if p.parts and p.parts[0] == PACKAGED_PREFIX else p.parts
-    if parts and not p.is_absolute():
-        base = packaged_config_dir().joinpath(*parts)
-        for c in ([base, base.with_suffix(".yaml")] if base.suffix != ".yaml" else [base]):
-            if c.is_file():
-                return c
-    raise ConfigError(f"config file not found: {path} (packaged configs: {', '.join(list_configs())})")
-
-
-def list_configs() -> list[str]:
-    """Packaged configs as ``configs/<dataset>/<name>.yaml`` (names starting with ``_`` are bases)."""
-    root = packaged_config_dir()
-    return sorted(
-        f"{PACKAGED_PREFIX}/{p.relative_to(root).as_posix()}"
-        for p in root.rglob("*.yaml")
-        if not any(part.startswith("_") for part in p.relative_to(root).parts)
-    )
-
-
-# --------------------------------------------------------------------------- loading
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def merge(base: dict, update: dict) -> dict:
-    """Nested merge: dicts merge key by key, everything else in ``update`` replaces."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+def _field_type(path: list[str]) -> Any:
+    """The annotation of the key at ``path`` (``eval.ks[0]``: an element; None off the declared keys)."""
+    kind: Any = RunConfig
+    for part in path:
+        name, _, index = part.partition("[")
+        kind = _strip_optional(kind)
+        if typing.get_origin(kind) is dict:
+            kind = typing.get_args(kind)[1]
+        elif isinstance(kind, type) and is_dataclass(kind) and name in _hints(kind):
+            kind = _hints(kind)[name]
         else:
-            out[key] = copy.deepcopy(value)
-    return out
+            return None
+        if index and typing.get_origin(kind) is list:
+            kind = typing.get_args(kind)[0]
+    return kind
 
 
-def _load_chain(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' inheritance loops through {', '.join(str(s) for s in seen)}")
-    data = _read_yaml(path)
-    bases = data.pop("base", None)
-    for key in RECORD_KEYS:  # a run's saved config.yaml records these; they are not settings
-        data.pop(key, None)
-    _validate(data, str(path))
-    if bases is None:
-        return data
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: 'base' must be a file name or a list of file names, got {bases!r}")
-    merged: dict = {}
-    for name in bases:
-        base_path = path.parent / name
-        if not base_path.is_file():
-            raise ConfigError(f"{path}: base config not found: {base_path}")
-        merged = merge(merged, _load_chain(base_path, seen + (path,)))
-    return merge(merged, data)
+def _strip_optional(kind: Any) -> Any:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) is Union and len(args) == 1 else kind
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """The resolved config: defaults <- base chain <- file <- overrides, validated.
-
-    The result carries ``config_path`` (the file read) and ``overrides`` (as given) for the record.
-    """
-    file = resolve_config_path(path)
-    config = merge(DEFAULTS, _load_chain(file))
-    config = apply_overrides(config, overrides, source=str(path))
-    config["config_path"] = str(file)
-    config["overrides"] = list(overrides)
-    validate_model(config, str(file))
-    return config
+def _words(kind: Any) -> str:
+    optional = typing.get_origin(kind) is Union and type(None) in typing.get_args(kind)
+    kind = _strip_optional(kind)
+    base = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind)
+    if base is None:
+        origin = typing.get_origin(kind)
+        base = ("a list" if origin is list else "a mapping" if origin is dict or is_dataclass(kind)
+                else "'auto', true or false" if kind == Switch else str(kind))
+    return base + (" (or null)" if optional else "")
 
 
-def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> dict:
-    """A config from an in-memory dict (tests, ablation variants), merged over the defaults."""
-    data = dict(data)
-    data.pop("base", None)
-    extra = {k: data.pop(k) for k in RECORD_KEYS if k in data}
-    _validate(data, source)
-    config = apply_overrides(merge(DEFAULTS, data), overrides, source=source)
-    config.update({"config_path": extra.get("config_path", source), "overrides": list(extra.get("overrides", [])) + list(overrides)})
-    validate_model(config, source)
-    return config
+def _known(path: list[str]) -> str:
+    kind = _strip_optional(_field_type(path)) if path else RunConfig
+    return ", ".join(f.name for f in fields(kind)) if is_dataclass(kind) else ""
 
 
-# --------------------------------------------------------------------------- validation
-def _type_name(default: Any) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}[type(default)]
+def _translate(exc: OmegaConfBaseException, where: str) -> ConfigError:
+    """An OmegaConf error as a one-line ConfigError naming the key."""
+    key = str(exc.full_key or "")
+    path = [p for p in key.split(".") if p]
+    if isinstance(exc, ConfigKeyError) and path:
+        return ConfigError(f"{where}: unknown key {key} (known keys in {'.'.join(path[:-1])}: {_known(path[:-1])})")
+    kind = _field_type(path)
+    if kind is not None:
+        return ConfigError(f"{where}: {key} must be {_words(kind)}, got {exc.value!r}")
+    return ConfigError(f"{where}: {key}: {str(exc).splitlines()[0]}")
 
 
-def check_value(section: str, key: str, value: Any, where: str) -> Any:
-    """``value`` converted to the type of the default of ``section.key`` or ConfigError."""
-    default = DEFAULTS[section][key]
-    choices = CHOICES.get((section, key))
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: {section}.{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
-    if default is None:
-        return value
-    kind = type(default)
-    if kind is float and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            value = float(value)
-        except ValueError:
-            pass
-    ok = (
-        (kind is bool and isinstance(value, bool))
-        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
-        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (kind is str and isinstance(value, (str, bool)))  # 'auto' | true | false switches
-        or (kind in (list, dict) and isinstance(value, kind))
-    )
-    if not ok:
-        raise ConfigError(f"{where}: {section}.{key} must be {_type_name(default)}, got {value!r}")
-    if (section, key) in AT_LEAST_ONE and value < 1:
-        raise ConfigError(f"{where}: {section}.{key} must be at least 1, got {value!r}")
-    if (section, key) in NON_NEGATIVE and value < 0:
-        raise ConfigError(f"{where}: {section}.{key} must not be negative, got {value!r}")
-    if (section, key) == ("data", "input_size") and value < 16:
-        raise ConfigError(f"{where}: data.input_size must be at least 16, got {value!r}")
-    return float(value) if kind is float else value
-
-
-def _validate(data: dict, where: str) -> None:
+# --------------------------------------------------------------------------- layers -> RunConfig
+def _as_layer(data: Any, where: str) -> dict:
+    """A file's or override's mapping of sections, ``model`` nested as ``{name, options}``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a config must be a mapping of sections, got {type(data).__name__}")
+    layer = {}
     for section, body in data.items():
-        if section not in DEFAULTS:
-            raise ConfigError(f"{where}: unknown section {section!r} (sections: {', '.join(DEFAULTS)})")
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {section!r} (sections: {', '.join(SECTIONS)})")
+        if body is None:
+            continue
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: section {section!r} must be a mapping, got {body!r}")
         if section == "model":
-            continue  # checked against the model's own options by validate_model
-        for key, value in body.items():
-            if key not in DEFAULTS[section]:
-                raise ConfigError(
-                    f"{where}: unknown key {section}.{key} (known keys in {section}: {', '.join(DEFAULTS[section])})"
-                )
-            body[key] = check_value(section, key, value, where)
-            if (section, key) in FREE_DICTS and value is not None and not isinstance(value, dict):
-                raise ConfigError(f"{where}: {section}.{key} must be a mapping, got {value!r}")
+            body = dict(body)
+            body = {**({"name": body.pop("name")} if "name" in body else {}), "options": body}
+        layer[section] = body
+    return layer
 
 
-def model_options(config: dict) -> tuple[str, dict]:
-    """``(model name, build_model keyword arguments)`` of a config's model section."""
-    model = dict(config["model"])
-    name = model.pop("name")
-    return name, model
+def _merge(merged, data: dict, where: str):
+    """``data`` merged over ``merged`` (both OmegaConf), checked: types and keys, then bounds."""
+    try:
+        merged = OmegaConf.merge(merged, _as_layer(data, where))
+        run = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _translate(exc, where) from None
+    for section in SECTIONS:
+        _check_bounds(getattr(run, section), section, where)
+    return merged
 
 
-def validate_model(config: dict, where: str) -> None:
+def _locate(merged, key: str, where: str) -> list[str]:
+    """The path an override key names: ``section.key[.sub]``, or a bare key only one section has
+    (a bare ``epochs`` / ``lr`` is the training's: ``warmup`` keys always need their section)."""
+    if "." in key:
+        path = key.split(".")
+        if path[0] not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {path[0]!r} (sections: {', '.join(SECTIONS)})")
+        return path
+    owners = [s for s in SECTIONS if s != "model" and key in _hints(_field_type([s]))]
+    if key == "name" or key in merged.model.options:
+        owners.append("model")
+    if len(owners) > 1 and "warmup" in owners:
+        owners.remove("warmup")
+    if len(owners) == 1:
+        return [owners[0], key]
+    if not owners:
+        raise ConfigError(f"{where}: unknown key {key!r}; write section.key "
+                          f"(sections: {', '.join(SECTIONS)}; model options go under model.)")
+    raise ConfigError(f"{where}: {key!r} is ambiguous; write one of " + ", ".join(f"{s}.{key}" for s in owners))
+
+
+def _override_layer(item: str, merged, where: str) -> dict:
+    if "=" not in item:
+        raise ConfigError(f"{where}: must look like section.key=value")
+    key, _, text = item.partition("=")
+    path = _locate(merged, key.strip(), where)
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: cannot parse the value {text!r}") from None
+    for name in reversed(path[1:]):
+        value = {name: value}
+    return {path[0]: value}
+
+
+def resolve(layers: list[tuple[str, dict]], overrides=(), *, source: str, record: dict | None = None) -> RunConfig:
+    """Defaults <- each ``(where, mapping)`` layer in order <- each override, checked layer by layer
+    (so an error names the layer that brought the value); then the model options, once."""
+    merged = OmegaConf.structured(RunConfig)
+    for where, data in layers:
+        merged = _merge(merged, {k: v for k, v in data.items() if k not in RECORD_KEYS}, where)
+    for item in overrides:
+        where = f"config {source}: override {item!r}"
+        merged = _merge(merged, _override_layer(item, merged, where), where)
+    run: RunConfig = OmegaConf.to_object(merged)
+    record = record or {}
+    run.config_path = record.get("config_path") or source
+    run.overrides = [*record.get("overrides", []), *overrides]
+    _check_model(run.model, f"config {source}")
+    return run
+
+
+def _check_model(model: ModelConfig, where: str) -> None:
     """Build the configured model on the meta device (no memory, no weights) to check its options."""
     import torch
 
-    from agman.models.registry import build_model
-
-    name, options = model_options(config)
-    options["pretrained"] = "none"
     try:
         with torch.device("meta"):
-            build_model(name, 2, **options)
+            model.build(2, pretrained="none")
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: model section: {exc}") from None
 
 
-# --------------------------------------------------------------------------- overrides
-def _parse_value(text: str, item: str, where: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"{where}: override {item!r}: cannot parse the value {text!r}") from None
+# --------------------------------------------------------------------------- public API
+def load_config(reference: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The config a file or a composition names (see :mod:`agman.engine.compose`), plus overrides."""
+    record, layers = config_layers(reference)
+    return resolve(layers, list(overrides), source=str(reference), record={"config_path": record})
 
 
-def _locate(config: dict, key: str, item: str, where: str) -> tuple[str, str]:
-    if "." in key:
-        section, _, name = key.partition(".")
-        if section not in DEFAULTS:
-            raise ConfigError(f"{where}: override {item!r}: unknown section {section!r} (sections: {', '.join(DEFAULTS)})")
-        if section != "model" and name not in DEFAULTS[section]:
-            raise ConfigError(
-                f"{where}: override {item!r}: unknown key {key} (known keys in {section}: {', '.join(DEFAULTS[section])})"
-            )
-        return section, name
-    owners = [s for s in DEFAULTS if key in DEFAULTS[s] or (s == "model" and key in config["model"])]
-    if len(owners) > 1 and "warmup" in owners:  # a bare epochs / lr means the training's
-        owners.remove("warmup")
-    if len(owners) == 1:
-        return owners[0], key
-    if not owners:
-        raise ConfigError(f"{where}: override {item!r}: unknown key {key!r}; write section.key "
-                          f"(sections: {', '.join(DEFAULTS)}; model options go under model.)")
-    raise ConfigError(f"{where}: override {item!r}: {key!r} is ambiguous; write one of "
-                      + ", ".join(f"{s}.{key}" for s in owners))
+def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), source: str = "<dict>") -> RunConfig:
+    """A config from a plain mapping (tests, a checkpoint's or run folder's saved config), merged
+    over the defaults; its recorded ``config_path`` / ``overrides`` are kept."""
+    data = {k: v for k, v in data.items() if k != "base"}
+    record = {k: data[k] for k in RECORD_KEYS if data.get(k) is not None}
+    return resolve([(source, data)], list(overrides), source=source, record=record)
 
 
-def apply_overrides(config: dict, overrides, source: str = "<overrides>") -> dict:
-    """Apply ``section.key=value`` items (YAML values; a bare ``key`` is allowed when unambiguous,
-    ``warmup`` keys always need their section: a bare ``epochs`` or ``lr`` is the training's)."""
-    config = copy.deepcopy(config)
-    where = f"config {source}"
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{where}: override {item!r} must look like section.key=value")
-        key, _, text = item.partition("=")
-        key = key.strip()
-        section, name = _locate(config, key, item, where)
-        value = _parse_value(text, item, where)
-        if section != "model":
-            value = check_value(section, name, value, f"{where}: override {item!r}")
-        config[section][name] = value
-    return config
+def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """``config`` with more ``section.key=value`` items applied (and checked)."""
+    return from_dict(config.to_dict(), overrides, source=config.config_path or "<config>")
 
 
-# --------------------------------------------------------------------------- saving
-def plain(config: dict) -> dict:
-    """A copy holding only plain types (for checkpoints and YAML)."""
-    return yaml.safe_load(yaml.safe_dump(config))
+def stored_for_eval(saved: dict, data: dict | None = None, *, source: str) -> tuple[DataConfig, float]:
+    """What evaluating a checkpoint needs from the config stored in it (a plain dict): its ``data``
+    section (``data`` entries replacing the stored ones) and the TR margin (:attr:`RunConfig.eval_margin`).
+    Only these keys are read, so settings of other sections an agman version no longer has do not matter."""
+    stored_data, stored_eval, stored_loss = (saved.get(name) or {} for name in ("data", "eval", "loss"))
+    layer = {"data": {**stored_data, **(data or {})}, "eval": {"margin": stored_eval.get("margin")},
+             "loss": {"margin": stored_loss.get("margin", LossConfig.margin)}}
+    run: RunConfig = OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), layer, f"config stored in {source}"))
+    return run.data, run.eval_margin
 
 
-def save_config(config: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def default_run_dir(config: dict) -> Path:
-    """``output.dir``, else ``runs/<config folder>-<config name>``."""
-    if config["output"].get("dir"):
-        return Path(config["output"]["dir"])
-    p = Path(config.get("config_path") or "run.yaml")
-    return Path("runs") / f"{p.parent.name}-{p.stem}" if p.parent.name else Path("runs") / p.stem
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """``config.yaml`` of a run folder (atomic; ``agman train --config RUN/config.yaml`` reruns it)."""
+    return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

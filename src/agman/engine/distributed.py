@@ -43,18 +43,37 @@ def env_world() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: ``cuda:local_rank`` where CUDA is usable, else CPU."""
-    if requested == "auto":
+def pick_device(requested: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """The torch device for ``requested``: ``auto`` is ``cuda:local_rank`` where CUDA is usable, else CPU;
+    ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` are checked against this machine, so a missing GPU is a
+    clear :class:`InvalidValueError` before any tensor moves (never torch's assertion)."""
+    if str(requested) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
         return torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidValueError(f"unknown device {str(requested)!r}: expected auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InvalidValueError(f"train.device={requested!r} but CUDA is not available on this machine")
+            raise InvalidValueError(
+                f"device {str(requested)!r} was asked for, but CUDA is not available on this machine "
+                "(no usable NVIDIA GPU/driver, or a CPU-only torch): use cpu or auto"
+            )
+        count = torch.cuda.device_count()
         if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            device = torch.device("cuda", local_rank % count)
+        elif device.index >= count:
+            raise InvalidValueError(
+                f"device {str(requested)!r} was asked for, but this machine has {count} CUDA device(s): "
+                f"cuda:0..cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InvalidValueError(f"device {str(requested)!r} was asked for, but this machine has no usable MPS")
+    elif device.type != "cpu":
+        raise InvalidValueError(f"unsupported device {str(requested)!r}: expected auto, cpu, cuda, cuda:N or mps")
     return device
 
 

@@ -9,8 +9,25 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from agman.data.images import ImageListDataset
-from agman.data.transforms import build_transform
+from agman.data.cache import image_dataset
+from agman.data.images import ImageLoadError
+
+
+class _Tolerant(torch.utils.data.Dataset):
+    """An image list whose unreadable images yield a zero tensor and the reason (else "")."""
+
+    def __init__(self, images: torch.utils.data.Dataset, shape: tuple[int, int, int]):
+        self.images, self.shape = images, shape
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        try:
+            tensor, index = self.images[index]
+            return tensor, index, ""
+        except ImageLoadError as exc:
+            return torch.zeros(self.shape), index, str(exc) or type(exc).__name__
 
 
 def iter_embeddings(
@@ -25,14 +42,18 @@ def iter_embeddings(
     workers: int = 0,
     start: int = 0,
     progress: bool = False,
+    failures: dict[int, str] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(first_index, embeddings [b, A, D] float32)`` batch by batch, from image ``start`` on.
 
     Batches always cover ``[start + k*batch_size, ...)``, so a resumed run that starts at a batch
-    boundary computes exactly the batches an uninterrupted run would.
+    boundary computes exactly the batches an uninterrupted run would.  An unreadable image stops
+    the run (``ImageLoadError`` naming the file) unless ``failures`` is given: then its index is
+    recorded there with the reason and its row embeds a black placeholder.
     """
-    transform = build_transform(input_size, train=False, crop_ratio=crop_ratio)
-    dataset = ImageListDataset(paths[start:], root, transform)
+    dataset = image_dataset(paths[start:], root, input_size=input_size, crop_ratio=crop_ratio, train=False)
+    if failures is not None:
+        dataset = _Tolerant(dataset, (3, input_size, input_size))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -43,7 +64,9 @@ def iter_embeddings(
     model.eval()
     bar = tqdm(total=len(paths), initial=start, desc="embedding", unit="img", disable=not progress, leave=False)
     with torch.inference_mode():
-        for images, index in loader:
+        for images, index, *reasons in loader:
+            if reasons:
+                failures.update((start + int(i), r) for i, r in zip(index, reasons[0]) if r)
             out = model.embed_all(images.to(device, non_blocking=True))
             yield start + int(index[0]), out.float().cpu().numpy()
             bar.update(len(index))

@@ -21,7 +21,7 @@ import torch
 from agman.data.spec import DatasetError, DatasetSpec, Split
 from agman.engine import metrics
 from agman.engine.embed import embed_images
-from agman.errors import InvalidValueError, NotFoundError
+from agman.errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -324,32 +324,6 @@ def evaluate_model(
     return result
 
 
-def open_data(data: dict, progress: bool = False) -> DatasetSpec:
-    """The dataset a config's ``data`` section describes (generating the synthetic set first when
-    ``data.synthetic`` is set and ``data.root`` does not hold it yet)."""
-    from agman.data.layouts import open_dataset
-
-    root = data.get("root")
-    if not root:
-        raise InvalidValueError("no dataset given: set data.root in the config (or data.root=PATH / --data PATH)")
-    root = Path(root)
-    synth = data.get("synthetic")
-    if synth:
-        from agman.data.synthetic import generate
-
-        known = {"images", "size", "seed", "mode", "workers"}
-        unknown = sorted(set(synth) - known)
-        if unknown:
-            raise InvalidValueError(f"data.synthetic: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        log.info("synthetic set at %s (generated if absent)", root)
-        generate(root, int(synth.get("images", 4000)), int(synth.get("size", 96)), int(synth.get("seed", 0)),
-                 mode=str(synth.get("mode", "all")), progress=progress, workers=int(synth.get("workers", 2)), reuse=True)
-    if not root.exists():
-        raise NotFoundError(f"data root {root} does not exist (set data.root=PATH or --data PATH)")
-    return open_dataset(root, data.get("dataset"), layout=data.get("layout"), meta=data.get("meta"),
-                        yaml_config=data.get("yaml"), image_root=data.get("image_root"))
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str = "test",
@@ -364,20 +338,20 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on ``split`` of the dataset its config names (``data`` entries, e.g.
     ``{"root": ...}``, replace the config's).  Returns ``(EvalResult, CheckpointInfo)``."""
     from agman.engine.checkpoint import load_model
+    from agman.engine.config import stored_for_eval
 
     model, info = load_model(checkpoint, device)
-    data_cfg = dict(info.config.get("data", {}))
-    data_cfg.update(data or {})
-    spec = open_data(data_cfg)
+    data_cfg, margin = stored_for_eval(info.config, data, source=str(checkpoint))
+    spec = data_cfg.open()
     if spec.attribute_names != info.attribute_names:
         raise InvalidValueError(
             f"checkpoint {checkpoint} was trained on attributes {info.attribute_names}; "
-            f"dataset {data_cfg.get('root')} has {spec.attribute_names}"
+            f"dataset {data_cfg.root} has {spec.attribute_names}"
         )
-    margin = float(info.config.get("eval", {}).get("margin") or info.config.get("loss", {}).get("margin", 0.2))
     result = evaluate_model(
         model, spec, split, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=batch_size,
-        device=device, workers=workers, progress=progress, amp=torch.device(device).type == "cuda", ks=ks, margin=margin,
+        device=device, workers=workers, progress=progress, amp=torch.device(device).type == "cuda", ks=ks,
+        margin=margin,
     )
     return result, info
 

@@ -21,9 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from agman.data.images import ImageListDataset
+from agman.data.cache import image_dataset
 from agman.data.spec import UNLABELED, DatasetError, DatasetSpec
-from agman.data.transforms import build_transform
 from agman.engine.checkpoint import atomic_torch_save
 from agman.models.backbone import ResNetTrunk
 
@@ -56,7 +55,7 @@ def value_classification_loss(logits: list[torch.Tensor], labels: torch.Tensor) 
 
 
 class _LabelledImages(Dataset):
-    def __init__(self, images: ImageListDataset, labels: np.ndarray):
+    def __init__(self, images: Dataset, labels: np.ndarray):
         self.images, self.labels = images, torch.as_tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:
@@ -115,7 +114,7 @@ def pretrain_backbone(
         raise DatasetError(f"dataset {spec.name!r} has no value labels in its train split: nothing to pre-train on")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    images = ImageListDataset(train.paths, spec.root, build_transform(input_size, train=True, crop_ratio=crop_ratio))
+    images = image_dataset(train.paths, spec.root, input_size=input_size, crop_ratio=crop_ratio, train=True)
     loader = DataLoader(
         _LabelledImages(images, train.labels), batch_size=batch_size, shuffle=True, drop_last=True,
         num_workers=workers, generator=generator, persistent_workers=workers > 0,

@@ -7,8 +7,11 @@ results computed now combine the same way.  MAP, recall, precision and accuracy 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
+
+from agman.fileio import atomic_write_text
 
 
 def _pct(value) -> float:
@@ -82,13 +85,12 @@ def markdown_table(header: list[str], rows: list[list], digits: int = 2) -> str:
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list], digits: int = 4) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows([[_fmt(v, digits) for v in r] for r in rows])
-    return path
+    """A table as CSV, written atomically."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(header)
+    w.writerows([[_fmt(v, digits) for v in r] for r in rows])
+    return atomic_write_text(path, text.getvalue())
 
 
 def result_tables(results: dict[str, dict], attribute_names: list[str],
@@ -119,7 +121,7 @@ def write_report_tables(out_dir: str | Path, stem: str, results: dict[str, dict]
         write_csv(out_dir / (f"{stem}.csv" if i == 0 else f"{stem}-{_slug(name)}.csv"), header, rows)
         md += [f"## {name}\n", markdown_table(header, rows), ""]
         text += [f"\n{name}", format_table(header, rows)]
-    (out_dir / f"{stem}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    atomic_write_text(out_dir / f"{stem}.md", "\n".join(md) + "\n")
     return "\n".join(text).strip("\n")
 
 

@@ -1,6 +1,12 @@
 """Training (§2.4, §3.1): fresh triplets every epoch, Eq. 7–9 losses, validation MAP model
 selection, atomic best/last checkpoints, exact resume, DDP, and logs you can watch.
 
+A run is a few named steps, in this order (:func:`train`): open the data, warm the backbone up
+(a fresh run with ``warmup.epochs``), :func:`build_state` (model, objective, optimizer, schedule),
+:func:`restore` it from ``last.pt`` when resuming, then per epoch :meth:`Run.run_epoch`,
+:meth:`Run.validate` and :meth:`Run.save`.  The step itself is :mod:`agman.engine.step`, the
+batches :mod:`agman.engine.batches`, the logs :mod:`agman.engine.runlog`.
+
 Determinism (what makes ``--resume`` end with the weights of an uninterrupted run on CPU):
 
 * epoch ``e``'s triplets are ``sampler.epoch(e)`` — a function of (seed, e) — in that order
@@ -9,39 +15,41 @@ Determinism (what makes ``--resume`` end with the weights of an uninterrupted ru
   (seed, e, i), so it does not depend on worker processes, prefetching or where a run resumed;
 * batches cover rows ``[k*B, (k+1)*B)``; a run interrupted after step ``k`` resumes at ``k``;
 * the checkpoint holds model, optimizer, scheduler, loss weights, RNG states (torch, CUDA,
-  numpy, python), the epoch, the step within it, the best score and the history.
+  numpy, python), the epoch, the step within it, the best score and the history;
+* the global RNGs are seeded (``train.seed``) right before the model is built, after the
+  warm-up, so a fresh run's initial weights depend on the seed alone.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import math
 import random
+import re
 import signal
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from agman.data.images import TripletImageDataset
+from agman.data.cache import triplet_dataset
 from agman.data.spec import DatasetSpec
-from agman.data.transforms import build_transform
 from agman.data.triplets import make_sampler
 from agman.engine import distributed as D
+from agman.engine.batches import EpochTriplets, epoch_loader
 from agman.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from agman.engine.config import default_run_dir, model_options, plain, save_config
-from agman.engine.evaluate import evaluate_model, open_data
+from agman.engine.config import RunConfig, save_config
+from agman.engine.evaluate import evaluate_model
 from agman.engine.losses import TripletCriterion
+from agman.engine.runlog import RunLog, epoch_line
+from agman.engine.step import TrainStep, build_criterion, build_optimizer
 from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -94,61 +102,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def item_seed(seed: int, epoch: int, row: int) -> int:
-    """The torch seed for the augmentation of triplet row ``row`` of ``epoch``."""
-    return int(np.random.SeedSequence([seed, epoch, row]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-# --------------------------------------------------------------------------- data
-class EpochTriplets(Dataset):
-    """Triplet images addressed by ``(epoch, position)``: the rows of an epoch are computed (and
-    cached) inside whichever process loads them, so persistent workers follow the epochs."""
-
-    def __init__(self, sampler, paths: list[str], root, transform, seed: int, rank: int = 0, world_size: int = 1):
-        self.sampler = sampler
-        self.images = TripletImageDataset(paths, root, transform)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._epoch: int | None = None
-
-    def rows(self, epoch: int) -> np.ndarray:
-        if self._epoch != epoch:
-            self.images.set_triplets(D.shard(self.sampler.epoch(epoch), self.rank, self.world_size))
-            self._epoch = epoch
-        return self.images.triplets
-
-    def __len__(self) -> int:
-        return len(self.sampler) // self.world_size if self.world_size > 1 else len(self.sampler)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, position = key
-        self.rows(epoch)
-        global_row = self.rank + position * self.world_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed(self.seed, epoch, global_row))
-            return self.images[position]
-
-
-class EpochBatches(Sampler):
-    """Batches of ``(epoch, position)`` keys: steps ``start_step ..`` of the current epoch."""
-
-    def __init__(self, n_rows: int, batch_size: int, max_steps: int = 0):
-        self.n_rows, self.batch_size = n_rows, batch_size
-        steps = math.ceil(n_rows / batch_size)
-        self.steps = min(steps, max_steps) if max_steps else steps
-        self.epoch, self.start_step = 0, 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.epoch, self.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start_step)
-
-    def __iter__(self):
-        for step in range(self.start_step, self.steps):
-            lo = step * self.batch_size
-            yield [(self.epoch, i) for i in range(lo, min(lo + self.batch_size, self.n_rows))]
-
-
 # --------------------------------------------------------------------------- stopping
 class StopFlag:
     """Set by SIGINT/SIGTERM (first signal: finish the step, checkpoint, stop; second: abort)."""
@@ -174,151 +127,9 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-# --------------------------------------------------------------------------- logging helpers
-class RunLog:
-    """Per-epoch CSV log, TensorBoard scalars and the curve picture (main process only)."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
-        self.run_dir, self.enabled = run_dir, enabled
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # pragma: no cover - tensorboard is a dependency
-                log.warning("tensorboard is not installed; no TensorBoard logs")
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for k, v in values.items():
-                if v is not None and math.isfinite(v):
-                    self.writer.add_scalar(k, v, step)
-
-    def epoch(self, history: list[dict]) -> None:
-        if not self.enabled:
-            return
-        from agman.engine.report import plot_training_curves
-
-        keys: list[str] = []
-        for row in history:
-            keys += [k for k in row if k not in keys and not isinstance(row[k], dict)]
-        with open(self.run_dir / "log.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(history)
-        try:
-            plot_training_curves(history, self.run_dir / "curves.png")
-        except Exception as exc:  # noqa: BLE001 - a picture must never stop training
-            log.warning("could not draw curves.png: %s", exc)
-        if self.writer is not None:
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-# --------------------------------------------------------------------------- the run
-def _switch(value, device: torch.device) -> bool:
-    return device.type == "cuda" if value == "auto" else bool(value)
-
-
-def _amp(tcfg: dict, device: torch.device) -> bool:
-    """``train.amp``: bf16 autocast when asked, or by default (``auto``) on GPU."""
-    return tcfg["amp"] == "bf16" or (tcfg["amp"] == "auto" and device.type == "cuda")
-
-
-class TrainStep:
-    """One optimisation step on a batch of triplets: the three images through the model as one
-    batch of 3B (bf16 autocast where asked), the loss, backward, gradient averaging of the loss
-    weights under DDP, optional clipping, the optimizer step."""
-
-    def __init__(self, net: torch.nn.Module, criterion: TripletCriterion, optimizer: torch.optim.Optimizer,
-                 device: torch.device, *, channels_last: bool = False, amp: bool = False, grad_clip: float = 0.0,
-                 ctx: D.DistributedContext | None = None):
-        self.net, self.criterion, self.optimizer, self.device = net, criterion, optimizer, device
-        self.channels_last, self.amp, self.grad_clip = channels_last, amp, grad_clip
-        self.ctx = ctx or D.DistributedContext(device=device)
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    def __call__(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, attrs: torch.Tensor):
-        images = torch.cat([anchor, positive, negative]).to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        attrs = attrs.to(self.device, non_blocking=True)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext():
-            output = self.net(images, attrs.repeat(3))
-        loss = self.criterion(output, attrs)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        D.average_gradients(self.criterion.parameters(), self.ctx)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
-        return loss
-
-
-def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-
-
-def build_criterion(config: dict, model: torch.nn.Module) -> TripletCriterion:
-    """Eq. 7 is used where the config asks for it and the model has the classification branch."""
-    loss = config["loss"]
-    has_branch = bool(getattr(model, "config", {}).get("classification", False))
-    if loss["classification"] and not has_branch:
-        log.info("model %s has no classification branch: training with the triplet loss only", config["model"]["name"])
-    return TripletCriterion(
-        margin=loss["margin"], classification=bool(loss["classification"]) and has_branch,
-        weighting=loss["weighting"], init=loss["weight_init"], weights=loss["weights"],
-        mask_l1=loss["mask_l1"], embed_l2=loss["embed_l2"],
-    )
-
-
-def build_from_config(config: dict, n_attributes: int, **extra) -> torch.nn.Module:
-    """The config's model; ``extra`` replaces model options (the warm-up trunk as ``pretrained``)."""
-    from agman.models.registry import build_model
-
-    name, options = model_options(config)
-    return build_model(name, n_attributes, **{**options, **extra})
-
-
-def warm_up(config: dict, spec: DatasetSpec, run_dir: Path, ctx: D.DistributedContext, progress: bool) -> Path:
-    """The ``warmup`` section: value-classification pre-training of the configured backbone on the
-    train split (:mod:`agman.engine.pretrain`), run by rank 0 and reused from the run folder when a
-    trunk with the same settings is there; returns the trunk file for ``pretrained``."""
-    from agman.engine.pretrain import pretrain_backbone
-    from agman.models.registry import option
-
-    name, options = model_options(config)
-    if str(options.get("pretrained", "none")).lower() not in ("none", ""):
-        raise InvalidValueError(f"warmup.epochs={config['warmup']['epochs']} replaces model.pretrained="
-                         f"{options['pretrained']!r}: set one of them")
-    wcfg, tcfg, dcfg = config["warmup"], config["train"], config["data"]
-    settings = dict(backbone=option(name, options, "backbone"), input_size=int(dcfg["input_size"]),
-                    crop_ratio=float(dcfg["crop_ratio"]), epochs=int(wcfg["epochs"]),
-                    batch_size=int(wcfg["batch_size"]), lr=float(wcfg["lr"]), seed=int(tcfg["seed"]))
-    key = hashlib.sha256(json.dumps([str(spec.root), spec.name, settings], sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(wcfg["dir"]) if wcfg["dir"] else run_dir
-    path = folder / f"warmup-{settings['backbone']}-{key}.pth"
-    if ctx.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        result = pretrain_backbone(spec, path, **settings, workers=int(tcfg["workers"]), device=ctx.device,
-                                   amp=_amp(tcfg, ctx.device),
-                                   channels_last=_switch(tcfg["channels_last"], ctx.device), progress=progress)
-        if result.epochs:
-            log.info("backbone warm-up: %d epochs in %.0f s, value cross-entropy %.4f -> %s",
-                     result.epochs, result.seconds, result.final_loss, path)
-    D.barrier(ctx)
-    return path
-
-
-def _find_resume(resume, run_dir: Path) -> Path | None:
+# --------------------------------------------------------------------------- the steps of a run
+def find_resume(resume: bool | str | Path, run_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` names: True = ``run_dir/last.pt``; a run folder = its ``last.pt``."""
     if not resume:
         return None
     path = run_dir / LAST if resume is True else Path(resume)
@@ -329,227 +140,289 @@ def _find_resume(resume, run_dir: Path) -> Path | None:
     return path
 
 
+def open_training_data(config: RunConfig, ctx: D.DistributedContext, progress: bool) -> DatasetSpec:
+    """The dataset (rank 0 renders the synthetic set, if any, before the others open it); the
+    validation split is checked now, not after the first epoch."""
+    spec = config.data.open(progress=progress) if ctx.is_main else None
+    D.barrier(ctx)
+    if spec is None:
+        spec = config.data.open()
+    spec.split("train")
+    spec.split(config.eval.split)
+    return spec
+
+
+def warm_up(config: RunConfig, spec: DatasetSpec, run_dir: Path, ctx: D.DistributedContext, progress: bool) -> Path:
+    """The ``warmup`` section: value-classification pre-training of the configured backbone on the
+    train split (:mod:`agman.engine.pretrain`), run by rank 0 and reused from the run folder when a
+    trunk with the same settings is there; returns the trunk file for ``pretrained``."""
+    from agman.engine.pretrain import pretrain_backbone
+
+    pretrained = config.model.options.get("pretrained", "none")
+    if str(pretrained).lower() not in ("none", ""):
+        raise InvalidValueError(f"warmup.epochs={config.warmup.epochs} replaces model.pretrained="
+                                f"{pretrained!r}: set one of them")
+    wcfg, tcfg, dcfg = config.warmup, config.train, config.data
+    settings = dict(backbone=config.model.option("backbone"), input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio,
+                    epochs=wcfg.epochs, batch_size=wcfg.batch_size, lr=wcfg.lr, seed=tcfg.seed)
+    key = hashlib.sha256(json.dumps([str(spec.root), spec.name, settings], sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(wcfg.dir) if wcfg.dir else run_dir
+    path = folder / f"warmup-{settings['backbone']}-{key}.pth"
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        result = pretrain_backbone(spec, path, **settings, workers=tcfg.workers, device=ctx.device,
+                                   amp=tcfg.uses_amp(ctx.device), channels_last=tcfg.uses_channels_last(ctx.device),
+                                   progress=progress)
+        if result.epochs:
+            log.info("backbone warm-up: %d epochs in %.0f s, value cross-entropy %.4f -> %s",
+                     result.epochs, result.seconds, result.final_loss, path)
+    D.barrier(ctx)
+    return path
+
+
+@dataclass
+class TrainState:
+    """What a run changes and ``last.pt`` keeps: weights, objective, optimizer, schedule, where the
+    run is (``epoch`` and ``step`` within it) and its record."""
+
+    model: torch.nn.Module
+    criterion: TripletCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+def build_state(config: RunConfig, n_attributes: int, device: torch.device, pretrained: Path | None) -> TrainState:
+    """A fresh state: the global RNGs seeded, the model built (on the warm-up trunk when given)."""
+    seed_everything(config.train.seed)
+    model = config.model.build(n_attributes, **({"pretrained": str(pretrained)} if pretrained else {}))
+    criterion = build_criterion(config.loss, model)
+    model.to(device, memory_format=torch.channels_last if config.train.uses_channels_last(device)
+             else torch.preserve_format)
+    criterion.to(device)
+    params = [p for p in model.parameters() if p.requires_grad] + list(criterion.parameters())
+    optimizer = build_optimizer(config.train, params)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.train.lr_step, gamma=config.train.lr_gamma)
+    return TrainState(model, criterion, optimizer, scheduler)
+
+
+def restore(state: TrainState, path: Path, config: RunConfig, ctx: D.DistributedContext) -> None:
+    """Load ``last.pt`` into ``state``: weights, objective, optimizer, schedule, RNGs, position, record."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if ckpt["model_name"] != config.model.name:
+        raise InvalidValueError(f"{path} holds a {ckpt['model_name']!r} model; the config trains {config.model.name!r}")
+    if "optimizer" not in ckpt:
+        raise InvalidValueError(f"{path} has no training state to resume from (is it a best.pt?)")
+    state.model.load_state_dict(ckpt["state_dict"])
+    state.criterion.load_state_dict(ckpt["loss_state"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    state.epoch, state.step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
+    state.best_score = float(ckpt.get("best_score", -math.inf))
+    state.history = list(ckpt.get("history", []))
+    if int(ckpt.get("world_size", 1)) != ctx.world_size:
+        log.warning("resuming a %d-process run with %d processes: the triplet shards differ",
+                    int(ckpt.get("world_size", 1)), ctx.world_size)
+    log.info("resuming %s at epoch %d, step %d", path, state.epoch + 1, state.step)
+
+
+def _wrap(model: torch.nn.Module, config: RunConfig, ctx: D.DistributedContext) -> torch.nn.Module:
+    """The module the step calls: DDP (with SyncBatchNorm if asked) and ``torch.compile`` around the model."""
+    net = model
+    if ctx.enabled:
+        if config.train.sync_bn:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=config.train.find_unused_parameters,
+        )
+    return torch.compile(net) if config.train.compile else net
+
+
+class Run:
+    """One training run over a built (or restored) :class:`TrainState`: epochs, validation, checkpoints."""
+
+    def __init__(self, config: RunConfig, ctx: D.DistributedContext, spec: DatasetSpec, state: TrainState,
+                 run_dir: Path, progress: bool, stop: Callable[[int, int], bool] | None = None):
+        self.config, self.ctx, self.spec, self.state, self.run_dir = config, ctx, spec, state, run_dir
+        self.progress, self.stop = progress, stop
+        tcfg, dcfg, device = config.train, config.data, ctx.device
+        self.net = _wrap(state.model, config, ctx)
+        train_split = spec.split("train")
+        self.sampler = make_sampler(train_split, tcfg.triplets_per_epoch, tcfg.seed)
+        images = triplet_dataset(train_split.paths, spec.root, input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio)
+        dataset = EpochTriplets(self.sampler, images, tcfg.seed, ctx.rank, ctx.world_size)
+        self.loader, self.batches = epoch_loader(dataset, tcfg, device)
+        self.amp = tcfg.uses_amp(device)
+        if self.amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log.warning("train.amp=bf16 on a CPU without native bf16 instructions is slow; "
+                        "train.amp=none is faster here")
+        self.step_fn = TrainStep(self.net, state.criterion, state.optimizer, device,
+                                 channels_last=tcfg.uses_channels_last(device), amp=self.amp,
+                                 grad_clip=tcfg.grad_clip, ctx=ctx)
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+        self.runlog = RunLog(run_dir, ctx.is_main, config.output.tensorboard)
+        if state.history:
+            self.runlog.epoch(state.history)
+        self.global_step = state.epoch * self.batches.steps + state.step
+
+    def fit(self) -> bool:
+        """Epochs from where the state is to ``train.epochs``; False when stopped early (checkpointed)."""
+        state, epochs = self.state, self.config.train.epochs
+        log.info("training %s on %s (%d train images, %d triplets/epoch, batch %d x %d process(es)) on %s%s -> %s",
+                 self.config.model.name, self.spec.name, len(self.spec.split("train")), len(self.sampler),
+                 self.config.train.batch_size, self.ctx.world_size, self.ctx.device, " (bf16)" if self.amp else "",
+                 self.run_dir)
+        with StopFlag() as flag:
+            for epoch in range(state.epoch, epochs):
+                row = self.run_epoch(epoch, state.step if epoch == state.epoch else 0, flag)
+                if row is None:
+                    return False
+                metrics = self.validate(epoch, row)
+                state.history.append(row)
+                if row.get("best"):
+                    self.save(self.run_dir / BEST, epoch + 1, 0, metrics, with_state=False)
+                self.save(self.run_dir / LAST, epoch + 1, 0, metrics)
+                self.runlog.epoch(state.history)
+                log.info("epoch %d/%d: %s", epoch + 1, epochs,
+                         epoch_line(row, self.config.eval.split, state.best_score))
+                D.barrier(self.ctx)
+        return True
+
+    def run_epoch(self, epoch: int, first_step: int, flag: StopFlag) -> dict | None:
+        """Steps ``first_step ..`` of ``epoch``, then the schedule's step; the epoch's log row, or
+        None when a stop was asked for (``last.pt`` then holds the state after the last step)."""
+        state, ctx, batch = self.state, self.ctx, self.config.train.batch_size
+        self.batches.set_epoch(epoch, first_step)
+        self.net.train()
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.perf_counter()
+        bar = tqdm(total=self.batches.steps * batch, initial=first_step * batch, unit="triplet", unit_scale=True,
+                   desc=f"epoch {epoch + 1}/{self.config.train.epochs}", disable=not self.progress, leave=False,
+                   dynamic_ncols=True)
+        step = first_step
+        for anchor, positive, negative, attrs in self.loader:
+            loss = self.step_fn(anchor, positive, negative, attrs)
+            step += 1
+            self.global_step += 1
+            n = len(attrs)
+            seen += n
+            for k, v in loss.parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            bar.update(n)
+            bar.set_postfix(loss=f"{float(loss.total.detach()):.4f}", refresh=False)
+            if self.global_step % self.config.output.log_every == 0:
+                weights = state.criterion.weighting.effective_weights()
+                self.runlog.scalars({f"train/{k}": float(v.detach()) for k, v in loss.parts.items()}
+                                    | {"train/lr": state.optimizer.param_groups[0]["lr"]}
+                                    | {f"weights/{k}": w for k, w in weights.items()}, self.global_step)
+            want_stop = D.broadcast_flag(flag.requested or bool(self.stop and self.stop(epoch, step)), ctx)
+            every = self.config.train.checkpoint_every_steps
+            if want_stop or (every and step % every == 0 and step < self.batches.steps):
+                D.broadcast_buffers(unwrap(self.net), ctx)
+                self.save(self.run_dir / LAST, epoch, step, {})
+            if want_stop:
+                bar.close()
+                log.info("stopped in epoch %d after step %d; resume with --resume", epoch + 1, step)
+                return None
+        bar.close()
+        with warnings.catch_warnings():  # resumed after an epoch's last step: no optimizer.step() yet
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            state.scheduler.step()
+        D.broadcast_buffers(unwrap(self.net), ctx)
+        elapsed = time.perf_counter() - t0
+        stats = D.all_reduce_mean({k: v / max(seen, 1) for k, v in sums.items()}, ctx)
+        row = {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 3),
+               "triplets_per_s": seen * ctx.world_size / max(elapsed, 1e-9)}
+        row.update({f"train_{k}": v for k, v in stats.items()})
+        row.update({f"weight_{k}": w for k, w in state.criterion.weighting.effective_weights().items()})
+        return row
+
+    def validate(self, epoch: int, row: dict) -> dict:
+        """Evaluate the ``eval.split`` when due (every ``eval.every`` epochs and after the last; rank 0):
+        scores into ``row`` (``best`` set when the score improved); returns the metrics."""
+        ecfg, epochs = self.config.eval, self.config.train.epochs
+        due = (epoch + 1) % ecfg.every == 0 or epoch + 1 == epochs
+        if not (due and self.ctx.is_main):
+            return {}
+        result = evaluate_model(
+            unwrap(self.net), self.spec, ecfg.split, input_size=self.config.data.input_size,
+            crop_ratio=self.config.data.crop_ratio, batch_size=ecfg.batch_size, device=self.ctx.device,
+            workers=self.config.train.workers, progress=self.progress, amp=self.amp, ks=ecfg.ks,
+            margin=self.config.eval_margin,
+        )
+        split = ecfg.split
+        row[f"{split}_score"] = result.score
+        per_attribute = result.asfr.per_attribute_map if result.asfr is not None else {}
+        row.update({f"{split}_map_{k}": v for k, v in per_attribute.items()})
+        if result.tr is not None:
+            row[f"{split}_tr_loss"] = result.tr.average_loss
+        self.runlog.scalars({f"{split}/score": result.score}
+                            | {f"{split}/map_{k}": v for k, v in per_attribute.items()}, self.global_step)
+        if result.score > self.state.best_score:
+            self.state.best_score = result.score
+            row["best"] = 1
+        return result.to_dict()
+
+    def save(self, path: Path, epoch: int, step: int, metrics: dict, with_state: bool = True) -> None:
+        """A checkpoint (rank 0): the model and what eval/index need; with ``with_state`` also what resuming needs."""
+        if not self.ctx.is_main:
+            return
+        state = self.state
+        extra = {}
+        if with_state:
+            extra = dict(optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(),
+                         loss_state=state.criterion.state_dict(), rng=rng_state(), step=step,
+                         world_size=self.ctx.world_size)
+        save_checkpoint(path, model=state.model, epoch=epoch, metrics=metrics, best_score=state.best_score,
+                        history=state.history, model_name=self.config.model.name, attributes=self.spec.attributes,
+                        input_size=self.config.data.input_size, crop_ratio=self.config.data.crop_ratio,
+                        config=self.config.to_dict(), **extra)
+
+
+# --------------------------------------------------------------------------- the run
 def train(
-    config: dict,
+    config: RunConfig,
     *,
     resume: bool | str | Path = False,
     overwrite: bool = False,
     stop: Callable[[int, int], bool] | None = None,
 ) -> TrainResult:
-    """Train the model a resolved config describes (see :mod:`agman.engine.config`).
+    """Train the model a config describes (see :mod:`agman.engine.config`).
 
-    ``resume``: True (the run folder's ``last.pt``) or a checkpoint path.  ``overwrite``: allow a
-    fresh run in a folder that already holds one.  ``stop(epoch, step)``: called after every
-    optimizer step; returning True checkpoints and stops as an interrupt would (tests use it).
+    ``resume``: True (the run folder's ``last.pt``), a run folder or a checkpoint (:func:`find_resume`).
+    ``overwrite``: allow a fresh run in a folder that already holds one.  ``stop(epoch, step)``:
+    called after every optimizer step; returning True checkpoints and stops as an interrupt would
+    (tests use it).
     """
-    tcfg, ecfg, ocfg, dcfg = config["train"], config["eval"], config["output"], config["data"]
-    ctx = D.init_distributed(tcfg["device"], tcfg["ddp_backend"])
+    ctx = D.init_distributed(config.train.device, config.train.ddp_backend)
     try:
-        return _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        run_dir = config.run_dir
+        resume_path = find_resume(resume, run_dir)
+        if ctx.is_main and resume_path is None and (run_dir / LAST).exists() and not overwrite:
+            raise AlreadyExistsError(f"{run_dir} already holds a run ({LAST}); resume it (--resume), "
+                                     f"choose another output.dir, or overwrite it (--force)")
+        progress = config.output.progress and ctx.is_main
+        spec = open_training_data(config, ctx, progress)
+        trunk = None
+        if resume_path is None and config.warmup.epochs > 0:
+            trunk = warm_up(config, spec, run_dir, ctx, progress)
+        state = build_state(config, spec.n_attributes, ctx.device, trunk)
+        if resume_path is not None:
+            restore(state, resume_path, config, ctx)
+        run = Run(config, ctx, spec, state, run_dir, progress, stop)
+        finished = run.fit()
+        run.runlog.close()
+        best = run_dir / BEST
+        return TrainResult(run_dir, run_dir / LAST, best if best.exists() else None, state.best_score, state.history,
+                           not finished, state.model, state.criterion, trunk)
     finally:
         D.cleanup(ctx)
-
-
-def _train(config, ctx, resume, overwrite, stop, tcfg, ecfg, ocfg, dcfg) -> TrainResult:
-    device = ctx.device
-    if tcfg["threads"]:
-        torch.set_num_threads(int(tcfg["threads"]))
-    run_dir = default_run_dir(config)
-    resume_path = _find_resume(resume, run_dir)
-    if ctx.is_main and resume_path is None and (run_dir / LAST).exists() and not overwrite:
-        raise AlreadyExistsError(f"{run_dir} already holds a run ({LAST}); resume it (--resume), "
-                              f"choose another output.dir, or overwrite it (--force)")
-    progress = bool(ocfg["progress"]) and ctx.is_main
-
-    # Data (rank 0 generates the synthetic set, if any, before the others open it).
-    spec: DatasetSpec | None = open_data(dcfg, progress=progress) if ctx.is_main else None
-    D.barrier(ctx)
-    if spec is None:
-        spec = open_data(dcfg)
-    train_split = spec.split("train")
-    spec.split(ecfg["split"])  # fail now, not after the first epoch
-    seed = int(tcfg["seed"])
-    sampler = make_sampler(train_split, int(tcfg["triplets_per_epoch"]), seed)
-
-    # Model (on the warm-up trunk for a fresh run that asks for one), loss, optimisation.
-    extra = {}
-    if resume_path is None and int(config["warmup"]["epochs"]) > 0:
-        extra["pretrained"] = str(warm_up(config, spec, run_dir, ctx, progress))
-    seed_everything(seed)
-    model = build_from_config(config, spec.n_attributes, **extra)
-    criterion = build_criterion(config, model)
-    channels_last = _switch(tcfg["channels_last"], device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    criterion.to(device)
-    params = [p for p in model.parameters() if p.requires_grad] + list(criterion.parameters())
-    optimizer = build_optimizer(tcfg["optimizer"], params, tcfg["lr"], tcfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(tcfg["lr_step"]), gamma=tcfg["lr_gamma"])
-
-    start_epoch, start_step, best_score, history = 0, 0, -math.inf, []
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, map_location="cpu")
-        if ckpt["model_name"] != config["model"]["name"]:
-            raise InvalidValueError(f"{resume_path} holds a {ckpt['model_name']!r} model; the config trains {config['model']['name']!r}")
-        if "optimizer" not in ckpt:
-            raise InvalidValueError(f"{resume_path} has no training state to resume from (is it a best.pt?)")
-        model.load_state_dict(ckpt["state_dict"])
-        criterion.load_state_dict(ckpt["loss_state"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
-        best_score = float(ckpt.get("best_score", -math.inf))
-        history = list(ckpt.get("history", []))
-        if int(ckpt.get("world_size", 1)) != ctx.world_size:
-            log.warning("resuming a %d-process run with %d processes: the triplet shards differ",
-                        int(ckpt.get("world_size", 1)), ctx.world_size)
-        log.info("resuming %s at epoch %d, step %d", resume_path, start_epoch + 1, start_step)
-
-    net: torch.nn.Module = model
-    if ctx.enabled:
-        if tcfg["sync_bn"]:
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(tcfg["find_unused_parameters"]),
-        )
-    if tcfg["compile"]:
-        net = torch.compile(net)
-
-    # Loader.
-    input_size, crop_ratio = int(dcfg["input_size"]), float(dcfg["crop_ratio"])
-    dataset = EpochTriplets(sampler, train_split.paths, spec.root, build_transform(input_size, True, crop_ratio),
-                            seed, ctx.rank, ctx.world_size)
-    batches = EpochBatches(len(dataset), int(tcfg["batch_size"]), int(tcfg["max_steps_per_epoch"]))
-    workers = int(tcfg["workers"])
-    loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers,
-        pin_memory=_switch(tcfg["pin_memory"], device),
-        persistent_workers=bool(tcfg["persistent_workers"]) and workers > 0,
-        prefetch_factor=int(tcfg["prefetch_factor"]) if workers > 0 else None,
-    )
-    amp = _amp(tcfg, device)
-    if amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        log.warning("train.amp=bf16 on a CPU without native bf16 instructions is slow; train.amp=none is faster here")
-    step_fn = TrainStep(net, criterion, optimizer, device, channels_last=channels_last, amp=amp,
-                        grad_clip=float(tcfg["grad_clip"]), ctx=ctx)
-
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(plain(config), run_dir / "config.yaml")
-    runlog = RunLog(run_dir, ctx.is_main, bool(ocfg["tensorboard"]))
-    if history:
-        runlog.epoch(history)
-    epochs, batch = int(tcfg["epochs"]), int(tcfg["batch_size"])
-    common = dict(model_name=config["model"]["name"], attributes=spec.attributes, input_size=input_size,
-                  crop_ratio=crop_ratio, config=plain(config))
-
-    def save(path: Path, epoch: int, step: int, metrics: dict, with_state: bool = True) -> None:
-        if not ctx.is_main:
-            return
-        state = {}
-        if with_state:
-            state = dict(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         loss_state=criterion.state_dict(), rng=rng_state(), step=step, world_size=ctx.world_size)
-        save_checkpoint(path, model=model, epoch=epoch, metrics=metrics, best_score=best_score,
-                        history=history, **common, **state)
-
-    log.info("training %s on %s (%d train images, %d triplets/epoch, batch %d x %d process(es)) on %s%s -> %s",
-             config["model"]["name"], spec.name, len(train_split), len(sampler), batch, ctx.world_size, device,
-             " (bf16)" if amp else "", run_dir)
-    global_step = start_epoch * batches.steps + start_step
-    interrupted = False
-    with StopFlag() as flag:
-        for epoch in range(start_epoch, epochs):
-            step0 = start_step if epoch == start_epoch else 0
-            batches.set_epoch(epoch, step0)
-            net.train()
-            sums: dict[str, float] = {}
-            seen, t0 = 0, time.perf_counter()
-            bar = tqdm(total=batches.steps * batch, initial=step0 * batch, unit="triplet", unit_scale=True,
-                       desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, dynamic_ncols=True)
-            step = step0
-            for anchor, positive, negative, attrs in loader:
-                loss = step_fn(anchor, positive, negative, attrs)
-                step += 1
-                global_step += 1
-                n = len(attrs)
-                seen += n
-                for k, v in loss.parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-                bar.update(n)
-                bar.set_postfix(loss=f"{float(loss.total.detach()):.4f}", refresh=False)
-                if global_step % int(ocfg["log_every"]) == 0:
-                    runlog.scalars({f"train/{k}": float(v.detach()) for k, v in loss.parts.items()}
-                                   | {"train/lr": optimizer.param_groups[0]["lr"]}
-                                   | {f"weights/{k}": w for k, w in criterion.weighting.effective_weights().items()},
-                                   global_step)
-                want_stop = D.broadcast_flag(flag.requested or bool(stop and stop(epoch, step)), ctx)
-                every = int(tcfg["checkpoint_every_steps"])
-                if want_stop or (every and step % every == 0 and step < batches.steps):
-                    D.broadcast_buffers(unwrap(net), ctx)
-                    save(run_dir / LAST, epoch, step, {})
-                if want_stop:
-                    interrupted = True
-                    break
-            bar.close()
-            if interrupted:
-                log.info("stopped in epoch %d after step %d; resume with --resume", epoch + 1, step)
-                break
-            with warnings.catch_warnings():  # resumed after an epoch's last step: no optimizer.step() yet
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
-                scheduler.step()
-            D.broadcast_buffers(unwrap(net), ctx)
-            elapsed = time.perf_counter() - t0
-            stats = D.all_reduce_mean({k: v / max(seen, 1) for k, v in sums.items()}, ctx)
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 3),
-                   "triplets_per_s": seen * ctx.world_size / max(elapsed, 1e-9)}
-            row.update({f"train_{k}": v for k, v in stats.items()})
-            row.update({f"weight_{k}": w for k, w in criterion.weighting.effective_weights().items()})
-            metrics: dict = {}
-            validate = (epoch + 1) % int(ecfg["every"]) == 0 or epoch + 1 == epochs
-            if validate and ctx.is_main:
-                result = evaluate_model(
-                    unwrap(net), spec, ecfg["split"], input_size=input_size, crop_ratio=crop_ratio,
-                    batch_size=int(ecfg["batch_size"]), device=device, workers=workers, progress=progress, amp=amp,
-                    ks=ecfg["ks"], margin=float(ecfg["margin"] or config["loss"]["margin"]),
-                )
-                metrics = result.to_dict()
-                row[f"{ecfg['split']}_score"] = result.score
-                if result.asfr is not None:
-                    row.update({f"{ecfg['split']}_map_{k}": v for k, v in result.asfr.per_attribute_map.items()})
-                if result.tr is not None:
-                    row[f"{ecfg['split']}_tr_loss"] = result.tr.average_loss
-                runlog.scalars({f"{ecfg['split']}/score": result.score}
-                               | {f"{ecfg['split']}/map_{k}": v for k, v in (result.asfr.per_attribute_map.items()
-                                                                               if result.asfr else [])},
-                               global_step)
-                if result.score > best_score:
-                    best_score = result.score
-                    row["best"] = 1
-            history.append(row)
-            if row.get("best"):
-                save(run_dir / BEST, epoch + 1, 0, metrics, with_state=False)
-            save(run_dir / LAST, epoch + 1, 0, metrics)
-            runlog.epoch(history)
-            log.info("epoch %d/%d: %s", epoch + 1, epochs, _epoch_line(row, ecfg["split"], best_score))
-            D.barrier(ctx)
-    runlog.close()
-    best = run_dir / BEST
-    return TrainResult(run_dir, run_dir / LAST, best if best.exists() else None, best_score, history, interrupted,
-                       model, criterion, Path(extra["pretrained"]) if extra else None)
-
-
-def _epoch_line(row: dict, split: str, best: float) -> str:
-    parts = [f"loss {row.get('train_total', float('nan')):.4f}"]
-    terms = [f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train_") and k != "train_total"]
-    if terms:
-        parts[0] += f" ({', '.join(terms)})"
-    weights = [f"{k[7:]} {v:.3g}" for k, v in row.items() if k.startswith("weight_")]
-    if weights:
-        parts.append("weights " + ", ".join(weights))
-    parts.append(f"lr {row['lr']:.3g}")
-    if f"{split}_score" in row:
-        parts.append(f"{split} score {row[f'{split}_score']:.4f} (best {best:.4f})")
-    parts.append(f"{row['triplets_per_s']:.1f} triplets/s, {row['seconds']:.0f} s")
-    return "; ".join(parts)

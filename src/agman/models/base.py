@@ -1,4 +1,5 @@
-"""AttributeModel: the one interface of every model, ``(images, attribute ids) -> ModelOutput`` and one-pass ``embed_all``."""
+"""AttributeModel: the one interface of every model, ``(images, attribute ids) -> ModelOutput``, and one-pass
+``embed_all``."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,6 +10,8 @@ from torch import Tensor, nn
 from agman.errors import InvalidValueError
 from agman.models.backbone import LoadReport, ResNetTrunk, load_pretrained
 from agman.models.output import ModelOutput
+
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
 
 
 class AttributeModel(nn.Module):
@@ -83,7 +86,10 @@ class AttributeModel(nn.Module):
                 f"attribute_ids must be a long tensor [B] with B={images.shape[0]}, "
                 f"got {tuple(attribute_ids.shape)} {attribute_ids.dtype}"
             )
-        if attribute_ids.numel() and not (0 <= int(attribute_ids.min()) and int(attribute_ids.max()) < self.n_attributes):
+        if _compiling():
+            return  # reading the ids' range back to Python would split a compiled graph and sync the GPU
+        ids = attribute_ids
+        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < self.n_attributes):
             raise ValueError(f"attribute ids must lie in [0, {self.n_attributes}), got {attribute_ids.tolist()}")
 
     def forward(self, images: Tensor, attribute_ids: Tensor) -> ModelOutput:

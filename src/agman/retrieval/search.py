@@ -1,22 +1,14 @@
 """The Retriever: attribute-specific search over a catalog index, shared by the CLI and the service.
 
 A query is an image (embedded once for every attribute with ``embed_all``), a catalog item (its
-stored embeddings; no model needed) or precomputed embeddings ``[A, D]``.  Its score against an
-item over the chosen attributes is the weighted sum of the per-attribute similarities (paper
-§2.1), each the dot product of unit embeddings.  Results are ranked by score, descending, ties by
-catalog row ascending -- the evaluation's rule (score = dot product, ties by candidate position),
-so an attribute-filtered search over an index of a split's candidates reproduces the evaluation's
-ranking.
-
-Exact indexes (``flat``) return the exact top k: a single-attribute search takes a FAISS shortlist,
-re-scores it exactly and falls back to a full exact scan when the shortlist's border is within
-float error of the k-th score; multi-attribute and filtered searches scan exactly.  Approximate
-indexes take ``k * rerank`` candidates per attribute from FAISS and re-score their union exactly
-from the stored float32 vectors.
+stored embeddings; no model needed) or precomputed embeddings ``[A, D]``.  The attributes and
+their weights are parsed once, on entry (:class:`~agman.retrieval.query.AttributeWeights`); the
+ranking itself is :func:`agman.retrieval.ranking.rank` over the index's
+:class:`~agman.retrieval.store.VectorStore` — an attribute-filtered search over an index of a
+split's candidates reproduces the evaluation's ranking.
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -27,82 +19,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agman.errors import NotFoundError, UsageError
-from agman.retrieval.index import (
-    CatalogIndex,
-    IndexConfig,
-    Item,
-    check_identity,
-    import_faiss,
-)
+from agman.retrieval.filters import Filter, annotated, both, compile_filter
+from agman.retrieval.info import IndexInfo
+from agman.retrieval.items import Item
+from agman.retrieval.query import AttributeWeights, QueryError, UnknownItemError, attribute_index, load_query_image
+from agman.retrieval.ranking import rank
+from agman.retrieval.store import VectorStore
 
-SCAN_CHUNK = 1 << 16  # rows per block of an exact scan
-BORDER_EPS = 1e-5  # float error allowed between FAISS's and the exact score of the same pair
+ImageLike = Image.Image | str | os.PathLike
+AttributesLike = str | Iterable[str] | Mapping[str, float] | AttributeWeights
 
-
-class QueryError(UsageError, ValueError):
-    """A query the index cannot answer as asked (unknown attribute, bad weight, bad k, ...)."""
-
-
-class UnknownItemError(QueryError):
-    """No catalog item has the given id."""
+__all__ = ["Hit", "NoModelError", "QueryError", "Retriever", "SearchResult", "UnknownItemError", "load_query_image"]
 
 
 class NoModelError(QueryError):
     """An image query or an attention map needs the checkpoint, and none could be loaded."""
-
-
-def parse_attribute_weights(
-    spec: str | Iterable[str] | Mapping[str, float], known: list[str]
-) -> dict[str, float]:
-    """``'neckline_design:2'``, ``['a', 'b:0.5']``, ``'a:1,b:2'`` or ``{'a': 1.0}`` -> ``{name: weight}``.
-
-    A missing weight is 1.  Weights must be finite and >= 0, at least one > 0; names must be known
-    and appear once.  Zero-weight attributes are dropped.
-    """
-    if isinstance(spec, Mapping):
-        pairs = [(str(k), v) for k, v in spec.items()]
-    else:
-        parts = [spec] if isinstance(spec, str) else list(spec)
-        pairs = []
-        for part in parts:
-            for piece in str(part).split(","):
-                piece = piece.strip()
-                if not piece:
-                    continue
-                name, sep, weight = piece.rpartition(":") if ":" in piece else (piece, "", "1")
-                pairs.append((name.strip(), weight.strip() if sep else weight))
-    if not pairs:
-        raise QueryError(f"no attribute given; choose from: {', '.join(known)}")
-    out: dict[str, float] = {}
-    for name, raw in pairs:
-        if name not in known:
-            raise QueryError(f"unknown attribute {name!r}; this index has: {', '.join(known)}")
-        if name in out:
-            raise QueryError(f"attribute {name!r} is given twice")
-        try:
-            weight = float(raw)
-        except (TypeError, ValueError):
-            raise QueryError(f"weight of {name!r} must be a number, got {raw!r}") from None
-        if not math.isfinite(weight) or weight < 0:
-            raise QueryError(f"weight of {name!r} must be a finite number >= 0, got {raw!r}")
-        out[name] = weight
-    out = {k: w for k, w in out.items() if w > 0}
-    if not out:
-        raise QueryError("at least one attribute weight must be above 0")
-    return out
-
-
-def exact_scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Similarities ``vectors [n, D] . query [D]`` in float32, each row's sum computed the same way
-    whatever the other rows are (a BLAS matrix-vector product rounds a row differently depending on
-    its position in the block), so re-scoring a shortlist gives the bits of a full scan."""
-    return np.einsum("ij,j->i", np.asarray(vectors, dtype=np.float32), np.asarray(query, dtype=np.float32))
-
-
-def rank_order(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Positions sorting by score descending, then row ascending (the evaluation's tie rule)."""
-    return np.lexsort((rows, -scores))
 
 
 @dataclass
@@ -117,6 +48,7 @@ class Hit:
     scores: dict[str, float]
     labels: dict[str, str]
     correct: bool | None
+    metadata: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -126,6 +58,7 @@ class Hit:
             "score": round(self.score, 6),
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
             "labels": self.labels,
+            "metadata": self.metadata,
             "correct": self.correct,
         }
 
@@ -142,11 +75,13 @@ class SearchResult:
     query_id: str | None = None
     query_labels: dict[str, str] = field(default_factory=dict)
     candidates: int = 0
+    filter: str | None = None
 
     def to_dict(self) -> dict:
         return {
             "query": {"id": self.query_id, "labels": self.query_labels},
             "attributes": self.weights,
+            "filter": self.filter,
             "k": self.k,
             "exact": self.exact,
             "candidates": self.candidates,
@@ -160,18 +95,21 @@ class SearchResult:
 
 
 class Retriever:
-    """Search a catalog index by image, catalog item or embeddings; draw results and attention.
+    """Search a catalog index by image, catalog item or embeddings; draw attention maps.
 
-    ``Retriever.open(index_dir)`` opens the index and (lazily) the checkpoint that built it; a
-    different checkpoint is refused (its weight identity must equal the index's).
+    ``Retriever.open(index_dir)`` opens an index folder and (lazily) the checkpoint that built it;
+    ``Retriever(store)`` takes any :class:`~agman.retrieval.store.VectorStore`.  A checkpoint whose
+    weight identity differs from the index's is refused.  Safe to share between threads: model
+    calls are serialised, searches are not.
     """
 
-    def __init__(self, index: CatalogIndex, model=None, info=None, *, checkpoint: str | Path | None = None, device="cpu"):
-        self.index = index
+    def __init__(
+        self, store: VectorStore, model=None, info=None, *, checkpoint: str | Path | None = None, device: str = "cpu"
+    ):
+        self.store = store
         self.device = device
-        self._checkpoint = Path(checkpoint) if checkpoint is not None else Path(index.meta["checkpoint"]["path"])
+        self._checkpoint = Path(checkpoint) if checkpoint is not None else Path(store.info.checkpoint.path)
         self._model = None
-        self._info = None
         self._model_lock = threading.Lock()
         if model is not None:
             self.set_model(model, info)
@@ -179,7 +117,7 @@ class Retriever:
     @classmethod
     def open(
         cls,
-        index_dir: str | Path,
+        index: str | Path,
         checkpoint: str | Path | None = None,
         *,
         device: str = "cpu",
@@ -187,28 +125,71 @@ class Retriever:
         nprobe: int | None = None,
         ef_search: int | None = None,
         rerank: int | None = None,
+        root: str | Path | None = None,
+        collection: str | None = None,
+        verify: str = "sample",
     ) -> Retriever:
-        """Open ``index_dir``; ``checkpoint`` defaults to the one recorded at build time.  With
-        ``load_model`` the checkpoint is loaded (and checked) now rather than on first need."""
-        config = None
-        if nprobe is not None or ef_search is not None or rerank is not None:
-            from agman.retrieval.index import read_meta
-
-            base = IndexConfig.from_dict(read_meta(index_dir)["index"]).to_dict()
-            for key, value in (("nprobe", nprobe), ("ef_search", ef_search), ("rerank", rerank)):
-                if value is not None:
-                    base[key] = value
-            config = IndexConfig.from_dict(base)
-        retriever = cls(CatalogIndex(index_dir, config), checkpoint=checkpoint, device=device)
+        """Open an index: a folder (FAISS files), or a Milvus collection — a Milvus Lite file
+        (``catalog.db``) or a server URI (``http://host:19530``), ``collection`` naming it (default
+        ``catalog``; or give a :class:`~agman.retrieval.milvus_client.MilvusTarget`).
+        ``checkpoint`` defaults to the one recorded at build time; ``nprobe`` / ``ef_search`` /
+        ``rerank`` override the index's search settings; ``root`` the catalog root its image paths
+        are relative to (for an index moved to another machine).  With ``load_model`` the checkpoint
+        is loaded (and checked) now rather than on first need."""
+        store = open_store(index, collection=collection, root=root, nprobe=nprobe, ef_search=ef_search, rerank=rerank,
+                           verify=verify)
+        retriever = cls(store, checkpoint=checkpoint, device=device)
         if load_model:
             retriever.model  # noqa: B018 - load and verify now
         return retriever
 
+    # ------------------------------------------------------------------ the index
+    @property
+    def info(self) -> IndexInfo:
+        return self.store.info
+
+    @property
+    def attributes(self) -> list[str]:
+        return self.store.info.attribute_names
+
+    @property
+    def exact(self) -> bool:
+        return self.store.config.exact
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def refresh(self) -> bool:
+        """Take up changes another process made to the index (rows added, updated, deleted): the
+        store is reopened and swapped in; searches already running finish on the old one.  An
+        index rebuilt by another checkpoint is refused (``IndexMismatchError``) and the old store
+        kept.  True when the index changed."""
+        fresh = self.store.reopened()
+        if fresh is None:
+            return False
+        built = self.store.info.checkpoint
+        fresh.info.check_checkpoint(built.identity, built.path, fresh.location)
+        self.store = fresh
+        return True
+
+    def compile_filter(self, text: str | Filter | None) -> Filter | None:
+        """A filter text checked against this index's fields (attributes and metadata): a
+        :class:`~agman.retrieval.filters.FilterError` naming the position otherwise."""
+        if text is None or isinstance(text, Filter):
+            return text
+        from agman.retrieval.catalog import CatalogSchema
+
+        return compile_filter(text, CatalogSchema.of(self.info).fields())
+
+    def parse_attributes(self, attributes: AttributesLike) -> AttributeWeights:
+        """``name[:weight]`` texts, ``{name: weight}`` -> checked weights (see ``AttributeWeights.parse``)."""
+        return AttributeWeights.parse(attributes, self.attributes)
+
     # ------------------------------------------------------------------ model
     def set_model(self, model, info) -> None:
         """Use an already loaded model (its ``info.identity`` must match the index)."""
-        check_identity(self.index.meta, info.identity, info.path, self.index.root)
-        self._model, self._info = model.eval(), info
+        self.info.check_checkpoint(info.identity, info.path, self.store.location)
+        self._model = model.eval()
 
     @property
     def model(self):
@@ -219,298 +200,254 @@ class Retriever:
 
                     if not self._checkpoint.is_file():
                         raise NoModelError(
-                            f"checkpoint {self._checkpoint} (which built index {self.index.root}) not found: "
+                            f"checkpoint {self._checkpoint} (which built index {self.store.location}) not found: "
                             "pass the checkpoint's current path"
                         )
                     model, info = load_model(self._checkpoint, device=self.device)
-                    check_identity(self.index.meta, info.identity, self._checkpoint, self.index.root)
-                    self._model, self._info = model, info
+                    self.info.check_checkpoint(info.identity, self._checkpoint, self.store.location)
+                    self._model = model
         return self._model
-
-    @property
-    def input_size(self) -> int:
-        return int(self.index.meta["checkpoint"]["input_size"])
-
-    @property
-    def crop_ratio(self) -> float:
-        return float(self.index.meta["checkpoint"]["crop_ratio"])
-
-    @property
-    def attributes(self) -> list[str]:
-        return list(self.index.attribute_names)
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def _tensor(self, image: Image.Image):
         from agman.data.transforms import build_transform
 
-        transform = build_transform(self.input_size, train=False, crop_ratio=self.crop_ratio)
-        return transform(image.convert("RGB"))[None].to(self.device)
+        ck = self.info.checkpoint
+        return build_transform(ck.input_size, train=False, crop_ratio=ck.crop_ratio)(image)[None].to(self.device)
 
-    def embed(self, image: Image.Image | str | os.PathLike) -> np.ndarray:
+    def embed(self, image: ImageLike) -> np.ndarray:
         """Every attribute's embedding ``[A, D]`` float32 of one image (one backbone pass)."""
         import torch
 
-        image = load_query_image(image)
+        tensor = self._tensor(load_query_image(image))
         model = self.model
         with self._model_lock, torch.inference_mode():
-            out = model.embed_all(self._tensor(image))
+            out = model.embed_all(tensor)
         return out[0].float().cpu().numpy()
 
-    def attention(self, image: Image.Image | str | os.PathLike, attribute: str) -> np.ndarray | None:
-        """The model's spatial attention map ``[h, w]`` (sums to 1) for (image, attribute), or None
-        when the model has no attention (CSN)."""
+    def model_input(self, image: ImageLike):
+        """The image as the model's input tensor ``[3, S, S]`` (resized, centre-cropped, normalised)."""
+        return self._tensor(load_query_image(image))[0]
+
+    def embed_batch(self, images: list) -> np.ndarray:
+        """Every attribute's embeddings ``[n, A, D]`` float32 of ``n`` images — or of their
+        :meth:`model_input` tensors — in one forward pass (the service's dynamic batching)."""
         import torch
 
-        a = self._attribute(attribute)
-        image = load_query_image(image)
+        tensors = torch.stack([im if isinstance(im, torch.Tensor) else self.model_input(im) for im in images])
         model = self.model
         with self._model_lock, torch.inference_mode():
-            att = model.attention_map(self._tensor(image), torch.tensor([a], device=self.device))
+            out = model.embed_all(tensors.to(self.device))
+        return out.float().cpu().numpy()
+
+    def attribute_index(self, attribute: str | int) -> int:
+        """Position of an attribute given by name (checked: unknown names are a ``QueryError``) or
+        by the position itself (as this method returned it: not checked again)."""
+        return attribute if isinstance(attribute, int) else attribute_index(attribute, self.attributes)
+
+    def attention(self, image: ImageLike, attribute: str | int) -> np.ndarray | None:
+        """The model's spatial attention map ``[h, w]`` (sums to 1) for (image, attribute), or None
+        when the model has no attention (CSN)."""
+        return self._attention(load_query_image(image), self.attribute_index(attribute))
+
+    def _attention(self, image: Image.Image, a: int) -> np.ndarray | None:
+        import torch
+
+        tensor = self._tensor(image)
+        model = self.model
+        with self._model_lock, torch.inference_mode():
+            att = model.attention_map(tensor, torch.tensor([a], device=self.device))
         return None if att is None else att[0].float().cpu().numpy()
 
-    def model_view(self, image: Image.Image | str | os.PathLike) -> Image.Image:
+    def model_view(self, image: ImageLike) -> Image.Image:
         """The image as the model sees it (short side resized, centre crop), for overlays."""
         from agman.data.transforms import model_view
 
-        return model_view(load_query_image(image), self.input_size, self.crop_ratio)
+        ck = self.info.checkpoint
+        return model_view(load_query_image(image), ck.input_size, ck.crop_ratio)
 
-    def attention_image(
-        self, image: Image.Image | str | os.PathLike, attribute: str, alpha: float = 0.5
-    ) -> Image.Image | None:
+    def attention_image(self, image: ImageLike, attribute: str | int, alpha: float = 0.5) -> Image.Image | None:
         """The attention heatmap over the model's view of the image (Fig. 7), or None without attention."""
         from agman.retrieval.render import attention_overlay
 
-        image = load_query_image(image)
-        att = self.attention(image, attribute)
+        a = self.attribute_index(attribute)
+        image = load_query_image(image)  # once: the map and the view below are of this one image
+        att = self._attention(image, a)
         return None if att is None else attention_overlay(self.model_view(image), att, alpha)
 
     # ------------------------------------------------------------------ items
-    def item(self, item_id: str) -> Item:
-        return self.index.items[self.row(item_id)]
-
     def row(self, item_id: str) -> int:
-        try:
-            return self.index.row_of_id[item_id]
-        except KeyError:
-            raise UnknownItemError(f"no item {item_id!r} in index {self.index.root}") from None
+        row = self.store.row_of_id(item_id)
+        if row is None:
+            raise UnknownItemError(f"no item {item_id!r} in index {self.store.location}")
+        return row
+
+    def item(self, item_id: str) -> Item:
+        return self.store.item(self.row(item_id))
+
+    def items(self, start: int = 0, limit: int | None = None) -> list[Item]:
+        """Catalog items in row order, from the ``start``-th on (at most ``limit``)."""
+        store = self.store
+        rows = store.rows(None if limit is None else start + limit)[start:]
+        return store.items_of(rows)
 
     def item_image(self, item_id: str) -> Image.Image:
         return load_query_image(self.item(item_id).path)
 
-    def item_vectors(self, row: int) -> np.ndarray:
+    def item_vectors(self, row: int, store: VectorStore | None = None) -> np.ndarray:
         """The stored embeddings ``[A, D]`` of catalog row ``row``."""
-        return np.stack([self.index.vectors(a)[row] for a in range(len(self.attributes))]).astype(np.float32)
+        store = store or self.store
+        rows = np.asarray([row], dtype=np.int64)
+        return np.concatenate([store.vectors(a, rows) for a in range(len(self.attributes))]).astype(np.float32)
 
     def row_of_path(self, path: str | os.PathLike) -> int | None:
-        return self.index.row_of_path.get(os.path.normpath(os.path.abspath(path)))
+        return self.store.row_of_path(os.path.normpath(os.path.abspath(path)))
 
     # ------------------------------------------------------------------ search
-    def _attribute(self, name: str) -> int:
-        if name not in self.index.attribute_names:
-            raise QueryError(f"unknown attribute {name!r}; this index has: {', '.join(self.attributes)}")
-        return self.index.attribute_names.index(name)
-
     def search(
         self,
-        query: Image.Image | str | os.PathLike | np.ndarray,
-        attributes: str | Iterable[str] | Mapping[str, float],
+        query: ImageLike | np.ndarray,
+        attributes: AttributesLike,
         k: int = 10,
         *,
         exclude_self: bool = False,
         annotated_only: bool = False,
         exclude: Iterable[int] = (),
+        filter: str | Filter | None = None,
     ) -> SearchResult:
         """Rank catalog items by similarity to ``query`` in the given attribute(s).
 
         ``query``: a PIL image, an image file path, or embeddings ``[A, D]``.  ``attributes``: a
-        name, names with optional ``:weight``, or ``{name: weight}``.  ``exclude_self`` drops the
-        catalog item whose file is the query file.  ``annotated_only`` ranks only items annotated
-        with every queried attribute (the evaluation's candidate set).  ``exclude``: rows to skip.
+        name, names with optional ``:weight``, ``{name: weight}``, or parsed ``AttributeWeights``.
+        ``exclude_self`` drops the catalog item whose file is the query file.  ``annotated_only``
+        ranks only items annotated with every queried attribute (the evaluation's candidate set).
+        ``exclude``: rows to skip.  ``filter``: an expression over metadata and labels
+        (``'category == "dress" and price < 50'``, see :mod:`agman.retrieval.filters`); the result
+        holds k items whenever k items pass it.
         """
+        weights = self.parse_attributes(attributes)
+        flt = self.compile_filter(filter)
+        store = self.store
         row = None
-        labels: dict[str, str] = {}
         if isinstance(query, np.ndarray):
             vectors = query
         else:
             if isinstance(query, (str, os.PathLike)):
-                row = self.row_of_path(query)
-                if row is not None:
-                    labels = self.index.items[row].labels
+                row = store.row_of_path(os.path.normpath(os.path.abspath(query)))
             vectors = self.embed(query)
         excluded = {int(r) for r in exclude}
         if exclude_self and row is not None:
             excluded.add(row)
-        qid = self.index.items[row].id if row is not None else None
-        return self._search(vectors, attributes, k, excluded, annotated_only, qid, labels)
+        item = store.item(row) if row is not None else None
+        return self._search(store, vectors, weights, k, excluded, annotated_only, item, flt)
 
     def search_item(
         self,
         item_id: str,
-        attributes: str | Iterable[str] | Mapping[str, float],
+        attributes: AttributesLike,
         k: int = 10,
         *,
         exclude_self: bool = False,
         annotated_only: bool = False,
+        filter: str | Filter | None = None,
     ) -> SearchResult:
         """Rank items by similarity to catalog item ``item_id`` (its stored embeddings; no model)."""
-        row = self.row(item_id)
+        weights = self.parse_attributes(attributes)
+        flt = self.compile_filter(filter)
+        store = self.store
+        row = store.row_of_id(item_id)
+        if row is None:
+            raise UnknownItemError(f"no item {item_id!r} in index {store.location}")
         excluded = {row} if exclude_self else set()
-        item = self.index.items[row]
-        return self._search(self.item_vectors(row), attributes, k, excluded, annotated_only, item.id, item.labels)
+        vectors = self.item_vectors(row, store)
+        return self._search(store, vectors, weights, k, excluded, annotated_only, store.item(row), flt)
 
-    def _search(self, vectors, attributes, k, excluded, annotated_only, query_id, query_labels) -> SearchResult:
+    def _search(
+        self,
+        store: VectorStore,
+        vectors,
+        weights: AttributeWeights,
+        k,
+        excluded: set[int],
+        annotated_only: bool,
+        query_item: Item | None,
+        flt: Filter | None = None,
+    ) -> SearchResult:
         started = time.perf_counter()
-        weights = parse_attribute_weights(attributes, self.attributes)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise QueryError(f"k must be a positive integer, got {k!r}")
         vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.shape != (len(self.attributes), self.index.dim):
-            raise QueryError(
-                f"query embeddings must be [{len(self.attributes)}, {self.index.dim}], got {list(vectors.shape)}"
-            )
-        attrs = [(self._attribute(name), name, w) for name, w in weights.items()]
-        allowed = None
+        shape = (len(self.attributes), self.info.dim)
+        if vectors.shape != shape:
+            raise QueryError(f"query embeddings must be [{shape[0]}, {shape[1]}], got {list(vectors.shape)}")
         if annotated_only:
-            allowed = np.arange(len(self.index), dtype=np.int64)
-            for _, name, _ in attrs:
-                allowed = np.intersect1d(allowed, self.index.labelled_rows(name), assume_unique=True)
-        excluded_rows = np.asarray(sorted(r for r in excluded if 0 <= r < len(self.index)), dtype=np.int64)
-        if allowed is None:
-            n_avail = len(self.index) - len(excluded_rows)
-        else:
-            n_avail = len(allowed) - int(np.isin(excluded_rows, allowed).sum())
-        k_eff = min(int(k), n_avail)
-        if k_eff == 0:
-            rows = np.zeros(0, np.int64)
-            per = np.zeros((len(attrs), 0), np.float32)
-            total = np.zeros(0)
-        elif self.index.config.exact:
-            rows, per, total = self._exact(vectors, attrs, k_eff, allowed, excluded_rows)
-        else:
-            rows, per, total = self._approximate(vectors, attrs, k_eff, allowed, excluded_rows)
+            flt = Filter(flt.text if flt else "", both(flt.expr if flt else None, annotated([t.name for t in weights])))
+        selection = store.select(flt, excluded)
+        found = rank(store, vectors, weights, k, selection)
+        candidates = found.candidates if found.candidates is not None else store.count_selected(selection)
+        query_labels = query_item.labels if query_item is not None else {}
         hits = []
-        for rank, (r, t) in enumerate(zip(rows, total), start=1):
-            item = self.index.items[int(r)]
+        for i, (r, item, total) in enumerate(zip(found.rows, store.items_of(found.rows), found.total)):
             hits.append(
                 Hit(
-                    rank=rank,
+                    rank=i + 1,
                     row=int(r),
                     id=item.id,
                     path=item.path,
-                    score=float(t),
-                    scores={name: float(per[j, rank - 1]) for j, (_, name, _) in enumerate(attrs)},
+                    score=float(total),
+                    scores={t.name: float(found.per[j, i]) for j, t in enumerate(weights)},
                     labels=item.labels,
                     correct=_correct(query_labels, item.labels, weights),
+                    metadata=item.metadata,
                 )
             )
         return SearchResult(
             hits=hits,
-            weights=weights,
+            weights=weights.as_dict(),
             k=int(k),
-            exact=self.index.config.exact,
+            exact=store.config.exact,
             seconds=time.perf_counter() - started,
-            query_id=query_id,
+            query_id=query_item.id if query_item is not None else None,
             query_labels=dict(query_labels),
-            candidates=n_avail,
+            candidates=candidates,
+            filter=flt.text if flt is not None and flt.text else None,
         )
 
-    def _rescore(self, vectors, attrs, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact per-attribute scores ``[n_attrs, n]`` float32 and weighted totals ``[n]`` float64."""
-        per = np.stack([exact_scores(self.index.vectors(a)[rows], vectors[a]) for a, _, _ in attrs])
-        total = np.zeros(len(rows), dtype=np.float64)
-        for j, (_, _, w) in enumerate(attrs):
-            total += w * per[j].astype(np.float64)
-        return per, total
 
-    def _top(self, vectors, attrs, rows: np.ndarray, k: int):
-        per, total = self._rescore(vectors, attrs, rows)
-        order = rank_order(total, rows)[:k]
-        return rows[order], per[:, order], total[order]
+def open_store(
+    index,
+    *,
+    collection: str | None = None,
+    root: str | Path | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    rerank: int | None = None,
+    verify: str = "sample",
+    load: bool = False,
+) -> VectorStore:
+    """The store of ``index``: an index folder (its files checked at ``verify``; every FAISS file
+    read now with ``load``), a Milvus URI (a ``.db`` Milvus Lite file or ``http://...``) with
+    ``collection``, or a ``MilvusTarget``."""
+    from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
 
-    def _scan(self, vectors, attrs, k: int, allowed: np.ndarray | None, excluded: np.ndarray):
-        """Exact top k by scanning every (allowed, not excluded) row, block by block."""
-        n = len(self.index)
-        pool = np.arange(n, dtype=np.int64) if allowed is None else allowed
-        best = np.zeros(0, np.int64)
-        for lo in range(0, len(pool), SCAN_CHUNK):
-            block = pool[lo : lo + SCAN_CHUNK]
-            if len(excluded):
-                block = block[~np.isin(block, excluded)]
-            best, _, _ = self._top(vectors, attrs, np.concatenate([best, block]), k)
-        return self._top(vectors, attrs, np.sort(best), k)
+    tuning = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank}
+    if isinstance(index, MilvusTarget) or is_milvus_uri(index):
+        from agman.retrieval.milvus_store import MilvusStore
 
-    def _exact(self, vectors, attrs, k: int, allowed, excluded: np.ndarray):
-        if len(attrs) > 1 or allowed is not None:
-            return self._scan(vectors, attrs, k, allowed, excluded)
-        a, _, _ = attrs[0]
-        n = len(self.index)
-        want = min(n, k + len(excluded) + max(16, k))
-        faiss_scores, faiss_rows = self.index.faiss_index(a).search(vectors[a][None], want)
-        listed = faiss_rows[0] >= 0
-        rows = faiss_rows[0][listed].astype(np.int64)
-        border = float(faiss_scores[0][listed][-1]) if listed.any() else -np.inf
-        if len(excluded):
-            rows = rows[~np.isin(rows, excluded)]
-        top_rows, per, total = self._top(vectors, attrs, rows, k)
-        covered_all = int(listed.sum()) >= n
-        if not covered_all and (len(top_rows) < k or not float(per[0, -1]) > border + BORDER_EPS):
-            return self._scan(vectors, attrs, k, None, excluded)  # an item past the shortlist may tie the k-th
-        return top_rows, per, total
+        target = index if isinstance(index, MilvusTarget) else MilvusTarget(str(index), collection or "catalog")
+        return MilvusStore.open(target, catalog=root, **tuning)
+    if collection is not None:
+        raise QueryError(f"--collection names a Milvus collection; {index} is an index folder")
+    from agman.retrieval.faiss_store import FaissStore
 
-    def _approximate(self, vectors, attrs, k: int, allowed, excluded: np.ndarray):
-        want = min(len(self.index), (k + len(excluded)) * self.index.config.rerank)
-        found = []
-        for a, _, _ in attrs:
-            index = self.index.faiss_index(a)
-            params = _search_params(index, self.index.config, want, allowed)
-            _, rows = index.search(vectors[a][None], want, params=params)
-            found.append(rows[0][rows[0] >= 0])
-        rows = np.unique(np.concatenate(found)).astype(np.int64)
-        if len(excluded):
-            rows = rows[~np.isin(rows, excluded)]
-        if len(rows) < k:  # the probed cells / graph held too few (allowed) items: scan them exactly
-            return self._scan(vectors, attrs, k, allowed, excluded)
-        return self._top(vectors, attrs, rows, k)
+    return FaissStore(index, catalog=root, verify=verify, load=load, **tuning)
 
 
-def _search_params(index, config: IndexConfig, k: int, allowed: np.ndarray | None):
-    """FAISS search parameters of an approximate index (nprobe / efSearch), restricted to the
-    ``allowed`` rows when given.  Per call, so concurrent searches never share mutable settings."""
-    faiss = import_faiss()
-
-    selector = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
-    inner = faiss.downcast_index(index)
-    if hasattr(inner, "hnsw"):
-        params = faiss.SearchParametersHNSW(efSearch=max(config.ef_search, k))
-    elif hasattr(inner, "nprobe"):
-        params = faiss.SearchParametersIVF(nprobe=min(config.nprobe, inner.nlist))
-    else:
-        params = faiss.SearchParameters()
-    if selector is not None:
-        params.sel = selector
-        params._selector = selector  # keep the selector alive as long as the parameters
-    return params
-
-
-def _correct(query_labels: Mapping[str, str], labels: Mapping[str, str], weights: Mapping[str, float]) -> bool | None:
+def _correct(query_labels: Mapping[str, str], labels: Mapping[str, str], weights: AttributeWeights) -> bool | None:
     """True when the item has the query's value of every queried attribute, False when one differs,
     None when a label is unknown on either side."""
     verdict = True
-    for name in weights:
-        if name not in query_labels or name not in labels:
+    for t in weights:
+        if t.name not in query_labels or t.name not in labels:
             return None
-        verdict = verdict and query_labels[name] == labels[name]
+        verdict = verdict and query_labels[t.name] == labels[t.name]
     return verdict
-
-
-def load_query_image(image: Image.Image | str | os.PathLike) -> Image.Image:
-    """A PIL image as RGB, opening a path with the data layer's checked loader."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
-    from agman.data.images import load_image
-
-    if not Path(image).exists():  # a path the user typed: a usage error, unlike a catalog image gone missing
-        raise NotFoundError(f"query image not found: {image}")
-    return load_image(image)

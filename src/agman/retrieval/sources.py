@@ -7,7 +7,7 @@ folder / CSV / dataset root, so the same catalog indexed twice gives the same id
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +25,28 @@ only the images of the candidate (query) rows, labelled by those rows alone."""
 
 @dataclass
 class ImageSet:
-    """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value)."""
+    """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value),
+    ``metadata[i]`` (column -> str / float / bool) typed by ``metadata_types`` (column -> ``string`` /
+    ``number`` / ``bool``); ``root``: the catalog root the index stores paths relative to (None: the
+    index's own root, or absolute paths)."""
 
     ids: list[str]
     paths: list[str]
     labels: list[dict[str, str]] = field(default_factory=list)
     description: str = ""
+    metadata: list[dict] = field(default_factory=list)
+    metadata_types: dict[str, str] = field(default_factory=dict)
+    root: str | None = None
 
     def __post_init__(self):
         if not self.labels:
             self.labels = [{} for _ in self.ids]
-        if not len(self.ids) == len(self.paths) == len(self.labels):
+        if not self.metadata:
+            self.metadata = [{} for _ in self.ids]
+        if not len(self.ids) == len(self.paths) == len(self.labels) == len(self.metadata):
             raise ValueError(
-                f"ImageSet needs as many ids, paths and labels: {len(self.ids)}, {len(self.paths)}, {len(self.labels)}"
+                f"ImageSet needs as many ids, paths, labels and metadata: {len(self.ids)}, {len(self.paths)}, "
+                f"{len(self.labels)}, {len(self.metadata)}"
             )
         seen: dict[str, int] = {}
         for i, item_id in enumerate(self.ids):
@@ -47,6 +56,13 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def prefixed(self, prefix: str) -> ImageSet:
+        """This set with ``prefix`` in front of every id (two folders with the same file names indexed
+        into one catalog keep distinct ids)."""
+        if not prefix:
+            return self
+        return replace(self, ids=[prefix + i for i in self.ids])
 
 
 def _posix(path: Path) -> str:
@@ -58,10 +74,8 @@ def from_directory(folder: str | Path) -> ImageSet:
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"image folder not found: {folder}")
-    files = sorted(
-        (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-        key=lambda p: _posix(p.relative_to(folder)),
-    )
+    images = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted((p for p in images if p.is_file()), key=lambda p: _posix(p.relative_to(folder)))
     if not files:
         raise InvalidValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     base = folder.resolve()
@@ -69,13 +83,25 @@ def from_directory(folder: str | Path) -> ImageSet:
         ids=[_posix(p.relative_to(folder)) for p in files],
         paths=[str(base / p.relative_to(folder)) for p in files],
         description=f"folder {folder}",
+        root=str(base),
     )
 
 
-def from_csv(csv_path: str | Path) -> ImageSet:
-    """A catalog CSV ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; paths relative
-    to the CSV's folder; a non-empty cell is the item's value of that column's attribute), or a CSV
-    with the ``path`` column alone.  Items are sorted by path."""
+def from_csv(csv_path: str | Path, attributes=None, columns=None, *, root: str | Path | None = None) -> ImageSet:
+    """A catalog CSV.
+
+    With ``attributes`` (the checkpoint's: a list of :class:`~agman.data.spec.Attribute`) the CSV
+    is read as a typed catalog (:func:`agman.retrieval.catalog.read_catalog`): columns named after
+    an attribute hold its labels (checked against its values), ``columns``
+    (:class:`~agman.retrieval.catalog.CatalogColumns`) declares metadata, the id column and an id
+    prefix; any other column is an error; items in file order; paths relative to ``root`` (default:
+    the CSV's folder).  Without, ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; a
+    non-empty cell is the item's value of that column's attribute, value names taken from the CSV),
+    or a CSV with the ``path`` column alone; items sorted by path."""
+    if attributes is not None:
+        from agman.retrieval.catalog import read_catalog
+
+        return read_catalog(csv_path, attributes, columns, root=root).image_set()
     csv_path = Path(csv_path)
     try:
         with csv_path.open(encoding="utf-8-sig", newline="") as f:
@@ -89,17 +115,17 @@ def from_csv(csv_path: str | Path) -> ImageSet:
         rels = sorted({r[0].strip() for r in rows if r and r[0].strip()})
         labels: list[dict[str, str]] = [{} for _ in rels]
     else:
-        spec = read_catalog_csv(csv_path)  # validates every row and names file + line on errors
-        items = {}
-        for s in spec.splits.values():
-            for i, rel in enumerate(s.paths):
-                items[rel] = _named_labels(spec, s.labels[i])
+        # every row in one part (ratio 1): nothing split that would have to be merged back; the reader
+        # validates every row and names file + line on errors
+        spec = read_catalog_csv(csv_path, ratios=(1.0, 0.0, 0.0))
+        rows = spec.split("train")
+        items = {rel: _named_labels(spec, rows.labels[i]) for i, rel in enumerate(rows.paths)}
         rels = sorted(items)
         labels = [items[r] for r in rels]
     if not rels:
         raise DatasetError("no image rows after the header", csv_path)
     base = csv_path.parent.resolve()
-    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}")
+    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}", root=str(base))
 
 
 def _named_labels(spec: DatasetSpec, row: np.ndarray) -> dict[str, str]:
@@ -131,4 +157,5 @@ def from_split(spec: DatasetSpec, split: str, part: str = "all") -> ImageSet:
         paths=[str(root / s.paths[i]) for i in images],
         labels=labels,
         description=f"{spec.name} {split} split ({part})",
+        root=str(root),
     )

@@ -112,6 +112,7 @@ async function postSearch(useQueryId) {
   form.append("k", $("k").value);
   form.append("exclude_self", $("exclude-self").checked ? "true" : "false");
   form.append("annotated_only", $("annotated-only").checked ? "true" : "false");
+  if ($("filter").value.trim()) form.append("filter", $("filter").value);
   return fetch("/search", { method: "POST", body: form });
 }
 

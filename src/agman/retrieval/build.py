@@ -1,0 +1,517 @@
+"""Building an index: plan the items, embed them in resumable shards (on one process or sharded
+across ``torchrun`` ranks), commit them to the store.
+
+:func:`build_index` runs three steps, for every backend (:mod:`agman.retrieval.targets` opens
+the FAISS folder or the Milvus collection behind a :class:`~agman.retrieval.store.CatalogWriter`):
+
+1. **plan** (rank 0, :func:`plan_items`): the items of the source to write — new ones (same id or
+   same file as a stored item = already there; an id reused for another file is an error), or with
+   ``update`` the stored ones again (re-embedded, each replacing its row) — recorded in the work
+   folder (``progress.json`` + ``shards/plan.jsonl``);
+2. **embed** (every rank): the plan's batches of ``batch_size`` images are split into contiguous
+   runs, one per rank; each image is embedded for every attribute with the one-backbone-pass
+   path (``engine.embed.iter_embeddings`` -> ``model.embed_all``); every ``shard_size`` images
+   become a shard file recorded in the rank's ``shards/rank-NNN.json`` (both atomic), so an
+   interrupted run — on any number of ranks — embeds only the batches no shard holds.  Batches
+   are those of a one-process run, so the embeddings are the same bits;
+3. **commit** (rank 0): the shards are appended to the store in plan order as fresh rows, the rows
+   they replace and the images that could not be read (``on_error="skip"``: listed with their
+   reasons in ``skipped.jsonl``) are made unsearchable, the work folder is removed.
+
+A run with a checkpoint whose weight identity differs from the index's is refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from agman.errors import InvalidValueError
+from agman.fileio import atomic_write, atomic_write_json, atomic_write_text
+from agman.retrieval.info import CatalogIndexError, IndexConfig, IndexLayout
+from agman.retrieval.items import Item, parse_item
+from agman.retrieval.query import UnknownItemError
+from agman.retrieval.sources import ImageSet
+from agman.retrieval.store import CatalogWriter
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("stop", "skip")
+
+
+@dataclass
+class BuildSummary:
+    """What one :func:`build_index` call did."""
+
+    root: Path
+    count: int
+    added: int
+    skipped: int
+    resumed_from: int
+    embedded: int
+    seconds: float
+    index_type: str
+    embed_seconds: float = 0.0
+    updated: int = 0
+    unreadable: int = 0
+    location: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        """Images embedded per second of embedding (model loading and FAISS building excluded)."""
+        return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+
+@dataclass
+class Shard:
+    """Embeddings ``[count, A, D]`` of plan positions ``start .. start + count`` in ``shards/<file>``;
+    ``failed``: positions whose image could not be read, with the reason."""
+
+    file: str
+    start: int
+    count: int
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    """``progress.json``: the plan's size, the batch grid it is embedded on, and (once the commit
+    began) the first row it was given."""
+
+    planned: int
+    batch_size: int
+    shard_rows: int
+    first_row: int | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> Progress:
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            return cls(int(d["planned"]), int(d["batch_size"]), int(d["shard_rows"]), d.get("first_row"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CatalogIndexError(
+                f"{path}: unreadable build progress ({exc}; written by another agman version?); remove it and the "
+                "shards/ folder beside it to embed the planned images again"
+            ) from None
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, asdict(self))
+
+
+class Work:
+    """The work folder of a build: ``progress.json``, ``shards/plan.jsonl``, ``shards/rank-NNN.json``
+    and the shard files (inside the index folder for FAISS; beside the Milvus Lite file, or named
+    by ``work``, for Milvus)."""
+
+    def __init__(self, folder: Path):
+        self.layout = IndexLayout(folder)
+        self.progress_path = self.layout.progress
+        self.shards = self.layout.shards
+        self.plan_path = self.shards / "plan.jsonl"
+
+    @property
+    def unfinished(self) -> bool:
+        return self.progress_path.is_file()
+
+    def write_plan(self, items: list[Item], replaces: list[int | None], progress: Progress) -> None:
+        self.shards.mkdir(parents=True, exist_ok=True)
+
+        def lines(f):
+            for item, row in zip(items, replaces):
+                record = json.loads(item.to_json())
+                record["replaces"] = row
+                f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+
+        atomic_write(self.plan_path, lines)
+        progress.write(self.progress_path)
+
+    def read_plan(self) -> tuple[list[Item], list[int | None]]:
+        items, replaces = [], []
+        with self.plan_path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                try:
+                    items.append(parse_item(line))
+                    replaces.append(json.loads(line).get("replaces"))
+                except ValueError as exc:
+                    raise CatalogIndexError(f"{self.plan_path}, line {lineno}: {exc}") from None
+        return items, replaces
+
+    def rank_file(self, rank: int) -> Path:
+        return self.shards / f"rank-{rank:03d}.json"
+
+    def shards_of(self, rank: int) -> list[Shard]:
+        path = self.rank_file(rank)
+        if not path.is_file():
+            return []
+        try:
+            return [Shard(**s) for s in json.loads(path.read_text(encoding="utf-8"))]
+        except (ValueError, TypeError) as exc:
+            raise CatalogIndexError(f"{path}: unreadable shard list ({exc}); remove it to embed its shards again")
+
+    def all_shards(self) -> list[Shard]:
+        shards = []
+        for path in sorted(self.shards.glob("rank-*.json")):
+            shards += self.shards_of(int(path.stem.split("-")[1]))
+        return sorted(shards, key=lambda s: s.start)
+
+    def clear(self) -> None:
+        self.progress_path.unlink(missing_ok=True)
+        shutil.rmtree(self.shards, ignore_errors=True)
+
+
+def plan_items(
+    live: dict[str, tuple[int, Item]], stored_paths: set[str], new: ImageSet, *, add: bool, update: bool
+) -> tuple[list[Item], list[int | None], int]:
+    """What to write for source ``new``, given its ids' ``live`` (searchable) items (``{id: (row,
+    item)}``) and which of its paths are ``stored_paths`` of searchable items: ``(items, replaces,
+    already there)``.
+
+    New ids (and ids whose item was deleted) are added when ``add``; a stored id is re-indexed
+    (its row replaced) when ``update``, else counted as already there.  Without ``update`` an image
+    already stored under another id is the same item (not added again), and an id stored for
+    another file is an error.  With ``update`` alone an id that is not stored is an
+    :class:`UnknownItemError` (nothing is planned)."""
+    items, replaces, there = [], [], 0
+    unknown = []
+    seen_paths = {os.path.normpath(p) for p in stored_paths}
+    for item_id, path, labels, metadata in zip(new.ids, new.paths, new.labels, new.metadata):
+        norm = os.path.normpath(path)
+        row, stored = live.get(item_id, (None, None))
+        item = Item(item_id, path, dict(labels), dict(metadata))
+        if stored is not None and update:
+            items.append(item)
+            replaces.append(row)
+        elif stored is not None:
+            if os.path.normpath(stored.path) != norm:
+                raise CatalogIndexError(
+                    f"item id {item_id!r} is already in the index for {stored.path}, "
+                    f"and {new.description or 'the new images'} uses it for {path}: ids must be unique "
+                    "(--update re-indexes an item with its new file)"
+                )
+            there += 1
+        elif not add:
+            unknown.append(item_id)
+        elif norm in seen_paths:
+            there += 1
+        else:
+            seen_paths.add(norm)
+            items.append(item)
+            replaces.append(None)
+    if unknown:
+        raise UnknownItemError.of(unknown, "the index", "--update re-indexes stored items (add new ones with --add); "
+                                  "nothing was changed")
+    return items, replaces, there
+
+
+def batch_runs(todo: list[int], world: int, rank: int) -> list[tuple[int, int]]:
+    """This rank's share of the batches ``todo`` (ascending batch numbers): a contiguous slice of
+    them, as runs ``(first batch, end batch)``."""
+    lo, hi = len(todo) * rank // world, len(todo) * (rank + 1) // world
+    mine = todo[lo:hi]
+    runs: list[tuple[int, int]] = []
+    for b in mine:
+        if runs and runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], b + 1)
+        else:
+            runs.append((b, b + 1))
+    return runs
+
+
+class ShardWriter:
+    """Collects embedding batches of one contiguous run; every ``rows_per_shard`` rows become one
+    shard file, recorded in this rank's shard list right after (both atomic).
+    ``on_shard(rows_done, rows_total)`` follows each."""
+
+    def __init__(self, work: Work, rank: int, rows_per_shard: int, total: int, done: int, on_shard=None):
+        self.work, self.rank = work, rank
+        self.rows_per_shard, self.total, self.on_shard = rows_per_shard, total, on_shard
+        self.shards = work.shards_of(rank)
+        self.done = done
+        self.written = 0
+        self.start(0)
+
+    def start(self, position: int) -> None:
+        self.first = position
+        self.buffer: list[np.ndarray] = []
+        self.failed: dict[str, str] = {}
+
+    def add(self, block: np.ndarray, failed: dict[int, str]) -> None:
+        self.buffer.append(block)
+        self.failed.update({str(k): v for k, v in failed.items()})
+        if sum(len(b) for b in self.buffer) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        block = np.concatenate(self.buffer).astype(np.float32, copy=False)
+        name = f"shard-{self.first:010d}.npy"
+        atomic_write(self.work.shards / name, lambda f: np.save(f, block))
+        self.shards.append(Shard(name, self.first, len(block), self.failed))
+        atomic_write_text(self.work.rank_file(self.rank), json.dumps([asdict(s) for s in self.shards]))
+        self.written += len(block)
+        self.done += len(block)
+        self.start(self.first + len(block))
+        if self.on_shard is not None:
+            self.on_shard(self.done, self.total)
+
+
+def build_index(
+    out,
+    images: ImageSet | None,
+    checkpoint: str | Path | None = None,
+    *,
+    model=None,
+    info=None,
+    config: IndexConfig | None = None,
+    add: bool = False,
+    update: bool = False,
+    batch_size: int = 32,
+    shard_size: int = 1024,
+    workers: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    on_shard: Callable[[int, int], None] | None = None,
+    on_error: str = "stop",
+    root: str | Path | None = None,
+    work: str | Path | None = None,
+    distributed=None,
+) -> BuildSummary:
+    """Embed ``images`` with a checkpoint and write (or grow, update, resume) the index at ``out``.
+
+    ``out``: an index folder (FAISS files), a Milvus URI (``catalog.db`` for Milvus Lite,
+    ``http://host:19530``) or a ``MilvusTarget``.  Give ``checkpoint`` (a path) or an already
+    loaded ``model`` with its ``info`` (``CheckpointInfo``).  ``config`` picks the index type for a
+    new index; for an existing one it must be omitted or of the same type.  An unfinished build is
+    resumed; a finished index only changes with ``add`` (new items) and/or ``update`` (stored items
+    re-embedded; an unknown id is an error).  ``on_error``: ``stop`` at an unreadable image (it is
+    named), or ``skip`` it and list it in ``skipped.jsonl``.  ``root``: the catalog root image paths
+    are stored relative to (a new index; default the source's folder).  ``work``: the work folder
+    of a Milvus build.  ``distributed``: an ``engine.distributed.DistributedContext`` (torchrun):
+    every rank embeds its share, rank 0 plans and commits.  ``on_shard(rows_done, rows_total)`` is
+    called after each shard is safely on disk.
+    """
+    from agman.retrieval.targets import open_for_build
+
+    started = time.perf_counter()
+    if on_error not in ON_ERROR:
+        raise InvalidValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    ctx = distributed or _single_process()
+    if model is None or info is None:
+        if checkpoint is None:
+            raise ValueError("build_index needs a checkpoint path or a loaded model with its CheckpointInfo")
+        from agman.engine.checkpoint import load_model
+
+        model, info = load_model(checkpoint, device=device if ctx.world_size == 1 else ctx.device)
+    meta = images.metadata_types if images is not None else {}
+    catalog_root = root if root is not None else (images.root if images is not None else None)
+
+    plan_error = None
+    writer: CatalogWriter | None = None
+    work: Work | None = None
+    counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0}
+    if ctx.is_main:
+        try:
+            dim = int(model.embedding_dim)
+            writer, work = open_for_build(out, info, dim, config, meta, catalog_root, add or update, work)
+            counts = _plan(writer, work, images, add=add, update=update, batch_size=batch_size, shard_size=shard_size)
+        except BaseException as exc:  # every rank must hear that the plan failed, not wait for it
+            plan_error = exc
+    try:
+        if ctx.enabled:  # rank 0 tells the others whether it planned, and where the work folder is
+            folder = _broadcast_text("" if plan_error is not None or work is None else str(work.layout.root), ctx)
+            if plan_error is not None:
+                raise plan_error
+            if not folder:
+                raise CatalogIndexError("rank 0 could not plan the build (its error is in its output)")
+            work = work or Work(Path(folder))
+        elif plan_error is not None:
+            raise plan_error
+
+        embedded, embed_seconds, failure = 0, 0.0, None
+        try:
+            if work.unfinished:
+                embedded, embed_seconds = _embed(work, model, info, ctx, workers, device, progress, on_shard, on_error)
+        except Exception as exc:  # the other ranks must not wait for this one at the commit
+            failure = exc
+        if not _all_ranks_ok(failure is None, ctx):
+            raise failure or CatalogIndexError(
+                "another process of this torchrun failed while embedding (its error is in its output); the shards "
+                "written so far are kept: rerun the same command to continue"
+            )
+        summary = BuildSummary(Path(str(out)), 0, counts["added"], counts["there"], counts["resumed"], embedded,
+                               0.0, "", embed_seconds, counts["updated"])
+        if ctx.is_main:
+            try:
+                if work.unfinished:
+                    summary.unreadable = _commit(writer, work)
+                summary.count = writer.searchable()
+                summary.index_type = writer.info.config.kind
+                summary.location = writer.location
+            except Exception as exc:
+                failure = exc
+        if not _all_ranks_ok(failure is None, ctx):
+            raise failure or CatalogIndexError("rank 0 could not commit the index (its error is in its output)")
+    finally:
+        if writer is not None:
+            writer.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _single_process():
+    from agman.engine.distributed import DistributedContext
+
+    return DistributedContext()
+
+
+def _all_ranks_ok(ok: bool, ctx) -> bool:
+    """Whether every rank is ``ok`` (a collective: every rank calls it)."""
+    if not ctx.enabled:
+        return ok
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if ok else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _broadcast_text(text: str, ctx) -> str:
+    import torch.distributed as dist
+
+    box = [text]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, update, batch_size, shard_size) -> dict:
+    """Rank 0: extend the work folder's plan with what ``images`` asks for."""
+    counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0}
+    planned, replaces = work.read_plan() if work.unfinished else ([], [])
+    prog = Progress.read(work.progress_path) if work.unfinished else Progress(0, batch_size, 0)
+    if prog.first_row is not None:  # the commit began: finish it before planning more
+        return counts
+    counts["resumed"] = sum(s.count for s in work.all_shards())
+    if images is not None:
+        live, stored_paths = writer.known(images.ids, images.paths)
+        new, rows_replaced, there = plan_items(live, stored_paths, images, add=add or not update, update=update)
+        planned_ids = {it.id for it in planned}
+        fresh = [(it, r) for it, r in zip(new, rows_replaced) if it.id not in planned_ids]
+        counts["there"] = there + len(new) - len(fresh)
+        counts["added"] = sum(r is None for _, r in fresh)
+        counts["updated"] = len(fresh) - counts["added"]
+        if fresh:
+            planned += [it for it, _ in fresh]
+            replaces += [r for _, r in fresh]
+            log.info("planned %d items (%d to add, %d to update; %d already indexed)", len(fresh), counts["added"],
+                     counts["updated"], counts["there"])
+    if not planned:
+        return counts
+    prog.planned = len(planned)
+    b = prog.batch_size
+    prog.shard_rows = prog.shard_rows or max(b, (int(shard_size) // b) * b)  # whole batches: resumes align
+    work.write_plan(planned, replaces, prog)
+    return counts
+
+
+def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on_error) -> tuple[int, float]:
+    """Every rank: embed this rank's share of the batches no shard holds yet."""
+    from agman.engine.embed import iter_embeddings
+
+    started = time.perf_counter()
+    prog = Progress.read(work.progress_path)
+    if prog.first_row is not None:
+        return 0, 0.0
+    items, _ = work.read_plan()
+    b = prog.batch_size
+    covered = np.zeros(prog.planned, dtype=bool)
+    for s in work.all_shards():
+        covered[s.start : s.start + s.count] = True
+    n_batches = -(-prog.planned // b)
+    todo = [i for i in range(n_batches) if not covered[i * b : (i + 1) * b].all()]
+    runs = batch_runs(todo, ctx.world_size, ctx.rank)
+    done = int(covered.sum())
+    writer = ShardWriter(work, ctx.rank, prog.shard_rows, prog.planned, done, on_shard)
+    expected = (len(info.attributes), int(model.embedding_dim))
+    paths = [it.path for it in items]
+    for first, end in runs:
+        lo, hi = first * b, min(prog.planned, end * b)
+        writer.flush()
+        writer.start(lo)
+        failures: dict[int, str] | None = {} if on_error == "skip" else None
+        for pos, emb in iter_embeddings(
+            model, paths[:hi], None, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=b,
+            device=ctx.device if ctx.enabled else device, workers=workers, start=lo,
+            progress=progress and ctx.is_main, failures=failures,
+        ):
+            if emb.shape[1:] != expected:
+                raise CatalogIndexError(f"model returned embeddings {emb.shape[1:]}, expected {expected}")
+            finite = np.isfinite(emb).reshape(len(emb), -1).all(axis=1)
+            if not finite.all():
+                bad = pos + int(np.flatnonzero(~finite)[0])
+                raise CatalogIndexError(
+                    f"the model's embedding of {items[bad].path} (plan position {bad}) is not finite (NaN or "
+                    "infinity): the checkpoint's weights are damaged"
+                )
+            failed = {}
+            if failures:
+                failed = {i: failures.pop(i) for i in list(failures) if pos <= i < pos + len(emb)}
+            writer.add(emb, failed)
+        writer.flush()
+    return writer.written, time.perf_counter() - started
+
+
+def _commit(writer: CatalogWriter, work: Work) -> int:
+    """Rank 0: append every shard to the store in plan order; returns how many images were unreadable."""
+    prog = Progress.read(work.progress_path)
+    items, replaces = work.read_plan()
+    shards = work.all_shards()
+    covered = np.zeros(prog.planned, dtype=bool)
+    for s in shards:
+        covered[s.start : s.start + s.count] = True
+    if not covered.all():
+        first = int(np.flatnonzero(~covered)[0])
+        raise CatalogIndexError(
+            f"{work.shards}: no shard holds plan position {first} ({items[first].path}): "
+            "rerun `agman index` to embed it"
+        )
+    skipped = {int(p): reason for s in shards for p, reason in s.failed.items()}
+    if prog.first_row is None:
+        prog.first_row = writer.reserve(prog.planned)
+        prog.write(work.progress_path)
+
+    def blocks():
+        end = 0  # shards of several runs may overlap where a rank re-embedded a batch: take each position once
+        for s in shards:
+            if s.start + s.count <= end:
+                continue
+            block = np.load(work.shards / s.file, mmap_mode="r")
+            yield block[max(0, end - s.start) : s.count]
+            end = s.start + s.count
+
+    writer.commit(items, blocks, replaces, sorted(skipped), prog.first_row)
+    if skipped:
+        _record_skipped(writer, work, items, skipped)
+    work.clear()
+    return len(skipped)
+
+
+def _record_skipped(writer, work: Work, items: list[Item], skipped: dict[int, str]) -> None:
+    """``skipped.jsonl`` (in the index folder, or the Milvus work folder): the images of this run that
+    could not be read, with the reasons; a later ``--add`` of the same source retries them."""
+    path = getattr(writer, "layout", work.layout).root / "skipped.jsonl"
+    lines = [
+        json.dumps({"id": items[p].id, "path": items[p].path, "reason": reason}, ensure_ascii=False)
+        for p, reason in sorted(skipped.items())
+    ]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    log.warning("%d images could not be read and were skipped: see %s", len(skipped), path)
+

@@ -1,0 +1,293 @@
+"""The FAISS-files backend, read side: an index folder of plain files opened for search
+(:class:`FaissStore`, the embedded default :class:`~agman.retrieval.store.VectorStore`).  The
+builder grows it through :class:`agman.retrieval.faiss_writer.FaissWriter`.
+
+A folder holds::
+
+    index.json            IndexInfo: checkpoint, attributes, metadata schema, catalog root, D, index
+                          type, count (rows written), deleted rows, sizes and hashes of the files below
+    items.jsonl           one Item per line, in row order (paths relative to the catalog root)
+    vectors/attr-NN.f32   exact float32 embeddings [count, D] of attribute NN (memory-mapped)
+    faiss/attr-NN.faiss   approximate types only: the FAISS index of attribute NN (FAISS row i = row i)
+    skipped.jsonl         images `agman index --on-error skip` could not read, with the reasons
+    progress.json, shards/   only while a build is unfinished (see agman.retrieval.build)
+
+Only the ``count`` committed rows are visible, minus the deleted ones: a folder whose build is
+unfinished answers for the items of its last completed run.  Opening checks the folder
+(:func:`~agman.retrieval.faiss_check.folder_problems`: sizes always, the recorded hashes sampled or
+in full) and refuses a damaged one naming the file; a running server asks :meth:`FaissStore.health`
+whether the files changed under it.  Exact (``flat``) search is a numpy
+scan of the memory-mapped vectors — as fast as ``X @ q`` + ``argpartition`` (a FAISS
+``IndexFlatIP`` was 2.2x slower on one query and held a second copy of the vectors); approximate
+types shortlist with their FAISS index.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from agman.retrieval.faiss_check import FolderHealth, FolderWatch, damage_message, folder_problems, map_vectors
+from agman.retrieval.faiss_index import read_faiss, search_params, similarities
+from agman.retrieval.filters import Filter
+from agman.retrieval.info import CatalogIndexError, IndexInfo, IndexLayout
+from agman.retrieval.integrity import LEVELS, IndexDamagedError
+from agman.retrieval.items import Item, read_items
+from agman.retrieval.ranking import exact_scores
+from agman.retrieval.store import Selection
+
+log = logging.getLogger(__name__)
+
+GATHER_SHARE = 0.5  # below this share of selected rows, a scan copies them out; above, scores all and picks
+
+
+def catalog_root(info: IndexInfo, override: str | Path | None) -> str | None:
+    """The folder item paths resolve against: ``override`` (``--root``) or the one recorded."""
+    if override is not None:
+        root = Path(override).resolve()
+        if not root.is_dir():
+            raise CatalogIndexError(f"catalog root {override} is not a folder")
+        return str(root)
+    if info.root is not None and not Path(info.root).is_dir():
+        log.warning("catalog root %s recorded by the index is not a folder here: pass --root", info.root)
+    return info.root
+
+
+class FaissStore:
+    """An index folder opened for search: items in memory, exact vectors memory-mapped, FAISS
+    indexes (approximate types) read on first use (all at once with ``load``).  ``nprobe`` /
+    ``ef_search`` / ``rerank`` override the settings the index was built with; ``catalog`` the
+    catalog root image paths resolve against.  ``verify`` is how the recorded file hashes are
+    checked at open (``size``, ``sample`` or ``full``: see :mod:`agman.retrieval.integrity`); a
+    damaged folder is an :class:`IndexDamagedError` naming the file.  Immutable once open (a changed
+    folder is taken up by :meth:`reopened`); safe to share between threads."""
+
+    in_memory = True
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        rerank: int | None = None,
+        catalog: str | Path | None = None,
+        verify: str = "sample",
+        load: bool = False,
+    ):
+        if verify not in LEVELS:
+            raise ValueError(f"verify must be one of {', '.join(LEVELS)}, got {verify!r}")
+        self.layout = IndexLayout(root)
+        self.root = self.layout.root
+        self.location = str(self.root)
+        self._settings = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank, "catalog": catalog,
+                          "verify": verify, "load": load}
+        self._stamp = _stamp(self.layout.info)
+        self.info = IndexInfo.read(self.layout.info)
+        self.config = self.info.config.tuned(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+        self.catalog_root = catalog_root(self.info, catalog)
+        self.count = self.info.count
+        self.deleted = np.asarray(self.info.deleted, dtype=np.int64)
+        self.items = read_items(
+            self.layout.items, limit=self.count, root=self.catalog_root, deleted=set(self.info.deleted)
+        )
+        if len(self.items) != self.count:
+            raise CatalogIndexError(f"{self.layout.items} has {len(self.items)} items; index.json counts {self.count}")
+        self.live = np.ones(self.count, dtype=bool)
+        self.live[self.deleted] = False
+        self.live_rows = np.flatnonzero(self.live).astype(np.int64)
+        self._row_of_id = {self.items[r].id: int(r) for r in self.live_rows}
+        self._row_of_path = {os.path.normpath(self.items[r].path): int(r) for r in self.live_rows}
+        self.unfinished = self.layout.progress.is_file()
+        self.verified = verify
+        problems = folder_problems(self.layout, self.info, verify)
+        if problems:
+            raise IndexDamagedError(damage_message(self.layout, problems))
+        if self.count and not self.info.files:
+            log.warning(
+                "%s records no file hashes (written by an older agman): only file sizes are checked; "
+                "`agman index --add` on this folder records them", self.layout.info,
+            )
+        self._vectors: dict[int, np.ndarray] = {}
+        self._faiss: dict[int, object] = {}
+        self._columns = None
+        self._masks: dict = {}
+        self._lock = threading.Lock()
+        self._watch: FolderWatch | None = None
+        if load and not self.config.exact:
+            for a in range(len(self.info.attributes)):
+                self.faiss_index(a)
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def shortlist_limit(self) -> int:
+        return max(1, self.count)
+
+    def __len__(self) -> int:
+        return len(self.live_rows)
+
+    def rows(self, limit: int | None = None) -> np.ndarray:
+        return self.live_rows if limit is None else self.live_rows[:limit]
+
+    def count_selected(self, selection: Selection) -> int:
+        return self.count if selection.count is None else selection.count
+
+    def reopened(self) -> FaissStore | None:
+        """This folder opened afresh when ``index.json`` changed since this store was opened (an
+        ``agman index`` run committed rows or deletions), else None."""
+        if _stamp(self.layout.info) == self._stamp:
+            return None
+        return FaissStore(self.root, **self._settings)
+
+    # ------------------------------------------------------------------ items
+    def item(self, row: int) -> Item:
+        return self.items[row]
+
+    def items_of(self, rows: Sequence[int]) -> list[Item]:
+        return [self.items[int(r)] for r in rows]
+
+    def row_of_id(self, item_id: str) -> int | None:
+        return self._row_of_id.get(item_id)
+
+    def row_of_path(self, path: str) -> int | None:
+        return self._row_of_path.get(os.path.normpath(path))
+
+    def labelled_rows(self, attribute: str) -> np.ndarray:
+        """Searchable rows annotated with ``attribute``."""
+        rows = self.live_rows
+        return rows[self._mask(("labelled", attribute), lambda: self._label_mask(attribute))[rows]]
+
+    def _label_mask(self, attribute: str) -> np.ndarray:
+        return np.fromiter((attribute in it.labels for it in self.items), dtype=bool, count=self.count)
+
+    # ------------------------------------------------------------------ selecting
+    def select(self, flt: Filter | None = None, exclude: Iterable[int] = ()) -> Selection:
+        exclude = np.asarray(sorted({int(r) for r in exclude}), dtype=np.int64)
+        exclude = exclude[(exclude >= 0) & (exclude < self.count)]
+        if flt is None and not len(exclude) and not len(self.deleted):
+            return Selection(self.count)
+        mask = self.live.copy()
+        if flt is not None:
+            mask &= self._mask(flt.expr, lambda: flt.mask(self._catalog_columns(), self.count))
+        mask[exclude] = False
+        rows = np.flatnonzero(mask).astype(np.int64)
+        return Selection(len(rows), rows)
+
+    def _mask(self, key, make) -> np.ndarray:
+        """A boolean mask over every row, computed once per key (a filter's expression) and kept."""
+        with self._lock:
+            mask = self._masks.get(key)
+        if mask is None:
+            mask = make()
+            with self._lock:
+                if len(self._masks) > 256:
+                    self._masks.clear()
+                self._masks[key] = mask
+        return mask
+
+    def _catalog_columns(self):
+        from agman.retrieval.catalog import CatalogSchema
+
+        with self._lock:
+            if self._columns is None:
+                self._columns = CatalogSchema.of(self.info).columns(self.items)
+            return self._columns
+
+    # ------------------------------------------------------------------ vectors
+    def vectors(self, attribute: int, rows: np.ndarray | None = None) -> np.ndarray:
+        with self._lock:
+            if attribute not in self._vectors:
+                self._vectors[attribute] = map_vectors(self.layout.vectors(attribute), self.count, self.info.dim)
+            every = self._vectors[attribute]
+        return every if rows is None else every[rows]
+
+    def similarities(
+        self, attribute: int, query: np.ndarray, selection: Selection, exact: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rows = selection.rows
+        every = self.vectors(attribute)
+        product = exact_scores if exact else _blas_scores
+        if rows is None:
+            return np.arange(self.count, dtype=np.int64), product(every, query)
+        if len(rows) < GATHER_SHARE * self.count:
+            return rows, product(every[rows], query)
+        return rows, product(every, query)[rows]
+
+    def shortlist(
+        self, attribute: int, query: np.ndarray, n: int, selection: Selection
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.exact:
+            rows, sims = self.similarities(attribute, query, selection, exact=False)
+            if len(rows) > n:
+                best = np.argpartition(-sims, n - 1)[:n]
+                rows, sims = rows[best], sims[best]
+            return rows, sims
+        index = self.faiss_index(attribute)
+        allowed = selection.rows
+        params = search_params(index, self.config, n, allowed, self.count)
+        distances, rows = index.search(np.asarray(query, dtype=np.float32)[None], n, params=params)
+        listed = rows[0] >= 0
+        return rows[0][listed].astype(np.int64), similarities(index, distances[0][listed])
+
+    def faiss_index(self, attribute: int):
+        """Attribute ``attribute``'s FAISS index (approximate types; read once, then shared: FAISS
+        searches are thread-safe)."""
+        with self._lock:
+            if attribute not in self._faiss:
+                path = self.layout.faiss(attribute)
+                try:
+                    index = read_faiss(path)
+                except RuntimeError as exc:  # FAISS's I/O errors: missing, truncated, not an index
+                    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                    problem = f"{path}: not a readable FAISS index ({reason})"
+                    raise IndexDamagedError(damage_message(self.layout, [problem])) from None
+                if index.d != self.info.dim:
+                    problem = f"{path} holds vectors of dimension {index.d}; index.json says dim {self.info.dim}"
+                    raise IndexDamagedError(damage_message(self.layout, [problem]))
+                if index.ntotal != self.count:
+                    raise CatalogIndexError(
+                        f"{path} holds {index.ntotal} vectors; index.json counts {self.count}: "
+                        "rerun `agman index` on this folder to finish it"
+                    )
+                self._faiss[attribute] = index
+            return self._faiss[attribute]
+
+    def health(self) -> FolderHealth:
+        """Whether the folder's files changed under this open store, and if so whether it is damaged
+        (cheap while nothing changed: one ``stat`` per file; see :class:`FolderWatch`)."""
+        with self._lock:
+            if self._watch is None:
+                self._watch = FolderWatch(self)
+        return self._watch.check()
+
+    def memory_bytes(self) -> dict[str, int]:
+        """On-disk bytes per attribute: FAISS index and exact vectors (for the trade-off table)."""
+        n = len(self.info.attributes)
+        out = {"faiss": 0, "vectors": 0}
+        for a in range(n):
+            for kind, path in (("faiss", self.layout.faiss(a)), ("vectors", self.layout.vectors(a))):
+                out[kind] += path.stat().st_size if path.is_file() else 0
+        return {k: v // max(1, n) for k, v in out.items()}
+
+
+def _blas_scores(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``vectors @ query`` (BLAS, possibly on several threads): within ``BORDER_EPS`` of
+    :func:`~agman.retrieval.ranking.exact_scores`, whose bits depend on nothing but the row."""
+    return np.asarray(vectors, dtype=np.float32) @ np.asarray(query, dtype=np.float32)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when ``index.json`` is rewritten (atomically: a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+

@@ -1,0 +1,192 @@
+"""Running the app on uvicorn: the listening socket (bound before anything is announced), the
+checks before serving beyond localhost, and connection guards uvicorn lacks.
+
+uvicorn closes a keep-alive connection idle after a response (``keep_alive``), but not one that
+never sends a complete request head (a half-open or slow-loris connection): each holds a file
+descriptor for ever, until the server cannot accept any more.  :class:`GuardedH11Protocol` gives
+every connection ``header_timeout`` seconds to send its request head (from connecting, or from the
+end of the previous response), and keeps at most ``max_connections`` open: past that, the
+connection idle the longest is closed to make room (a new one is refused only when every
+connection is busy with a request).
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import resource
+import socket
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from agman.errors import AgmanError, UsageError
+from agman.service.limits import ServiceLimits
+
+log = logging.getLogger(__name__)
+
+LOCAL_NAMES = ["localhost", "127.0.0.1", "[::1]"]  # an IPv6 Host header keeps its brackets
+FD_RESERVE = 64  # descriptors kept for the process's own files (libraries, mapped index files, logs)
+
+
+class ListenError(AgmanError):
+    """The address cannot be listened on (port in use, address not on this machine, no permission)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) only reaches this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def check_exposure(host: str, token: str | None, insecure_no_token: bool) -> None:
+    """Refuse to serve a non-loopback address without a token unless explicitly asked to."""
+    if token or insecure_no_token or is_loopback(host):
+        return
+    raise UsageError(
+        f"--host {host} makes the service reachable from other machines, and no token is set: anyone who can "
+        "reach it could search the catalog and read its images. Set a token (AGMAN_TOKEN=<secret> in the "
+        "environment, or --token) and send 'Authorization: Bearer <secret>', or pass --insecure-no-token "
+        "if the network is trusted (e.g. behind a reverse proxy that authenticates)"
+    )
+
+
+def default_allowed_hosts(host: str, extra: list[str] | None = None) -> list[str]:
+    """The ``Host`` names accepted: the bound address (for a wildcard address, this machine's name),
+    the loopback names, and ``extra``."""
+    names = list(LOCAL_NAMES)
+    bare = host.strip("[]")
+    if bare in ("0.0.0.0", "::", ""):
+        names += [socket.gethostname(), socket.getfqdn()]
+    else:
+        names.append(f"[{bare}]" if ":" in bare else bare)
+    names += list(extra or [])
+    return list(dict.fromkeys(n.lower() for n in names if n))
+
+
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A socket bound and listening on ``host:port`` (port 0: any free port); a clear
+    :class:`ListenError` naming the address when it cannot be."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: unknown address ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        why = {
+            errno.EADDRINUSE: "the port is already in use (another server is running there?); choose another --port",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "the address is not one of this machine's",
+        }.get(exc.errno, exc.strerror)
+        raise ListenError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def connection_budget(limits: ServiceLimits) -> int:
+    """``limits.max_connections``, lowered to what the open-files limit allows (each connection may
+    hold a second descriptor for a spooled upload); the soft limit is raised to the hard one first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    room = soft if soft != resource.RLIM_INFINITY else 1 << 20
+    allowed = (room - FD_RESERVE) // 2
+    if allowed < 8:
+        raise AgmanError(f"the open-files limit ({soft}) leaves no room for connections; raise it (ulimit -n)")
+    if limits.max_connections > allowed:
+        log.warning("max_connections lowered from %d to %d by the open-files limit (%d)",
+                    limits.max_connections, allowed, soft)
+    return min(limits.max_connections, allowed)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a request-head deadline and a bound on open connections (see the
+    module).  Subclassed per server by :func:`protocol_class` with its settings."""
+
+    header_timeout = 10.0
+    max_connections = 1000
+
+    def connection_made(self, transport) -> None:
+        self._head_timer = None
+        self._idle_since = 0.0
+        super().connection_made(transport)
+        self._expect_head()
+        if len(self.connections) > self.max_connections:
+            idle = [c for c in self.connections if c is not self and getattr(c, "_is_idle", lambda: False)()]
+            (min(idle, key=lambda c: c._idle_since) if idle else self)._drop()
+
+    def _is_idle(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _expect_head(self) -> None:
+        self._cancel_head_timer()
+        self._idle_since = self.loop.time()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._is_idle():
+            self._drop()
+
+    def _drop(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request head arrived
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._is_idle():
+            self._expect_head()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+
+def protocol_class(limits: ServiceLimits, max_connections: int) -> type[GuardedH11Protocol]:
+    return type("ServerProtocol", (GuardedH11Protocol,),
+                {"header_timeout": limits.header_timeout, "max_connections": max_connections})
+
+
+def serve(app, sock: socket.socket, limits: ServiceLimits, forwarded_allow_ips: str | None = None) -> None:
+    """Serve ``app`` on the listening ``sock`` until interrupted."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        http=protocol_class(limits, connection_budget(limits)),
+        timeout_keep_alive=int(max(1, round(limits.keep_alive))),
+        log_level="warning",
+        lifespan="off",
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,106 @@
+"""Changing the catalog through the service (only when started ``--writable``): delete an item,
+re-index one (new labels, metadata or image file).  Unknown ids answer 404, a read-only server 403,
+an index another process is writing 409.  The FAISS folder is written under its lock, then reopened
+(the index watch); a Milvus collection is written through the served store.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, HTTPException
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
+
+from agman.data.images import load_image
+from agman.retrieval.items import Item
+from agman.service.state import ServiceState, get_state
+
+router = APIRouter()
+State = Annotated[ServiceState, Depends(get_state)]
+_write_lock = threading.Lock()  # one write at a time per process
+
+
+class ItemChange(BaseModel):
+    """What ``PUT /items/{id}`` changes; omitted fields keep their values.  ``path``: the item's image
+    file, relative to the catalog root (re-embedded either way)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: StrictStr | None = None
+    labels: dict[StrictStr, StrictStr] | None = None
+    metadata: dict[StrictStr, StrictStr | StrictBool | StrictInt | StrictFloat] | None = None
+
+
+def _writable(state: ServiceState) -> None:
+    if not state.writable:
+        raise HTTPException(403, "this server is read-only: start it with --writable to change the catalog")
+
+
+def _writer(state: ServiceState):
+    """The writer of the served index and whether it must be closed after use."""
+    store = state.retriever.store
+    if hasattr(store, "commit"):  # Milvus: the served store writes too
+        return store, False
+    from agman.retrieval.targets import open_writer
+
+    return open_writer(store.root), True
+
+
+def _apply(state: ServiceState, change) -> dict:
+    with _write_lock:
+        writer, close = _writer(state)
+        try:
+            result = change(writer)
+        finally:
+            if close:
+                writer.close()
+        state.watch.check()
+    return result
+
+
+@router.delete("/items/{item_id:path}", summary="Delete a catalog item (server started --writable)")
+async def delete_item(item_id: str, state: State):
+    _writable(state)
+    state.retriever.item(item_id)  # 404 for an unknown id before anything is written
+    done = await run_in_threadpool(_apply, state, lambda w: {"deleted": w.delete([item_id])})
+    return done | {"items": len(state.retriever)}
+
+
+@router.put("/items/{item_id:path}", summary="Re-index a catalog item: labels, metadata, image (server --writable)")
+async def update_item(item_id: str, state: State, change: Annotated[ItemChange, Body()]):
+    _writable(state)
+    retriever = state.retriever
+    old = retriever.item(item_id)  # 404 for an unknown id
+    store = retriever.store
+    path = old.path if change.path is None else _inside_root(change.path, store.catalog_root)
+    labels = old.labels if change.labels is None else change.labels
+    metadata = old.metadata if change.metadata is None else change.metadata
+    from agman.retrieval.catalog import CatalogSchema
+
+    item = CatalogSchema.of(store.info).check_item(Item(item_id, path, dict(labels), dict(metadata)))
+    picture = await run_in_threadpool(load_image, path)
+    vectors = await state.batcher.embed(picture)
+    row = retriever.row(item_id)
+
+    def write(writer):
+        first = writer.reserve(1)
+        writer.commit([item], lambda: iter([vectors[None]]), [row], [], first)
+        return {"updated": 1, "row": first}
+
+    done = await run_in_threadpool(_apply, state, write)
+    return done | {"items": len(state.retriever)}
+
+
+def _inside_root(path: str, root: str | None) -> str:
+    """``path`` (relative to the catalog root) as an absolute path that stays inside the root."""
+    if root is None:
+        raise HTTPException(400, "this index records no catalog root: its items' paths cannot be changed here")
+    if os.path.isabs(path) or "\\" in path:
+        raise HTTPException(400, f"path must be relative to the catalog root, got {path!r}")
+    resolved = os.path.normpath(os.path.join(root, path))
+    if Path(os.path.commonpath([resolved, root])) != Path(root):
+        raise HTTPException(400, f"path {path!r} leaves the catalog root")
+    return resolved

@@ -1,0 +1,322 @@
+"""The Milvus backend on Milvus Lite behind the same Retriever as the FAISS folder: the same rankings
+(ids and scores) as FAISS flat, with and without filters, single- and multi-attribute; add / update /
+delete round trips on both backends; checkpoint identity; a Milvus that does not answer."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import make_asen
+from test_retrieval_index import tiny_checkpoint
+
+from agman.data.layouts import open_dataset
+from agman.errors import InvalidValueError, NotFoundError
+from agman.retrieval.build import build_index
+from agman.retrieval.filters import FilterFieldError, FilterSyntaxError
+from agman.retrieval.info import CatalogIndexError, IndexExistsError, IndexMismatchError, IndexNotFoundError
+from agman.retrieval.query import QueryError, UnknownItemError
+from agman.retrieval.ranking import rank
+from agman.retrieval.search import Retriever
+from agman.retrieval.sources import ImageSet, from_split
+from agman.retrieval.targets import open_writer
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from agman.retrieval.milvus_client import MilvusError, MilvusTarget, MilvusUnreachableError  # noqa: E402
+from agman.retrieval.milvus_store import MilvusStore  # noqa: E402
+
+META = {"price": "number", "category": "string", "in_stock": "bool"}
+CATEGORIES = ["dress", 'say "hi"', "it's", "back\\slash", "ünï"]
+
+
+def metadata(row: int) -> dict:
+    """Typed metadata for catalog row ``row``, with some values missing."""
+    out = {}
+    if row % 7:
+        out["price"] = float((row * 37) % 100)
+    if row % 5:
+        out["category"] = CATEGORIES[row % len(CATEGORIES)]
+    if row % 3:
+        out["in_stock"] = row % 2 == 0
+    return out
+
+
+def catalog(spec, rows=None) -> ImageSet:
+    images = from_split(spec, "test")
+    rows = range(len(images.ids)) if rows is None else rows
+    return ImageSet(
+        [images.ids[r] for r in rows], [images.paths[r] for r in rows], [images.labels[r] for r in rows],
+        metadata=[metadata(r) for r in rows], metadata_types=META, root=images.root,
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The same 120 real images with metadata, embedded by a tiny real model into a FAISS flat folder
+    and a Milvus Lite collection (FLAT) by the same builder."""
+    tmp = tmp_path_factory.mktemp("backends")
+    spec = open_dataset(make_asen(tmp / "ds", n_per_split=(12, 10, 120), values=(3, 2)))
+    ckpt = tiny_checkpoint(tmp / "ckpt.pt", spec.attributes)
+    build_index(tmp / "faiss", catalog(spec), ckpt, batch_size=16)
+    build_index(str(tmp / "catalog.db"), catalog(spec), ckpt, batch_size=16)
+    faiss = Retriever.open(tmp / "faiss")
+    milvus = Retriever.open(str(tmp / "catalog.db"))
+    yield tmp, spec, ckpt, faiss, milvus
+    milvus.store.close()
+
+
+def assert_same(f, m):
+    """Same ids, the same scores bit for bit (both re-score the same stored float32 vectors)."""
+    assert m.ids == f.ids
+    assert [h.score for h in m.hits] == [h.score for h in f.hits]
+    assert [h.scores for h in m.hits] == [h.scores for h in f.hits]
+    assert [(h.labels, h.metadata, h.path) for h in m.hits] == [(h.labels, h.metadata, h.path) for h in f.hits]
+    assert m.candidates == f.candidates
+
+
+FILTERS = [
+    None,
+    "price < 40",
+    'category == "dress" or category == \'say "hi"\' or category == "back\\\\slash"',
+    "not in_stock and attr0 is not null",
+    "attr1 == 'attr1_v0' and price >= 10 and category != \"ünï\"",
+    "price in [0, 11, 22, 33, 44] or category is null",
+]
+WEIGHTS = [{"attr0": 1.0}, {"attr1": 1.0}, {"attr0": 1.0, "attr1": 2.5}, {"attr0": 0.3, "attr1": 0.3}]
+
+
+def test_same_rankings_as_faiss_flat_with_and_without_filters(built):
+    _, _, _, faiss, milvus = built
+    rng = np.random.default_rng(0)
+    queries = [(faiss.item_vectors(row), row) for row in (0, 17, 55, 119)]
+    off = faiss.item_vectors(3) + 0.2 * rng.standard_normal((2, 32)).astype(np.float32)
+    queries.append((off / np.linalg.norm(off, axis=1, keepdims=True), None))
+    compared = 0
+    for qi, (query, row) in enumerate(queries):
+        for wi, weights in enumerate(WEIGHTS):
+            for fi, flt in enumerate(FILTERS):
+                k = (1, 7, 40, 200)[(qi + wi + fi) % 4]
+                exclude = [row] if row is not None and fi % 2 == 0 else []
+                f = faiss.search(query, weights, k, filter=flt, exclude=exclude)
+                m = milvus.search(query, weights, k, filter=flt, exclude=exclude)
+                assert m.exact and f.exact
+                assert_same(f, m)
+                assert len(f.hits) == min(k, f.candidates)  # k items whenever k pass the filter
+                compared += 1
+    assert compared == len(queries) * len(WEIGHTS) * len(FILTERS)
+
+
+def test_item_queries_annotated_only_and_k_above_the_matching_items(built):
+    _, spec, _, faiss, milvus = built
+    item = spec.split("test").paths[9]
+    for weights in WEIGHTS:
+        assert_same(faiss.search_item(item, weights, 15, annotated_only=True, exclude_self=True),
+                    milvus.search_item(item, weights, 15, annotated_only=True, exclude_self=True))
+    f = faiss.search_item(item, ["attr0", "attr1"], 1000, filter="price < 15")
+    m = milvus.search_item(item, ["attr0", "attr1"], 1000, filter="price < 15")
+    assert 0 < len(m.hits) == m.candidates < 120
+    assert_same(f, m)
+    assert milvus.search_item(item, "attr0", 5, filter="price > 1000").ids == []
+
+
+def test_shortlists_grow_and_the_limit_falls_back_to_a_scan(built):
+    """Milvus ranks through per-attribute shortlists (the threshold algorithm): started tiny they
+    grow until the bound holds; past Milvus's limit an exact scan answers — the same top k."""
+    _, _, _, faiss, milvus = built
+    store = milvus.store
+    query = faiss.item_vectors(30)
+    for weights in WEIGHTS:
+        w = milvus.parse_attributes(weights)
+        for flt in (None, "price < 70"):
+            expected = faiss.search(query, w, 12, filter=flt)
+            sel = store.select(milvus.compile_filter(flt))
+            grown = rank(store, query, w, 12, sel, start=2)
+            assert grown.rows.tolist() == [h.row for h in expected.hits] and grown.rounds > 1 and not grown.scanned
+            assert grown.total.tolist() == [h.score for h in expected.hits]
+            store.shortlist_limit = 4
+            try:
+                scanned = rank(store, query, w, 12, sel, start=2)
+            finally:
+                del store.shortlist_limit
+            assert scanned.scanned and scanned.rows.tolist() == [h.row for h in expected.hits]
+
+
+def test_round_trips_add_update_delete_on_both_backends(built, tmp_path):
+    """The same changes on a FAISS folder and a Milvus collection keep their rankings equal."""
+    _, spec, ckpt, _, _ = built
+    paths = {"faiss": tmp_path / "faiss", "milvus": str(tmp_path / "rt.db")}
+    for out in paths.values():
+        build_index(out, catalog(spec, range(80)), ckpt, batch_size=16)
+    r = {name: Retriever.open(out) for name, out in paths.items()}
+    q = r["faiss"].item_vectors(11)
+    w = {"attr0": 1.0, "attr1": 2.0}
+
+    def same(k=25, **kw):
+        f, m = r["faiss"].search(q, w, k, **kw), r["milvus"].search(q, w, k, **kw)
+        assert_same(f, m)
+        return f
+
+    same()
+    for out in paths.values():  # add: the other 40 (the 80 are there already)
+        summary = build_index(out, catalog(spec), ckpt, add=True, batch_size=16)
+        assert (summary.added, summary.skipped, summary.count) == (40, 80, 120)
+    r["faiss"].refresh()
+    assert len(r["faiss"]) == len(r["milvus"]) == 120
+    same(k=120)
+
+    top = same(k=3).ids
+    for out in paths.values():  # delete: gone from the results, the rest ranks as before
+        writer = open_writer(out)
+        try:
+            assert writer.delete(top) == 3
+            with pytest.raises(UnknownItemError, match="no item 'nope'"):
+                writer.delete([spec.split("test").paths[50], "nope"])
+        finally:
+            writer.close()
+    r["faiss"].refresh()
+    assert len(r["faiss"]) == len(r["milvus"]) == 117
+    after = same(k=117)
+    assert not set(top) & set(after.ids)
+    for name in r:
+        with pytest.raises(UnknownItemError):
+            r[name].search_item(top[0], "attr0")
+
+    # update: item 50 gets another image and new metadata (a fresh row), item 60 only new metadata
+    ids = spec.split("test").paths
+    images = catalog(spec, [50, 60])
+    images.paths[0] = catalog(spec).paths[12]  # another picture
+    images.metadata[0] = {"price": 1.5, "category": "new"}
+    images.metadata[1] = {"in_stock": True}
+    for out in paths.values():
+        summary = build_index(out, images, ckpt, update=True, batch_size=16)
+        assert (summary.added, summary.updated, summary.count) == (0, 2, 117)
+        with pytest.raises(UnknownItemError, match="no item 'nope'"):
+            build_index(out, ImageSet(["nope"], [images.paths[0]]), ckpt, update=True)
+    r["faiss"].refresh()
+    got = same(k=2, filter='category == "new"')
+    assert np.allclose(r["faiss"].item_vectors(120), r["faiss"].item_vectors(r["faiss"].row(ids[12])), atol=1e-5)
+    assert got.ids == [ids[50]] and got.hits[0].row == 120 and got.hits[0].metadata == {"price": 1.5, "category": "new"}
+    assert same(k=120, filter="in_stock and price is null and category is null").ids.count(ids[60]) == 1
+    same(k=117)
+
+    # deleted items come back as fresh rows with --add
+    for out in paths.values():
+        assert build_index(out, catalog(spec, [ids.index(i) for i in top]), ckpt, add=True).added == 3
+    r["faiss"].refresh()
+    back = same(k=120)
+    assert len(back.hits) == 120 and sorted(h.row for h in back.hits if h.id in top) == [122, 123, 124]
+    r["milvus"].store.close()
+
+
+def test_an_interrupted_milvus_commit_is_completed_by_running_it_again(built, tmp_path, monkeypatch):
+    _, spec, ckpt, faiss, _ = built
+    uri = str(tmp_path / "crash.db")
+    calls = []
+    real = MilvusStore._upsert
+
+    def flaky(self, pending):
+        calls.append(len(pending))
+        if len(calls) == 1:
+            raise MilvusError(f"Milvus at {uri}: could not write items: connection reset")
+        return real(self, pending)
+
+    monkeypatch.setattr(MilvusStore, "_upsert", flaky)
+    with pytest.raises(MilvusError, match="connection reset"):
+        build_index(uri, catalog(spec, range(30)), ckpt, batch_size=16)
+    summary = build_index(uri, catalog(spec, range(30)), ckpt, batch_size=16)
+    assert summary.embedded == 0 and summary.count == 30  # the shards were kept: nothing embedded again
+    m = Retriever.open(uri)
+    got = m.search(faiss.item_vectors(2), ["attr0", "attr1"], 30)
+    assert sorted(h.row for h in got.hits) == list(range(30))  # the rows reserved before the failure
+    m.store.close()
+
+
+def test_collections_of_another_checkpoint_and_foreign_ones_are_refused(built, tmp_path):
+    tmp, spec, ckpt, _, milvus = built
+    other = tiny_checkpoint(tmp_path / "other.pt", spec.attributes, seed=1)
+    uri = str(tmp_path / "id.db")
+    build_index(uri, catalog(spec, range(3)), ckpt)
+    with pytest.raises(IndexMismatchError, match="identity"):
+        build_index(uri, catalog(spec, range(5)), other, add=True)
+    with pytest.raises(IndexExistsError, match="already has a collection 'catalog'"):
+        build_index(uri, catalog(spec, range(5)), ckpt)
+    r = Retriever.open(uri, checkpoint=other)
+    with pytest.raises(IndexMismatchError, match="identity"):
+        r.search(spec.root / spec.split("test").paths[0], "attr0")
+    with pytest.raises(IndexNotFoundError, match="no collection 'other'"):
+        Retriever.open(uri, collection="other")
+    client = r.store.conn.client
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("pk", __import__("pymilvus").DataType.INT64, is_primary=True)
+    schema.add_field("v", __import__("pymilvus").DataType.FLOAT_VECTOR, dim=2)
+    client.create_collection("foreign", schema=schema)
+    r.store.close()
+    with pytest.raises(CatalogIndexError, match="not made by agman"):
+        Retriever.open(uri, collection="foreign")
+    with pytest.raises(InvalidValueError, match="collection name"):
+        Retriever.open(uri, collection="no-dashes")
+
+
+def test_bad_queries_are_clear_errors(built):
+    _, spec, _, _, milvus = built
+    item = spec.split("test").paths[0]
+    with pytest.raises(FilterSyntaxError, match="column 8"):
+        milvus.search_item(item, "attr0", 5, filter="price <")
+    with pytest.raises(FilterFieldError, match="unknown field 'colour'"):
+        milvus.search_item(item, "attr0", 5, filter="colour == 'red'")
+    with pytest.raises(FilterFieldError, match="'vneck' is not a value of attribute 'attr0'"):
+        milvus.search_item(item, "attr0", 5, filter="attr0 == 'vneck'")
+    with pytest.raises(QueryError, match="unknown attribute 'sleeve'"):
+        milvus.search_item(item, "sleeve", 5)
+    with pytest.raises(UnknownItemError, match="no item 'nope'"):
+        milvus.search_item("nope", "attr0", 5)
+
+
+def test_an_unreachable_milvus_is_an_error_naming_the_uri_within_the_timeout(tmp_path):
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    started = time.perf_counter()
+    with pytest.raises(MilvusUnreachableError, match=f"cannot connect to Milvus at {uri}"):
+        MilvusStore.open(MilvusTarget(uri, timeout=1.5))
+    assert time.perf_counter() - started < 8
+    silent.close()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(MilvusUnreachableError, match=f"127.0.0.1:{port}"):
+        MilvusStore.open(MilvusTarget(f"http://127.0.0.1:{port}", timeout=1.5))
+    with pytest.raises(NotFoundError, match="does not exist"):
+        Retriever.open(str(tmp_path / "no" / "such" / "x.db"))
+    with pytest.raises(InvalidValueError, match="ending in .db"):
+        MilvusTarget(str(tmp_path / "catalog.sqlite"))
+
+
+def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
+    path = tmp_path / "held.db"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pymilvus import MilvusClient; MilvusClient(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(MilvusUnreachableError, match="one process at a time"):
+            Retriever.open(str(path))
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,0 +1,184 @@
+"""The service over a catalog that changes: filters in POST /search (400 naming the position), the
+index reloaded while searches run, DELETE / PUT /items/{id} (404 for unknown ids, 403 when
+read-only), uploads embedded in dynamic batches — on a FAISS folder and on Milvus Lite."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from test_retrieval_milvus import catalog
+from test_service_api import LiveServer, service_index
+
+from agman.retrieval.build import build_index
+from agman.retrieval.search import Retriever
+from agman.service.app import ServiceLimits, create_app
+from agman.service.batcher import EmbedBatcher
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """(tmp, spec, checkpoint): 40 images with metadata in a FAISS folder (first 30) and Milvus Lite (all)."""
+    tmp = tmp_path_factory.mktemp("svc")
+    spec, ckpt, _ = service_index(tmp, n_test=40)
+    build_index(tmp / "idx", catalog(spec, range(30)), ckpt, batch_size=8)
+    build_index(str(tmp / "c.db"), catalog(spec), ckpt, batch_size=8)
+    return tmp, spec, ckpt
+
+
+def upload(url, data: bytes, **fields):
+    return httpx.post(f"{url}/search", files={"image": ("q.png", data, "image/png")}, data=fields, timeout=60)
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_filters_in_the_search_form(shop, backend):
+    tmp, spec, _ = shop
+    index = tmp / "idx" if backend == "faiss" else str(tmp / "c.db")
+    item = spec.split("test").paths[4]
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0)
+    with LiveServer(app) as srv:
+        info = httpx.get(f"{srv.url}/info").json()
+        assert info["items"] == (30 if backend == "faiss" else 40) and len(info["examples"]) == 12
+        r = httpx.post(f"{srv.url}/search", data={"item": item, "attributes": "attr0", "k": "30",
+                                                   "filter": "price < 50 and category is not null"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["filter"] == "price < 50 and category is not null" and 0 < len(body["results"]) < 30
+        assert all(h["metadata"]["price"] < 50 and "category" in h["metadata"] for h in body["results"])
+        r = upload(srv.url, png(1), attributes="attr0,attr1:2", k="5", filter="in_stock")
+        assert r.status_code == 200 and all(h["metadata"]["in_stock"] for h in r.json()["results"])
+        r = httpx.post(f"{srv.url}/search", data={"item": item, "attributes": "attr0", "filter": "price <"})
+        assert r.status_code == 400 and "column 8" in r.json()["detail"] and "expected a value" in r.json()["detail"]
+        r = httpx.post(f"{srv.url}/search", data={"item": item, "attributes": "attr0", "filter": "colour == 'x'"})
+        assert r.status_code == 400 and "unknown field 'colour'" in r.json()["detail"]
+    if backend == "milvus":
+        app.state.service.retriever.store.close()
+
+
+def test_the_server_serves_an_index_grown_by_agman_index_while_searches_run(shop, tmp_path):
+    tmp, spec, ckpt = shop
+    import shutil
+
+    index = shutil.copytree(tmp / "idx", tmp_path / "idx")
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0.1)
+    item = spec.split("test").paths[2]
+    errors, answers = [], []
+    with LiveServer(app) as srv:
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                r = httpx.post(f"{srv.url}/search", data={"item": item, "attributes": "attr0,attr1", "k": "100"})
+                (answers if r.status_code == 200 else errors).append(r.json())
+
+        threads = [threading.Thread(target=hammer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        assert httpx.get(f"{srv.url}/health").json()["items"] == 30
+        build_index(index, catalog(spec), ckpt, add=True, batch_size=8)  # another process would do the same
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{srv.url}/health").json()["items"] != 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = httpx.get(f"{srv.url}/health").json()
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert health["items"] == 40 and health["index"]["generation"] == 1 and health["index"]["reload_error"] is None
+    assert errors == [] and len(answers) > 3
+    assert {len(a["results"]) for a in answers} <= {30, 40} and len(answers[-1]["results"]) == 40
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"])
+def test_delete_and_put_items_through_a_writable_server(shop, tmp_path, backend):
+    tmp, spec, ckpt = shop
+    import shutil
+
+    if backend == "faiss":
+        index = shutil.copytree(tmp / "idx", tmp_path / "idx")
+    else:
+        index = str(tmp_path / "w.db")
+        build_index(index, catalog(spec, range(30)), ckpt, batch_size=8)
+    ids = spec.split("test").paths
+    with LiveServer(create_app(Retriever.open(index, load_model=True), reload_seconds=0)) as ro:
+        r = httpx.delete(f"{ro.url}/items/{ids[1]}")
+        assert r.status_code == 403 and "--writable" in r.json()["detail"]
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0, writable=True)
+    with LiveServer(app) as srv:
+        assert httpx.delete(f"{srv.url}/items/nope.png").status_code == 404
+        r = httpx.delete(f"{srv.url}/items/{ids[1]}")
+        assert r.status_code == 200 and r.json() == {"deleted": 1, "items": 29}
+        assert httpx.delete(f"{srv.url}/items/{ids[1]}").status_code == 404  # gone
+        r = httpx.post(f"{srv.url}/search", data={"item": ids[0], "attributes": "attr0", "k": "100"})
+        assert ids[1] not in [h["id"] for h in r.json()["results"]]
+
+        change = {"metadata": {"price": 0.5, "category": "sale"}, "path": ids[7]}
+        r = httpx.put(f"{srv.url}/items/{ids[3]}", json=change)
+        assert r.status_code == 200 and r.json() == {"updated": 1, "row": 30, "items": 29}, r.text
+        r = httpx.post(f"{srv.url}/search", data={"item": ids[7], "attributes": "attr0", "k": "1",
+                                                   "filter": 'category == "sale"'})
+        hit = r.json()["results"][0]
+        assert hit["id"] == ids[3] and hit["metadata"] == {"price": 0.5, "category": "sale"}
+        assert hit["scores"]["attr0"] == pytest.approx(1.0, abs=1e-4)  # re-embedded from item 7's picture
+        assert httpx.put(f"{srv.url}/items/nope.png", json={"labels": {}}).status_code == 404
+        r = httpx.put(f"{srv.url}/items/{ids[3]}", json={"path": "../../etc/passwd"})
+        assert r.status_code == 400 and "leaves the catalog root" in r.json()["detail"]
+        r = httpx.put(f"{srv.url}/items/{ids[3]}", json={"labels": {"attr0": "nope"}})
+        assert r.status_code == 400 and "not a value of attribute 'attr0'" in r.json()["detail"]
+        r = httpx.put(f"{srv.url}/items/{ids[3]}", json={"metadata": {"weight": 3}})
+        assert r.status_code == 400 and "no metadata column 'weight'" in r.json()["detail"]
+    if backend == "milvus":
+        app.state.service.retriever.store.close()
+
+
+def test_concurrent_uploads_share_forward_passes(shop):
+    tmp, _, _ = shop
+    retriever = Retriever.open(tmp / "idx", load_model=True)
+    app = create_app(retriever, limits=ServiceLimits(batch_size=8, batch_wait_ms=50),
+                     reload_seconds=0)
+    pictures = [png(100 + i) for i in range(16)]
+    with LiveServer(app) as srv:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda d: upload(srv.url, d, attributes="attr0", k="3"), pictures))
+        health = httpx.get(f"{srv.url}/health").json()
+    assert [a.status_code for a in answers] == [200] * 16
+    assert health["batches"]["images"] == 16 and health["batches"]["forward_passes"] < 16
+    for data, answer in zip(pictures[:4], answers):  # a batched embedding ranks as one embedded alone
+        alone = retriever.search(retriever.embed(Image.open(io.BytesIO(data))), "attr0", 3)
+        assert [h["id"] for h in answer.json()["results"]] == alone.ids
+        assert [h["score"] for h in answer.json()["results"]] == pytest.approx([h.score for h in alone.hits], abs=1e-5)
+
+
+def test_the_batcher_groups_what_arrives_together_and_reports_errors_to_every_caller():
+    calls = []
+
+    def embed(images):
+        calls.append(len(images))
+        if "bad" in images:
+            raise ValueError("cannot embed")
+        return np.asarray([[[float(i)]] for i in images])
+
+    batcher = EmbedBatcher(embed, max_size=4, max_wait=0.2)
+    futures = [batcher.submit(i) for i in range(10)]
+    assert [float(f.result(timeout=10)[0, 0]) for f in futures] == [float(i) for i in range(10)]
+    assert calls == [4, 4, 2]
+    bad = [batcher.submit("bad"), batcher.submit(1)]
+    for f in bad:
+        with pytest.raises(ValueError, match="cannot embed"):
+            f.result(timeout=10)
+    alone = EmbedBatcher(embed, max_size=1)
+    assert float(alone.submit(7).result(timeout=10)[0, 0]) == 7.0 and calls[-1] == 1
+    batcher.close()
+    alone.close()
