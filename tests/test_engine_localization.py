@@ -185,3 +185,53 @@ def test_a_box_outside_the_image_names_its_line(synth, tmp_path):
     with pytest.raises(DatasetError, match=r"regions.jsonl, line 3: pattern box \[0.0, 0.0, 500.0, 20.0\] reaches "
                                            r"outside the image \(48 x 48 pixels"):
         localization(model, synth, "test", input_size=48, crop_ratio=1.0, regions=regions)
+
+
+# --------------------------------------------------------------------------- wired into eval / ablate / demo
+def _made(model: str, per_attribute: dict[str, tuple[float, float, float]]) -> dict:
+    """A LocalizationResult dict with given (mass in box, box share, pointing) per attribute."""
+    from agman.engine.localization import AttributeLocalization, Estimate, LocalizationResult
+
+    def row(name, mass, share, pointing):
+        return AttributeLocalization(name, 10, 0, Estimate(mass, mass, mass), Estimate(share, share, share),
+                                     Estimate(pointing, pointing, pointing))
+
+    rows = [row(a, *v) for a, v in per_attribute.items()]
+    overall = row("all", *(float(np.mean([v[i] for v in per_attribute.values()])) for i in range(3)))
+    return LocalizationResult(model, "test", True, 64, 1.0, (4, 4), rows, overall).to_dict()
+
+
+def test_results_read_back_from_json_and_tables_gain_the_columns():
+    from agman.engine.localization import LocalizationResult
+    from agman.engine.report import LOCALIZATION_COLUMNS, asfr_table
+
+    made = _made("agman", {"pattern": (0.3, 0.1, 0.5), "sleeve_length": (0.2, 0.25, 0.1)})
+    back = LocalizationResult.from_dict(json.loads(json.dumps(made)))
+    assert back.to_dict() == made and back.meets() == {"pattern": True, "sleeve_length": False}
+    na = LocalizationResult("csn", "test", False, 64, 1.0).to_dict()
+    results = {"AG-MAN": {"map": 0.5, "localization": made}, "CSN": {"map": 0.4, "localization": na},
+               "histogram": {"map": 0.2}}
+    header, rows = asfr_table(results, ["pattern"])
+    assert header[-3:] == list(LOCALIZATION_COLUMNS)
+    assert rows[0][-3:] == pytest.approx([25.0, 17.5, 30.0])  # the 'all' row, in %
+    assert rows[1][-3:] == ["n/a"] * 3 and all(np.isnan(v) for v in rows[2][-3:])
+    assert asfr_table({"x": {"map": 0.5}}, ["pattern"])[0][-1] == "MAP"  # no scores, no columns
+
+
+def test_demo_section_says_which_attributes_meet_the_bar():
+    from agman.engine.demo import TRAINED, UNTRAINED, WARM_ONLY, localization_section
+
+    rows = {TRAINED: {"localization": _made("t", {"pattern": (0.3, 0.1, 0.25), "waist_detail": (0.05, 0.07, 0.5)})},
+            UNTRAINED: {"localization": _made("u", {"pattern": (0.1, 0.1, 0.1), "waist_detail": (0.07, 0.07, 0.07)})},
+            WARM_ONLY: {"localization": _made("w", {"pattern": (0.2, 0.1, 0.0), "waist_detail": (0.1, 0.07, 0.0)})}}
+    sentence, table = localization_section(rows)
+    assert "4x4 map of the 64-px crop" in sentence and "for 1 of 2 attributes (pattern)" in sentence
+    assert "it misses waist_detail (mass 0.05, pointing 0.50, box share 0.07)" in sentence
+    assert "mass in box is 0.17 trained, 0.09 untrained, 0.15 warm-up only (a uniform map: 0.09)" in sentence
+    lines = table.splitlines()
+    assert lines[0].startswith("| attribute | pairs | box share | mass in box, trained | mass in box, untrained")
+    assert lines[2].startswith("| pattern | 10 | 0.10 | 0.30 | 0.10 | 0.20 | 0.25 | 0.10 | 0.00 | yes")
+    assert "| waist_detail |" in lines[3] and lines[3].endswith("| no |") and lines[4].startswith("| all |")
+    pointing_too_low = {TRAINED: {"localization": _made("t", {"pattern": (0.3, 0.1, 0.19)})}}
+    assert "for 0 of 1 attributes" in localization_section(pointing_too_low)[0]
+    assert localization_section({TRAINED: {"map": 0.5}}) == ("", "")

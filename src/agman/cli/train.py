@@ -39,7 +39,10 @@ def register(subparsers) -> None:
     ev = subparsers.add_parser(
         "eval", help="evaluate a checkpoint: MAP per attribute (Tables 2-3), R@k, P@k, TR accuracy",
         description="Evaluate a checkpoint on a split of the dataset its config names. Prints the tables and "
-                    "writes eval-<split>.{csv,md,json} beside the checkpoint (or into --out).",
+                    "writes eval-<split>.{csv,md,json} beside the checkpoint (or into --out). Where the split has "
+                    "a regions file (regions_<split>.jsonl, docs/attention-scoring.md) the model's attention is "
+                    "scored too: mass in box, box share and pointing per attribute, also in "
+                    "eval-<split>-localization.csv and the JSON.",
     )
     ev.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a run")
     ev.add_argument("--split", default="test", help="split to evaluate (default test)")
@@ -49,6 +52,9 @@ def register(subparsers) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--workers", type=int, default=2, help="image-loading processes (default 2)")
+    ev.add_argument("--regions", help="regions file to score the attention against "
+                                      "(default: regions_<split>.jsonl in the dataset root, when there is one)")
+    ev.add_argument("--no-localization", action="store_true", help="do not score the attention")
     ev.set_defaults(func=run_eval)
 
     ab = subparsers.add_parser(
@@ -118,7 +124,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.dataset:
         data["dataset"] = args.dataset
     result, info = evaluate_checkpoint(args.checkpoint, args.split, data=data, device=pick_device(args.device),
-                                       batch_size=args.batch_size, workers=args.workers, progress=True)
+                                       batch_size=args.batch_size, workers=args.workers, progress=True,
+                                       localize=not args.no_localization, regions=args.regions)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     label = f"{info.model_name} ({Path(args.checkpoint).name})"
     metrics = result.to_dict()
@@ -126,6 +133,9 @@ def run_eval(args: argparse.Namespace) -> int:
                                title=f"{info.model_name} on the {args.split} split ({result.images} images)")
     atomic_write_json(out / f"eval-{args.split}.json", metrics)
     print(text)
+    if result.localization is not None:
+        result.localization.write_csv(out / f"eval-{args.split}-localization.csv")
+        print("\n" + result.localization.table())
     print(f"\ntables written to {out}/eval-{args.split}.csv and .md ({result.seconds:.1f} s)")
     return 0
 

@@ -21,7 +21,9 @@ share on both.  Pairs whose box lies wholly outside the crop are not scored (cou
 
 Each number is a mean over the scored pairs of an attribute (and over all pairs, row ``all``) with
 a percentile bootstrap confidence interval (pairs resampled with replacement, seeded).
-:func:`localization` scores a model on a split; :func:`score_maps` scores given maps.
+:func:`localization` scores a model on a split; :func:`score_maps` scores given maps;
+:func:`localization_if_boxed` is what ``agman eval``, ``agman ablate`` and ``agman demo`` call: the
+scores when the split has a regions file, nothing otherwise.
 """
 from __future__ import annotations
 
@@ -133,6 +135,10 @@ class AttributeLocalization:
         return {"pairs": self.pairs, "outside_crop": self.outside_crop,
                 **{k: getattr(self, k).to_dict() for k in METRICS}}
 
+    @classmethod
+    def from_dict(cls, attribute: str, data: dict) -> AttributeLocalization:
+        return cls(attribute, int(data["pairs"]), int(data["outside_crop"]), *(Estimate(**data[k]) for k in METRICS))
+
 
 @dataclass
 class LocalizationResult:
@@ -201,6 +207,15 @@ class LocalizationResult:
             "attributes": {r.attribute: r.to_dict() for r in self.rows},
             "all": self.overall.to_dict() if self.overall else None,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LocalizationResult:
+        """The result :meth:`to_dict` wrote (e.g. read back from ``eval-<split>.json``)."""
+        rows = [AttributeLocalization.from_dict(a, r) for a, r in data["attributes"].items()]
+        overall = AttributeLocalization.from_dict("all", data["all"]) if data.get("all") else None
+        return cls(data["model"], data["split"], bool(data["available"]), int(data["input_size"]),
+                   float(data["crop_ratio"]), tuple(data["grid"]) if data.get("grid") else None, rows, overall,
+                   int(data["bootstrap"]), int(data["seed"]), data["use"], float(data["confidence"]))
 
     def write_json(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_dict())
@@ -326,6 +341,15 @@ def localization(
     result.rows, result.overall = summarise(spec.attribute_names, np.asarray(pair_attr), scores, outside,
                                             bootstrap=bootstrap, seed=seed)
     return result
+
+
+def localization_if_boxed(model: torch.nn.Module, spec: DatasetSpec, split: str, *, input_size: int,
+                          crop_ratio: float, regions: str | Path | None = None, **options) -> LocalizationResult | None:
+    """:func:`localization` when ``regions`` is given or the dataset has ``regions_<split>.jsonl``;
+    None when it has no boxes to score against (a model without maps gives ``available=False``)."""
+    if regions is None and not regions_path(spec.root, split).is_file():
+        return None
+    return localization(model, spec, split, input_size=input_size, crop_ratio=crop_ratio, regions=regions, **options)
 
 
 def _check_inside(boxes, size: tuple[int, int], record: ImageRegions, attribute: str) -> None:
