@@ -6,7 +6,8 @@ untrained and on the warm-up trunk only, a colour-histogram ranking, the expecte
 :func:`draw_pictures` and :func:`write_report`.  The report folder (``agman-demo/`` by default)
 receives ``report.md``, ``metrics.{md,csv}``, ``curves.png``, ``grids/<attribute>.png`` (top-10 of
 one test query, correct results framed green, wrong ones red, like Fig. 5) and
-``attention/<attribute>.png`` (ASA attention over test images, like Fig. 7); the run itself
+``attention/<attribute>.png`` (ASA attention over test images, like Fig. 7, drawn on the original
+image with the attribute's region boxed where the data has a regions file); the run itself
 (checkpoints, logs) is in ``<out>/run``.  Every file is written atomically.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 SPLIT = "test"
 TOP_K = 10
 ATTENTION_IMAGES = 6
+ATTENTION_TILE = 160  # pixels per attention picture (the original scaled to it, the map drawn where the model saw)
 TRAINED = "AG-MAN (trained)"
 UNTRAINED = "AG-MAN (untrained, random init)"
 WARM_ONLY = "AG-MAN (warm-up trunk, untrained heads)"
@@ -133,9 +135,10 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
     import torch
 
     from agman.data.images import load_image
-    from agman.data.transforms import build_transform, model_view
+    from agman.data.regions import read_regions_file, regions_path
+    from agman.data.transforms import build_transform
     from agman.engine.evaluate import rank_split
-    from agman.retrieval.render import attention_overlay, captioned_strip, result_grid
+    from agman.retrieval.render import attention_on_original, captioned_strip, result_grid
 
     def save(picture, path: Path) -> None:
         atomic_write(path, lambda f: picture.save(f, format="PNG"))
@@ -143,6 +146,8 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
     split = spec.split(SPLIT)
     written: dict[str, list[str]] = {"grids": [], "attention": []}
     transform = build_transform(info.input_size, train=False, crop_ratio=info.crop_ratio)
+    boxes_file = regions_path(spec.root, SPLIT)
+    regions = read_regions_file(boxes_file, split, spec.attribute_names) if boxes_file.is_file() else {}
     model.eval()
     for a, attr in enumerate(spec.attributes):
         rows = np.flatnonzero(split.queries[:, 1] == a)
@@ -166,11 +171,12 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
             maps = model.attention_map(torch.stack([transform(p) for p in pil]), torch.full((len(pil),), a))
         if maps is None:
             continue
-        views = [model_view(p, info.input_size, info.crop_ratio).resize((160, 160)) for p in pil]
-        tiles = [attention_overlay(v, m.float().numpy(), 0.5) for v, m in zip(views, maps)]
+        tiles = [attention_on_original(p, m.float().numpy(), info.input_size, info.crop_ratio, size=ATTENTION_TILE,
+                                       boxes=regions[i].boxes.get(attr.name, ()) if i in regions else ())
+                 for i, p, m in zip(sample, pil, maps)]
         labels = [f"{attr.values[int(split.labels[i, a])]} (image {i})" for i in sample]
-        sheet = captioned_strip(tiles, labels,
-                                f"ASA attention for {attr.name} (red = high), over the {info.input_size}-px model view")
+        sheet = captioned_strip(tiles, labels, f"ASA attention for {attr.name} (red = high) on the original image"
+                                + (", yellow: the attribute's region" if regions else ""), tile_size=ATTENTION_TILE)
         save(sheet, out / "attention" / f"{attr.name}.png")
         written["attention"].append(f"{attr.name}.png")
     return written
