@@ -228,6 +228,12 @@ def register(subparsers) -> None:
     add_index_location(att)
     add_query_arguments(att, several_attributes=False)
     att.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
+    att.add_argument("--view", choices=("original", "model"), default="original",
+                     help="original (default): the original image beside the map drawn on it at its own resolution "
+                          "(what the model's crop cut away dimmed); model: the map over the model's input crop only")
+    att.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                     help="a region to draw on the original (pixels, x1/y1 exclusive), e.g. the attribute's "
+                          "ground-truth box; repeatable")
     att.add_argument("--out", required=True, help="PNG to write")
     add_model_options(att)
     add_verify_option(att, "sample")
@@ -411,11 +417,28 @@ def format_table(result) -> str:
 
 
 # --------------------------------------------------------------------------- pictures
+def _box(text: str) -> tuple[float, ...]:
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
+        raise CLIError(f"--box {text!r}: expected X0,Y0,X1,Y1 with 0 <= X0 < X1 and 0 <= Y0 < Y1 (pixels)")
+    return box
+
+
 def run_attention(args: argparse.Namespace) -> int:
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
+    boxes = [_box(text) for text in args.box]
+    if boxes and args.view == "model":
+        raise CLIError("--box draws on the original image: leave out --view model")
     retriever = open_retriever(args)
-    overlay = retriever.attention_image(query_image(retriever, args), args.attribute, alpha=args.alpha)
+    if args.view == "model":
+        overlay = retriever.attention_image(query_image(retriever, args), args.attribute, alpha=args.alpha)
+    else:
+        overlay = retriever.attention_beside_original(query_image(retriever, args), args.attribute,
+                                                      alpha=args.alpha, boxes=boxes)
     if overlay is None:
         raise CLIError(f"model {retriever.info.model_name!r} has no spatial attention map")
     overlay.save(args.out)
