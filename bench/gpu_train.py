@@ -8,7 +8,7 @@ Sections (all on the same network, ``agman-official`` = the released AG-MAN, sam
 
 * ``training``: per batch size, ``released`` (:mod:`released_step`: three forward passes of B,
   fp32, written out plainly) and ``agman`` (the engine's :class:`~agman.engine.step.TrainStep`:
-  one pass of 3B) with each speed switch: ``--bf16`` autocast, ``--channels-last``,
+  three passes of B, as the official config) with each speed switch: ``--bf16`` autocast, ``--channels-last``,
   ``--fused-adam``, ``--compile`` (``torch.compile``) and ``--cuda-graphs`` (compile mode
   ``reduce-overhead``; shapes are static).  Every switch defaults to on with CUDA and off on CPU;
   ``--no-<switch>`` turns one off.  ``agman_fp32`` is agman's step as the reproduction configs

@@ -7,8 +7,8 @@
 anchor/far/close as three forward passes of B, fp32, BCE/3, margin ranking on dot products, fixed
 loss weights, Adam.  ``agman`` is the engine's :class:`agman.engine.step.TrainStep` on the
 ``agman-official`` model (the same network: it starts from the same weights, copied in) as the
-FashionAI ``agman-official`` config trains it on a CPU today (fp32, one pass of 3B, Eq. 9 weights
-learned from init 1); ``agman_channels_last`` adds channels-last tensors (``train.channels_last:
+FashionAI ``agman-official`` config trains it on a CPU today (fp32, three passes of B, Eq. 9 weights
+held at 1); ``agman_channels_last`` adds channels-last tensors (``train.channels_last:
 true``).  With ``--paper`` the paper preset (``agman``: CA, D = 1024) is raced too.
 
 Variants run in interleaved rounds (one step of each per round, after one warm-up step each) so
@@ -42,15 +42,15 @@ from agman.models.registry import build_model  # noqa: E402
 
 
 def agman_step(model: torch.nn.Module, device: torch.device, *, channels_last: bool = False, amp: bool = False,
-               fused: bool = False, compile_mode: str | None = None):
-    """The engine's step for ``model`` with the official config's loss (Eq. 9 learned, init 1) and Adam."""
-    criterion = TripletCriterion(weighting="dynamic", init=1.0).to(device)
+               fused: bool = False, compile_mode: str | None = None, bn_passes: str = "separate"):
+    """The engine's step for ``model`` with the official config's loss (Eq. 9 held at 1) and Adam."""
+    criterion = TripletCriterion(weighting="released", init=1.0).to(device)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     params = [p for p in model.parameters() if p.requires_grad] + list(criterion.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4, **({"fused": True} if fused else {}))
     net = torch.compile(model, mode=compile_mode) if compile_mode else model
     model.train()
-    return TrainStep(net, criterion, optimizer, device, channels_last=channels_last, amp=amp)
+    return TrainStep(net, criterion, optimizer, device, channels_last=channels_last, amp=amp, bn_passes=bn_passes)
 
 
 def released_step(official: torch.nn.Module, device: torch.device, backbone: str) -> ReleasedStep:

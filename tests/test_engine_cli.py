@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import make_asen
 
 from agman.cli import main
 from agman.engine.compose import packaged_config_dir
@@ -29,10 +30,32 @@ def test_train_then_eval(asen_root, tmp_path, capsys):
     assert "MAP (%) per attribute and overall" in out and "attr0" in out and "R@10" in out
     for name in ("eval-test.csv", "eval-test.md", "eval-test.json"):
         assert (run / name).is_file()
+    assert "published" not in out  # a dataset the paper does not report on: no paper rows
     assert 0 <= json.loads((run / "eval-test.json").read_text())["map"] <= 1
     # a second fresh run into the same folder is refused without a traceback
     assert main(tiny_train_args(asen_root, run)) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_eval_prints_the_published_numbers_beside_the_measured(tmp_path, capsys):
+    # a dataset whose folder is called FashionAI: the paper's Table 2 (AG-MAN's row) beside the measured MAP
+    root = make_asen(tmp_path / "FashionAI")
+    run = tmp_path / "run"
+    assert main(tiny_train_args(root, run)) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0",
+                 "--figures", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Measured and published (FashionAI, MAP (%))" in out
+    # Fig. 9 where a top-ranked result is wrong; no Fig. 8 without triplet lists
+    assert (run / "fig9-failures-test.png").is_file() and "fig9-failures-test.png" in out
+    assert not (run / "fig8-triplets-test.png").exists()
+    lines = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith("agman ")}
+    measured = 100 * json.loads((run / "eval-test.json").read_text())["map"]
+    assert float(lines["measured"][-1]) == pytest.approx(measured, abs=0.005)
+    assert lines["paper"][2:4] == ["(Table", "2)"] and lines["paper"][-1] == "62.88"  # AG-MAN, FashionAI overall
+    # attr0/attr1 are not the paper's attributes: no per-attribute paper figure
+    assert lines["paper"][4:-1] == ["-", "-"]
 
 
 @pytest.mark.parametrize("override, words", [
@@ -58,7 +81,8 @@ def test_missing_data_and_missing_checkpoint(tmp_path, capsys):
     assert "--config" in capsys.readouterr().err
 
 
-def test_ablate_runs_a_grid_and_reuses_finished_runs(asen_root, tmp_path, capsys):
+def test_ablate_runs_a_grid_and_reuses_finished_runs(tmp_path, capsys):
+    asen_root = make_asen(tmp_path / "DeepFashion")  # named so: the paper's Table 6 rows are printed beside
     folder = tmp_path / "cfg"
     folder.mkdir()
     (folder / "agman.yaml").write_text(f"base: {packaged_config_dir() / 'synthetic' / 'agman.yaml'}\n")
@@ -67,12 +91,18 @@ def test_ablate_runs_a_grid_and_reuses_finished_runs(asen_root, tmp_path, capsys
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "hierarchical" in out and "agman-h0-c0" in out
+    assert "Measured and published (DeepFashion, MAP (%))" in out
+    paper = {line.split()[0]: line.split()[-1] for line in out.splitlines() if "paper (Table" in line}
+    # Table 6's hierarchy rows, and Table 3's for the full model (the first table with an AG-MAN row)
+    assert paper == {"agman-h0-c0": "8.81", "agman-h1-c0": "8.84", "agman-h0-c1": "9.05", "agman": "8.98"}
+    assert (tmp_path / "ab" / "ablation-published.md").is_file()
     for name in ("ablation.md", "ablation.csv", "ablation-hierarchy.md", "ablation-hierarchy.csv",
                  "ablation-times.json"):
         assert (tmp_path / "ab" / name).is_file(), name
     runs = sorted(p.name for p in (tmp_path / "ab" / "runs").iterdir())
     assert runs == ["agman", "agman-h0-c0", "agman-h0-c1", "agman-h1-c0"]
     assert main(args) == 0  # everything reused: nothing retrained
+    assert "Measured and published (DeepFashion" in capsys.readouterr().out  # the dataset kept with the metrics
     assert "done before" not in capsys.readouterr().out  # (logged, not printed)
 
 
@@ -103,6 +133,14 @@ def test_eval_scores_the_attention_where_the_data_has_boxes(boxed_root, tmp_path
     assert header.endswith("MAP,mass in box,box share,pointing")
     rows = (run / "eval-test-localization.csv").read_text().splitlines()
     assert len(rows) == 1 + 5 + 1 and rows[-1].startswith("all,")
+    # --json: the scores are in the metrics and the CSV among the files, within the documented schema
+    from test_cli_json import validate
+
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    validate(body, "training.md", "eval")
+    assert body["metrics"]["localization"]["all"]["pairs"] == scores["all"]["pairs"]
+    assert body["files"][3].endswith("eval-test-localization.csv")
     # not asked for, or no boxes: no scores
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0",
                  "--no-localization", "--out", str(tmp_path / "plain")]) == 0
@@ -143,6 +181,7 @@ def test_demo_end_to_end_on_a_small_set(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "AG-MAN (trained)" in printed and "colour histogram" in printed and "report:" in printed
+    assert "warm-up value classifier (value probabilities)" in printed  # the strongest simple baseline
     for name in ("report.md", "metrics.md", "metrics.csv", "curves.png"):
         assert (out / name).is_file(), name
     attrs = ("sleeve_length", "neckline_design", "garment_length", "waist_detail", "pattern")

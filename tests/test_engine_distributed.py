@@ -26,6 +26,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     from agman.engine.train import train
 
     cfg = tiny_config(root, out, epochs=2, triplets_per_epoch=16, batch_size=4, threads=1)
+    cfg.loss.weighting = "learned"  # loss weights with gradients, to check they are averaged
     result = train(cfg)
     state = {f"model.{k}": v for k, v in result.model.state_dict().items()}
     state |= {f"loss.{k}": v for k, v in result.criterion.state_dict().items()}

@@ -94,3 +94,34 @@ def test_training_config_warm_up(tiny_synth, tmp_path):
     assert resumed.warmup_trunk is None
     with pytest.raises(ValueError, match="set one of them"):
         train(config(tmp_path / "other", pretrained=str(trunk)))
+
+
+def test_the_warm_up_classifier_is_kept_and_retrieves_by_value_probabilities(tiny_synth, tmp_path):
+    """The demo's strongest simple baseline: the warm-up's classifier as a retriever."""
+    import numpy as np
+
+    from agman.engine.evaluate import embed_split, evaluate_embeddings
+    from agman.engine.pretrain import heads_path, load_value_classifier
+
+    path = tmp_path / "trunk.pth"
+    pretrain_backbone(tiny_synth, path, input_size=32, epochs=2, batch_size=16, progress=False)
+    assert heads_path(path).is_file()
+    net = load_value_classifier(path, "resnet18", tiny_synth.value_counts)
+    x = torch.randn(3, 3, 32, 32)
+    emb = net.embed_all(x)
+    assert emb.shape == (3, tiny_synth.n_attributes, max(tiny_synth.value_counts))
+    with torch.no_grad():
+        logits = net(x)
+    for a, lg in enumerate(logits):  # each attribute: its softmax, zeros past its value count
+        n = tiny_synth.value_counts[a]
+        assert torch.allclose(emb[:, a, :n], lg.softmax(dim=1), atol=1e-6) and not emb[:, a, n:].any()
+    # the trunk file is the classifier's trunk; ranking by the dot product = by P(same value)
+    assert torch.equal(net.trunk.conv1.weight, torch.load(path, weights_only=True)["conv1.weight"])
+    test = embed_split(net, tiny_synth, "test", input_size=32, crop_ratio=1.0)
+    result = evaluate_embeddings(test, tiny_synth, "test")
+    assert 0 < result.asfr.overall_map <= 1 and np.isfinite(test).all()
+    heads_path(path).unlink()  # a trunk from an older agman has no heads: no classifier
+    assert load_value_classifier(path, "resnet18", tiny_synth.value_counts) is None
+    with pytest.raises(ValueError, match="values per attribute"):
+        pretrain_backbone(tiny_synth, tmp_path / "t2.pth", input_size=32, epochs=1, batch_size=16, progress=False)
+        load_value_classifier(tmp_path / "t2.pth", "resnet18", [2] * tiny_synth.n_attributes)

@@ -26,7 +26,8 @@ def loss_of(out, generator=None):
 
 
 def params_without_grad(model):
-    return [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
 
 
 def names(module, prefix=""):
@@ -140,15 +141,40 @@ def test_official_preset_deviations():
     assert out.embedding.shape == (2, 512) and out.masks.shape == (2, 512)
     assert torch.allclose(F.normalize(out.general_embedding * out.masks, dim=-1), out.embedding, atol=1e-6)
     # the disjoint init: attribute 1's block of 1s
-    assert torch.equal(out.masks[0, 128:256], torch.ones(128)) and torch.allclose(out.masks[0, :128], torch.full((128,), 0.1))
+    assert torch.equal(out.masks[0, 128:256], torch.ones(128))
+    assert torch.allclose(out.masks[0, :128], torch.full((128,), 0.1))
     rebuilt = build_model(model.name, model.n_attributes, **model.config)
     assert type(rebuilt) is AGMANOfficial and rebuilt.config == model.config
+
+
+def test_paper_preset_reaches_d_1024_through_an_extra_fc_that_embedding_dim_512_removes():
+    # §3.1: D = 1024 with c' = 512; the paper lists no layer from c' to D, agman adds Linear(c', D)
+    paper = build_model("agman", 8, backbone="resnet50")
+    assert (paper.projection.in_features, paper.projection.out_features) == (512, 1024)
+    narrow = build_model("agman", 8, backbone="resnet50", embedding_dim=512)
+    assert narrow.projection is None
+    assert count_parameters(paper) - count_parameters(narrow) == 512 * 1024 + 1024
+
+
+def test_in_the_released_network_w2_has_no_effect():
+    # v * W2 * mask -> x CSN mask -> L2 norm: the output is invariant to the scalar W2 (> 0), so its
+    # gradient is round-off only (the acceptance test had to match the released ops to agree on it)
+    torch.manual_seed(0)
+    model = build_model("agman-official", 4, **SMALL)
+    images, ids = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    before = model(images, ids).embedding.detach()
+    with torch.no_grad():
+        model.aga.aca.scale.mul_(3.0)
+    assert torch.allclose(model(images, ids).embedding, before, atol=1e-6)
+    loss_of(model(images, ids), torch.Generator().manual_seed(0)).backward()
+    assert model.aga.aca.scale.grad.abs().item() < 1e-5 * model.aga.asa.scale.grad.abs().item()
 
 
 def test_paper_and_official_defaults_differ_only_where_documented():
     paper, official = AGMAN(8, backbone="resnet18").config, AGMANOfficial(8, backbone="resnet18").config
     differing = {k for k in paper if paper[k] != official[k]}
-    assert differing == {"embedding_dim", "ca", "input_scale", "attribute_masks", "shared_attribute_embedding"}
+    assert differing == {"embedding_dim", "ca", "input_scale", "attribute_masks", "shared_attribute_embedding",
+                         "fusion_init"}
 
 
 def test_resnet50_224_forward_backward_on_cpu():

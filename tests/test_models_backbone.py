@@ -54,6 +54,31 @@ def test_fusion_adds_projected_f2_to_f3():
     assert torch.allclose(fusion(f2, f3), expected)
 
 
+@pytest.mark.parametrize("name, options", [("agman-official", {}), ("agman", {"fusion_init": "released"})])
+def test_fusion_conv_can_start_as_the_released_resnet_inits_its_convs(name, options):
+    # resnet.py: every Conv2d the ResNet owns, conv1_1 included, gets N(0, sqrt(2 / (k*k*out))); the
+    # ImageNet file has no conv1_1, so it stays so; its bias keeps PyTorch's U(+-1/sqrt(fan_in))
+    torch.manual_seed(0)
+    proj = build_model(name, 8, backbone="resnet50", **options).fusion.proj
+    w, b = proj.weight.detach().flatten(), proj.bias.detach()
+    assert proj.weight.shape == (1024, 512, 1, 1)
+    assert float(w.std()) == pytest.approx((2 / 1024) ** 0.5, rel=0.01)
+    assert abs(float(w.mean())) < 1e-3
+    kurtosis = float((((w - w.mean()) / w.std()) ** 4).mean())
+    assert kurtosis == pytest.approx(3.0, abs=0.05)  # normal, not uniform (1.8)
+    bound = 1 / 512 ** 0.5
+    assert float(b.abs().max()) <= bound and float(b.abs().max()) > 0.9 * bound
+
+
+def test_paper_preset_keeps_pytorchs_default_fusion_init():
+    torch.manual_seed(0)
+    w = build_model("agman", 8, backbone="resnet50").fusion.proj.weight.detach().flatten()
+    bound = 1 / 512 ** 0.5  # kaiming_uniform(a=sqrt(5)) on fan_in 512
+    assert float(w.abs().max()) <= bound and float(w.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.01)
+    with pytest.raises(ValueError, match="fusion init must be one of default, released"):
+        HierarchicalFusion(4, 6, init="he")
+
+
 def test_trunk_without_layer4_refuses_top():
     trunk = ResNetTrunk("resnet18", with_layer4=False)
     assert not any(k.startswith("layer4") for k in trunk.state_dict())
@@ -114,7 +139,8 @@ def test_wrong_shapes_and_missing_files_are_clear_errors(tmp_path):
     path = tmp_path / "r50.pth"
     with torch.device("meta"):
         r50 = ResNetTrunk("resnet50")
-    torch.save({k: torch.zeros(v.shape, dtype=v.dtype) for k, v in r50.state_dict().items() if k.startswith("layer1.0.")}, path)
+    layer = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in r50.state_dict().items() if k.startswith("layer1.0.")}
+    torch.save(layer, path)
     with pytest.raises(PretrainedWeightsError, match="do not fit"):
         load_pretrained(ResNetTrunk("resnet18"), path)
     with pytest.raises(PretrainedWeightsError, match="not found"):

@@ -153,6 +153,13 @@ def test_attention_and_compare_pictures(catalog, capsys, tmp_path):
     rc, _, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--alpha", "3",
                      "--out", tmp_path / "x.png")
     assert rc == 2 and "alpha" in err
+    rc, _, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--out", tmp_path / "h.txt")
+    assert rc == 2 and "h.txt: cannot write a picture as '.txt'" in err and not (tmp_path / "h.txt").exists()
+    rc, _, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--out", tmp_path / "h.jpg")
+    assert rc == 0, err
+    with Image.open(tmp_path / "h.jpg") as im:  # the format follows the extension
+        assert im.format == "JPEG"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("h.")) == ["h.jpg", "h.png"]  # no temp left
     out_b = tmp_path / "index-b"
     assert run(capsys, "index", "--checkpoint", ck_b, "--images", tmp / "ds", "--split", "test", "--out", out_b,
                "--no-progress")[0] == 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import math
 import os
 import sys
 
@@ -22,8 +24,51 @@ class CLIError(UsageError):
     """A wrong command line: printed as ``agman: error: <message>`` with exit code 2."""
 
 
+class _StoreOnce(argparse._StoreAction):
+    """An option that takes one value refuses a second one (argparse would silently keep the last)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_agman_given", set())
+        if self.dest in given:
+            parser.error(f"{'/'.join(self.option_strings)} given twice: it takes one value "
+                         "(the options that may repeat say so in --help)")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class Parser(argparse.ArgumentParser):
+    """``agman``'s argument parser (and its sub-commands'): every option that takes one value
+    (``store``) refuses to be given twice; options meant to repeat use ``action="append"`` and
+    combine; flags may repeat harmlessly."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, rest = super().parse_known_args(args, namespace)
+        namespace.__dict__.pop("_agman_given", None)
+        return namespace, rest
+
+
+def print_json(data) -> None:
+    """One JSON document on stdout: strict (no NaN or Infinity: they become null), UTF-8 as is."""
+    print(json.dumps(_finite(data), indent=1, ensure_ascii=False, allow_nan=False))
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="agman", description="Attribute-specific fashion retrieval (AG-MAN and baselines)."
     )
     from agman import __version__

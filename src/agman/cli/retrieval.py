@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from agman.cli import CLIError
+from agman.cli import CLIError, print_json
 
 MAX_K = 1000
 """Largest ``--k`` the CLI accepts (the service's cap is lower and configurable)."""
@@ -29,22 +29,25 @@ def k_value(text: str) -> int:
     return value
 
 
-def add_query_arguments(parser: argparse.ArgumentParser, several_attributes: bool = True) -> None:
+def add_query_arguments(parser: argparse.ArgumentParser, attention: bool = False) -> None:
+    """``--image`` / ``--item`` (one of them) and ``--attribute/-a NAME[:WEIGHT]`` (repeatable),
+    parsed the same way by every command (``retrieval.query.AttributeWeights.parse``)."""
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file")
-    query.add_argument("--item", help="id of a catalog item to use as the query (no model needed)")
-    if several_attributes:
-        parser.add_argument(
-            "--attribute",
-            "-a",
-            action="append",
-            required=True,
-            metavar="NAME[:WEIGHT]",
-            help="attribute to match, optionally weighted (repeat for a weighted multi-attribute query; "
-            "the score is the weighted sum of per-attribute similarities)",
-        )
+    if attention:
+        item_help = ("catalog item (its id, or its image file's path) whose image to draw the map over "
+                     "(the index's checkpoint is loaded to compute the map)")
+        attribute_help = ("attribute whose attention map to draw; repeat for one map per attribute, side by side "
+                          "(the NAME[:WEIGHT] syntax of search; a map has no weight, so WEIGHT must be 1 if given)")
     else:
-        parser.add_argument("--attribute", "-a", required=True, metavar="NAME", help="attribute")
+        item_help = ("catalog item (its id, or its image file's path) to use as the query: its stored embeddings "
+                     "are used, no model needed")
+        attribute_help = ("attribute to match, optionally weighted (repeat, or a:1,b:2, for a weighted "
+                          "multi-attribute query: the score is the weighted sum of per-attribute similarities; "
+                          "an attribute may appear once)")
+    query.add_argument("--item", metavar="ID_OR_PATH", help=item_help)
+    parser.add_argument("--attribute", "-a", action="append", required=True, metavar="NAME[:WEIGHT]",
+                        help=attribute_help)
 
 
 def add_model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) -> None:
@@ -193,6 +196,8 @@ def register(subparsers) -> None:
     idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     add_model_options(idx, checkpoint=False)  # --checkpoint is declared above
     idx.add_argument("--no-progress", action="store_true", help="no progress bar")
+    idx.add_argument("--json", action="store_true",
+                     help="print the summary as JSON (schema agman/index/1, docs/retrieval.md)")
     idx.set_defaults(func=run_index)
 
     search = subparsers.add_parser(
@@ -226,7 +231,7 @@ def register(subparsers) -> None:
         help="save the model's attention heatmap for (image, attribute) (Fig. 7)",
     )
     add_index_location(att)
-    add_query_arguments(att, several_attributes=False)
+    add_query_arguments(att, attention=True)
     att.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity 0..1 (default 0.5)")
     att.add_argument("--view", choices=("original", "model"), default="original",
                      help="original (default): the original image beside the map drawn on it at its own resolution "
@@ -242,6 +247,8 @@ def register(subparsers) -> None:
     cmp_ = subparsers.add_parser(
         "compare",
         help="side-by-side top-k of several checkpoints' indexes of one catalog for one query (Fig. 6)",
+        description="One row per --index: the same query ranked by each index's checkpoint.  The indexes must "
+        "hold the same catalog (the same item ids); indexes of different catalogs are refused.",
     )
     add_index_location(cmp_, repeat=True)
     cmp_.add_argument("--name", action="append", help="row label per --index (default: model name + folder)")
@@ -289,6 +296,9 @@ def image_set_from_args(args: argparse.Namespace, attributes=None):
 BUILD_SETTINGS = ("nlist", "hnsw_m", "ef_construction", "pq_m", "nprobe", "ef_search", "rerank")
 
 
+INDEX_SCHEMA = "agman/index/1"
+
+
 def index_target(args: argparse.Namespace):
     """The folder or Milvus collection ``agman index`` writes: ``--out DIR`` or ``--uri`` (milvus)."""
     milvus = args.backend == "milvus" or (args.backend is None and args.uri is not None)
@@ -331,6 +341,9 @@ def run_index(args: argparse.Namespace) -> int:
         cleanup(ctx)
     if not ctx.is_main:
         return 0
+    if args.json:
+        print_json(index_summary(summary, images))
+        return 0
     resumed = f", resumed with {summary.resumed_from} embedded" if summary.resumed_from else ""
     speed = f" ({summary.images_per_second:.1f} images/s)" if summary.embedded else ""
     unreadable = f"; {summary.unreadable} unreadable images skipped (skipped.jsonl)" if summary.unreadable else ""
@@ -341,7 +354,31 @@ def run_index(args: argparse.Namespace) -> int:
         f"{updated}already indexed {summary.skipped}, embedded {summary.embedded} now{ranks}{speed}{resumed}"
         f"{unreadable}"
     )
+    if images.left_out:
+        shown = ", ".join(images.left_out[:10]) + (", ..." if len(images.left_out) > 10 else "")
+        print(f"left out {len(images.left_out)} image file(s) of {images.description} that its lists do not "
+              f"name: {shown}")
     return 0
+
+
+def index_summary(summary, images) -> dict:
+    """``agman index --json``: what the run did (schema ``agman/index/1``, docs/retrieval.md)."""
+    return {
+        "schema": INDEX_SCHEMA,
+        "index": str(summary.location),
+        "type": summary.index_type,
+        "items": summary.count,
+        "added": summary.added,
+        "updated": summary.updated,
+        "unreadable": summary.unreadable,
+        "already_indexed": summary.skipped,
+        "embedded": summary.embedded,
+        "resumed_from": summary.resumed_from,
+        "seconds": round(summary.seconds, 3),
+        "images_per_second": round(summary.images_per_second, 3),
+        "source": images.description,
+        "left_out": list(images.left_out),
+    }
 
 
 def run_delete(args: argparse.Namespace, target) -> int:
@@ -361,7 +398,7 @@ def run_query(retriever, args: argparse.Namespace, attributes, k: int):
     flags = {"exclude_self": args.exclude_self, "annotated_only": args.annotated_only,
              "filter": getattr(args, "filter", None)}
     if args.item is not None:
-        return retriever.search_item(args.item, attributes, k, **flags)
+        return retriever.search_item(retriever.find_item(args.item).id, attributes, k, **flags)
     return retriever.search(args.image, attributes, k, **flags)
 
 
@@ -369,7 +406,7 @@ def query_image(retriever, args: argparse.Namespace):
     """The query as a picture: the catalog item's image or the image file, loaded once."""
     from agman.retrieval.query import load_query_image
 
-    return retriever.item_image(args.item) if args.item is not None else load_query_image(args.image)
+    return load_query_image(retriever.find_item(args.item).path if args.item is not None else args.image)
 
 
 def grid_results(retriever, result):
@@ -382,11 +419,11 @@ def run_search(args: argparse.Namespace) -> int:
     retriever = open_retriever(args)
     result = run_query(retriever, args, args.attribute, args.k)
     if args.grid:
-        from agman.retrieval.render import result_grid
+        from agman.retrieval.render import result_grid, save_picture
 
         title = " + ".join(f"{w:g} x {n}" if w != 1 else n for n, w in result.weights.items())
         image = query_image(retriever, args)
-        result_grid(image, grid_results(retriever, result), title=title).save(args.grid)
+        save_picture(result_grid(image, grid_results(retriever, result), title=title), args.grid)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False, allow_nan=False))  # strict JSON
         return 0
@@ -398,11 +435,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def format_table(result) -> str:
     names = list(result.weights)
-    head = f"query {result.query_id or '(image)'}: " + ", ".join(f"{n}:{w:g}" for n, w in result.weights.items())
-    head += f"; {len(result.hits)} of {result.candidates} items ({'exact' if result.exact else 'approximate'})"
-    if result.filter:
-        head += f" matching {result.filter}"
-    lines = [head]
+    lines = [result.describe_query()]
     cols = ["rank", "score"] + ([f"{n}" for n in names] if len(names) > 1 else []) + ["match", "id"]
     lines.append("  ".join(cols))
     for h in result.hits:
@@ -413,6 +446,12 @@ def format_table(result) -> str:
         row += [f"{mark:>5}", h.id]
         labels = ", ".join(f"{n}={h.labels[n]}" for n in names if n in h.labels)
         lines.append("  ".join(row) + (f"  [{labels}]" if labels else ""))
+    if result.predicted:
+        lines.append(f"predicted (vote of the {result.k} nearest labelled items in each attribute): "
+                     + ", ".join(str(p) for p in result.predicted.values()))
+    queried = [s for s in result.summary.values() if s.queried]
+    if queried:
+        lines.append("matches: " + "; ".join(str(s) for s in queried))
     return "\n".join(lines)
 
 
@@ -428,34 +467,65 @@ def _box(text: str) -> tuple[float, ...]:
 
 
 def run_attention(args: argparse.Namespace) -> int:
+    from agman.retrieval.render import save_picture
+
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
     boxes = [_box(text) for text in args.box]
     if boxes and args.view == "model":
         raise CLIError("--box draws on the original image: leave out --view model")
     retriever = open_retriever(args)
+    terms = list(retriever.parse_attributes(args.attribute))
+    weighted = [f"{t.name}:{t.weight:g}" for t in terms if t.weight != 1]
+    if weighted:
+        raise CLIError(f"-a {', '.join(weighted)}: an attention map has no weight; give the attribute name alone")
+    image = query_image(retriever, args)
     if args.view == "model":
-        overlay = retriever.attention_image(query_image(retriever, args), args.attribute, alpha=args.alpha)
+        overlays = [retriever.attention_image(image, t.index, alpha=args.alpha) for t in terms]
     else:
-        overlay = retriever.attention_beside_original(query_image(retriever, args), args.attribute,
-                                                      alpha=args.alpha, boxes=boxes)
-    if overlay is None:
+        overlays = [retriever.attention_beside_original(image, t.index, alpha=args.alpha, boxes=boxes) for t in terms]
+    if overlays[0] is None:
         raise CLIError(f"model {retriever.info.model_name!r} has no spatial attention map")
-    overlay.save(args.out)
-    print(f"attention of {args.attribute}: {args.out}")
+    if len(overlays) == 1:
+        picture = overlays[0]
+    elif args.view == "model":
+        from agman.retrieval.render import captioned_strip
+
+        picture = captioned_strip(overlays, [t.name for t in terms], "attention (red = high)")
+    else:  # each is already the original beside its map, captioned with the attribute: one under the other
+        from agman.retrieval.render import stack_vertically
+
+        picture = stack_vertically(overlays)
+    save_picture(picture, args.out)
+    print(f"attention of {', '.join(t.name for t in terms)}: {args.out}")
     return 0
 
 
+def same_catalog(first, other, first_dir: str, other_dir: str) -> None:
+    """Refuse to compare an index that holds another catalog (another set of item ids) than the first."""
+    a, b = first.item_ids(), other.item_ids()
+    if a == b:
+        return
+    only_a, only_b = sorted(a - b), sorted(b - a)
+    examples = "; ".join(f"{len(ids)} only in {where} (e.g. {ids[0]!r})"
+                         for ids, where in ((only_a, first_dir), (only_b, other_dir)) if ids)
+    raise CLIError(f"--index {other_dir} holds another catalog than --index {first_dir} ({len(b)} vs {len(a)} items: "
+                   f"{examples}); compare ranks one catalog under several checkpoints: index the same images "
+                   "with each checkpoint")
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    from agman.retrieval.render import ranking_comparison
+    from agman.retrieval.render import ranking_comparison, save_picture
 
     if args.name and len(args.name) != len(args.index):
         raise CLIError(f"--name given {len(args.name)} times for {len(args.index)} --index folders")
+    retrievers = [open_retriever(args, index_dir) for index_dir in args.index]
+    for index_dir, retriever in zip(args.index[1:], retrievers[1:]):
+        same_catalog(retrievers[0], retriever, args.index[0], index_dir)
     rows = {}
     image = None
     weights = None
-    for i, index_dir in enumerate(args.index):
-        retriever = open_retriever(args, index_dir)
+    for i, (index_dir, retriever) in enumerate(zip(args.index, retrievers)):
         result = run_query(retriever, args, args.attribute, args.k)
         weights = result.weights
         name = args.name[i] if args.name else f"{retriever.info.model_name} ({Path(index_dir).name})"
@@ -465,6 +535,6 @@ def run_compare(args: argparse.Namespace) -> int:
         if image is None:
             image = query_image(retriever, args)
     title = ", ".join(f"{n}:{w:g}" for n, w in weights.items())
-    ranking_comparison(image, rows, title=title).save(args.out)
+    save_picture(ranking_comparison(image, rows, title=title), args.out)
     print(f"comparison of {len(rows)} indexes: {args.out}")
     return 0

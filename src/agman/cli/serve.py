@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         add_verify_option,
         positive_int,
     )
-    from agman.service.limits import SERVE_OPTIONS, ServiceLimits
+    from agman.service.limits import LOG_LEVELS, SERVE_OPTIONS, ServiceLimits
 
     p = subparsers.add_parser(
         "serve",
@@ -60,6 +60,12 @@ def register(subparsers) -> None:
     catalog.add_argument("--writable", action="store_true",
                          help="allow DELETE /items/{id} and PUT /items/{id} (re-index an item) through the service")
     add_search_tuning(p)
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--access-log", action="store_true",
+                      help="log one line per request (client, method, path, status) to stderr (default: off)")
+    logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                      help="uvicorn's and agman's log level (default warning); --access-log shows its lines "
+                      "at any level")
     limits = p.add_argument_group("limits (docs/retrieval.md, Limits and security)")
     defaults = ServiceLimits()
     for option, name, unit, what in SERVE_OPTIONS:
@@ -109,7 +115,8 @@ def run_serve(args: argparse.Namespace) -> int:
         auth = "token required" if token else "no token"
         print(f"serving {args.index} ({len(retriever)} items) on http://{shown}:{port}/  (docs: /docs; {auth})",
               flush=True)
-        serve(app, sock, limits, forwarded_allow_ips=args.forwarded_allow_ips)
+        serve(app, sock, limits, forwarded_allow_ips=args.forwarded_allow_ips, log_level=args.log_level,
+              access_log=args.access_log)
     finally:
         sock.close()
     return 0

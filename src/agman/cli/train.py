@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from agman.cli import CLIError
+from agman.cli import CLIError, print_json
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,10 @@ def register(subparsers) -> None:
     ev = subparsers.add_parser(
         "eval", help="evaluate a checkpoint: MAP per attribute (Tables 2-3), R@k, P@k, TR accuracy",
         description="Evaluate a checkpoint on a split of the dataset its config names. Prints the tables and "
-                    "writes eval-<split>.{csv,md,json} beside the checkpoint (or into --out). Where the split has "
-                    "a regions file (regions_<split>.jsonl, docs/attention-scoring.md) the model's attention is "
-                    "scored too: mass in box, box share and pointing per attribute, also in "
+                    "writes eval-<split>.{csv,md,json} beside the checkpoint (or into --out). On FashionAI, "
+                    "DeepFashion and Zappos50k the paper's published numbers are printed beside the measured ones. "
+                    "Where the split has a regions file (regions_<split>.jsonl, docs/attention-scoring.md) the "
+                    "model's attention is scored too: mass in box, box share and pointing per attribute, also in "
                     "eval-<split>-localization.csv and the JSON.",
     )
     ev.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a run")
@@ -55,13 +56,20 @@ def register(subparsers) -> None:
     ev.add_argument("--regions", help="regions file to score the attention against "
                                       "(default: regions_<split>.jsonl in the dataset root, when there is one)")
     ev.add_argument("--no-localization", action="store_true", help="do not score the attention")
+    ev.add_argument("--json", action="store_true",
+                    help="print the metrics as JSON instead of the tables (schema agman/eval/1, docs/training.md); "
+                         "the table files are written all the same")
+    ev.add_argument("--figures", type=int, default=0, metavar="N",
+                    help="also draw the paper's Fig. 8 (N triplets with the model's verdict, where the split has "
+                         "triplet lists) and Fig. 9 (up to N retrieval failures with attention) as PNGs")
     ev.set_defaults(func=run_eval)
 
     ab = subparsers.add_parser(
         "ablate", help="run the comparison and ablation grid (Tables 2-3, 5-8) and write one table",
         description="Train and test every variant of the chosen grids on one dataset: models (CSN, ASENet_V2, "
                     "AttnFashion, AG-MAN), hierarchy (hierarchical x classification), aga (each of ASA/SA/ACA/CA "
-                    "off). Runs that finished are reused, so an interrupted ablation continues.",
+                    "off). Runs that finished are reused, so an interrupted ablation continues. On FashionAI, "
+                    "DeepFashion and Zappos50k each run is also printed beside the paper's row for it.",
     )
     ab.add_argument("--config", required=True, help="a config of the dataset, e.g. configs/synthetic/agman.yaml "
                                                     "(each model of the grid is composed with the same dataset)")
@@ -115,6 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from agman.engine.distributed import pick_device
     from agman.engine.evaluate import evaluate_checkpoint
+    from agman.engine.published import beside_text
     from agman.engine.report import write_report_tables
     from agman.fileio import atomic_write_json
 
@@ -132,10 +141,27 @@ def run_eval(args: argparse.Namespace) -> int:
     text = write_report_tables(out, f"eval-{args.split}", {label: metrics}, info.attribute_names,
                                title=f"{info.model_name} on the {args.split} split ({result.images} images)")
     atomic_write_json(out / f"eval-{args.split}.json", metrics)
+    located = result.localization
+    score_files = [located.write_csv(out / f"eval-{args.split}-localization.csv")] if located is not None else []
+    figures = []
+    if args.figures > 0:
+        from agman.retrieval.figures import draw_eval_figures
+
+        figures = list(draw_eval_figures(args.checkpoint, args.split, result.embeddings, out, args.figures, data=data))
+    if args.json:
+        files = [str(out / f"eval-{args.split}.{ext}") for ext in ("csv", "md", "json")]
+        files += [str(f) for f in [*score_files, *figures]]
+        print_json({"schema": "agman/eval/1", "checkpoint": str(args.checkpoint), "model": info.model_name,
+                    "attributes": info.attribute_names, "files": files, "metrics": metrics})
+        return 0
     print(text)
     if result.localization is not None:
-        result.localization.write_csv(out / f"eval-{args.split}-localization.csv")
         print("\n" + result.localization.table())
+    published = beside_text(result.dataset, {info.model_name: metrics}, info.attribute_names)
+    if published:
+        print(f"\n{published}")
+    for path in figures:
+        print(f"figure written to {path}")
     print(f"\ntables written to {out}/eval-{args.split}.csv and .md ({result.seconds:.1f} s)")
     return 0
 

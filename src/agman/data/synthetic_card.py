@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from agman.data.spec import UNLABELED, DatasetSpec
 from agman.data.synthetic_fashion import ANNOTATED, CARRIES, FASHION_REGIONS, GARMENTS
 from agman.data.synthetic_render import REGIONS, TEXTURE_ATTRIBUTES
+from agman.fileio import atomic_write, atomic_write_text
 
 EXAMPLES_PER_VALUE = 3
 _MIN_CELL = 96  # small images are enlarged (nearest neighbour, whole factor) to at least this
@@ -215,7 +216,8 @@ def card_text(spec: DatasetSpec, settings: dict) -> str:
 def write_card(root: str | Path, spec: DatasetSpec, settings: dict) -> Path:
     """Write README.md and contact_sheet.png into ``root``; return the README's path."""
     root = Path(root)
-    contact_sheet(root, spec, mode=settings["mode"]).save(root / "contact_sheet.png", format="PNG", compress_level=6)
+    sheet = contact_sheet(root, spec, mode=settings["mode"])
+    atomic_write(root / "contact_sheet.png", lambda f: sheet.save(f, format="PNG", compress_level=6))
     readme = root / "README.md"
-    readme.write_text(card_text(spec, settings), encoding="utf-8")
+    atomic_write_text(readme, card_text(spec, settings))
     return readme

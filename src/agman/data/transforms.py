@@ -1,4 +1,10 @@
-"""Image pipeline (§3.1): resize, centre crop, random horizontal flip for training, ImageNet normalisation."""
+"""Image pipeline (§3.1): resize, centre crop, random horizontal flip for training, ImageNet normalisation.
+
+``crop_ratio`` is the share of the resized short side the centre crop keeps: ``1.0`` (default) is the
+released code's and ASEN's ``Resize(S)`` + ``CenterCrop(S)`` (the short side is kept whole, the long
+side cut to S); ``0.875`` is the ImageNet-evaluation habit ``Resize(S / 0.875)`` + ``CenterCrop(S)``,
+which also cuts ~12 % off the short side (hems, trouser ends).
+"""
 from __future__ import annotations
 
 from torchvision import transforms as T
@@ -9,10 +15,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_transform(input_size: int = 224, train: bool = False, crop_ratio: float = 224 / 256):
+def build_transform(input_size: int = 224, train: bool = False, crop_ratio: float = 1.0):
     """Resize the short side to ``input_size / crop_ratio``, centre-crop ``input_size``, (train: random
-    horizontal flip), to tensor, ImageNet-normalise.  ``crop_ratio=1`` keeps the whole image (used for
-    the synthetic set, whose garments fill the frame)."""
+    horizontal flip), to tensor, ImageNet-normalise.  ``crop_ratio=1`` is the released code's
+    ``Resize(input_size)`` + ``CenterCrop(input_size)``."""
     steps = _view_steps(input_size, crop_ratio)
     if train:
         steps.append(T.RandomHorizontalFlip())

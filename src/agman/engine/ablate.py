@@ -12,6 +12,7 @@ Identical runs (the full AG-MAN appears in every grid) are trained once.  Each r
 ``<out>/runs/<name>/`` and its test metrics land in ``<out>/runs/<name>/test-metrics.json``; a run
 whose metrics file exists is not repeated, so an interrupted ablation continues where it stopped.
 Runs with a backbone warm-up (``warmup.epochs``) share one trunk file in ``<out>/warmup/``.
+On the paper's datasets the runs are also put beside its rows (:mod:`agman.engine.published`).
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from pathlib import Path
 from agman.engine.compose import sibling
 from agman.engine.config import RunConfig, load_config
 from agman.engine.evaluate import evaluate_checkpoint
-from agman.engine.report import write_report_tables
+from agman.engine.published import beside, beside_text
+from agman.engine.report import markdown_table, write_report_tables
 from agman.engine.train import train
 from agman.errors import InvalidValueError
-from agman.fileio import atomic_write_json
+from agman.fileio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +137,14 @@ def run_ablation(
     metrics: dict[str, dict] = {}
     seconds: dict[str, float] = {}
     attribute_names: list[str] = []
+    dataset = ""
     for i, v in enumerate(runs, 1):
         run_dir = out / "runs" / v.name
         metrics_file = run_dir / f"{split}-metrics.json"
         if metrics_file.is_file():
             saved = json.loads(metrics_file.read_text(encoding="utf-8"))
             metrics[v.name], attribute_names, seconds[v.name] = saved["metrics"], saved["attributes"], saved["seconds"]
+            dataset = saved.get("dataset", dataset)
             log.info("[%d/%d] %s: done before (score %.4f)", i, len(runs), v.name, metrics[v.name]["score"])
             continue
         t0 = time.perf_counter()
@@ -153,10 +157,11 @@ def run_ablation(
         evaluation, info = evaluate_checkpoint(result.best_path or result.last_path, split,
                                                device=_device(config), batch_size=config.eval.batch_size)
         metrics[v.name] = evaluation.to_dict()
-        attribute_names = info.attribute_names
+        attribute_names, dataset = info.attribute_names, evaluation.dataset
         seconds[v.name] = time.perf_counter() - t0
         atomic_write_json(metrics_file, {"metrics": metrics[v.name], "attributes": attribute_names,
-                                         "seconds": seconds[v.name], "overrides": list(v.overrides)})
+                                         "seconds": seconds[v.name], "overrides": list(v.overrides),
+                                         "dataset": dataset})
         log.info("[%d/%d] %s: %s score %.4f in %.0f s", i, len(runs), v.name, split, evaluation.score, seconds[v.name])
     texts = []
     for grid, variants in per_grid.items():
@@ -167,6 +172,11 @@ def run_ablation(
                                          title=f"{GRID_TITLES[grid]}, {split} split", extra=extra_cols))
     everything = {f"{v.name}": metrics[v.name] for v in runs}
     texts.append(write_report_tables(out, "ablation", everything, attribute_names, title=f"All runs, {split} split"))
+    published = beside(dataset, everything, attribute_names)  # FashionAI, DeepFashion, Zappos50k only
+    if published:
+        texts.append(beside_text(dataset, everything, attribute_names))
+        atomic_write_text(out / "ablation-published.md", f"# Measured and published, {split} split\n\n"
+                          + markdown_table(*published) + "\n")
     total = time.perf_counter() - start
     atomic_write_json(out / "ablation-times.json", {"total_seconds": total, "runs": seconds})
     return AblationResult(out, metrics, "\n\n".join(texts), total, seconds)

@@ -93,7 +93,8 @@ class DataConfig:
     yaml: Optional[str] = None
     image_root: Optional[str] = None
     input_size: int = setting(224, at_least=16)
-    crop_ratio: float = 0.875  # resize to input_size / crop_ratio, centre-crop input_size
+    # resize to input_size / crop_ratio, centre-crop input_size (1.0: the released Resize(S) + CenterCrop(S))
+    crop_ratio: float = 1.0
     synthetic: Optional[SyntheticConfig] = None
 
     def open(self, progress: bool = False):
@@ -130,6 +131,10 @@ class TrainConfig:
 
     epochs: int = setting(50, at_least=1)
     triplets_per_epoch: int = setting(100_000, at_least=1)
+    # value (released/ASEN: value uniform among the attribute's, then its images) | image (anchor uniform)
+    sampling: str = setting("value", choices=("value", "image"))
+    # separate (released: anchor, far, close as three passes of B) | joint (one pass of 3B)
+    bn_passes: str = setting("separate", choices=("separate", "joint"))
     batch_size: int = setting(16, at_least=1)  # triplets per step (per process under DDP)
     optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
     lr: float = setting(1e-4, at_least=0)
@@ -143,6 +148,9 @@ class TrainConfig:
     # true: also on CPU, where the fp32 step is 1.29x faster (bench/train_step.py); auto: GPU only
     channels_last: Switch = setting(True, choices=("auto", True, False))
     compile: bool = False  # torch.compile the model
+    # Adam/AdamW's fused kernels (one launch for all parameters); auto: on GPU. Same update rule,
+    # not bit-equal to the per-tensor loop, so the CPU default (the equivalence tests') stays off
+    fused_optimizer: Switch = setting("auto", choices=("auto", True, False))
     workers: int = setting(4, at_least=0)  # DataLoader worker processes
     pin_memory: Switch = setting("auto", choices=("auto", True, False))
     persistent_workers: bool = True
@@ -161,6 +169,9 @@ class TrainConfig:
     def uses_channels_last(self, device) -> bool:
         return _on(self.channels_last, device)
 
+    def uses_fused_optimizer(self, device) -> bool:
+        return self.optimizer in ("adam", "adamw") and _on(self.fused_optimizer, device)
+
     def uses_pin_memory(self, device) -> bool:
         return _on(self.pin_memory, device)
 
@@ -171,7 +182,8 @@ class LossConfig:
 
     margin: float = setting(0.2, at_least=0)
     classification: bool = True  # Eq. 7 (only where the model has the branch)
-    weighting: str = setting("dynamic", choices=("dynamic", "uncertainty", "fixed"))  # dynamic: Eq. 9
+    # released (Eq. 9, w held) | learned (Eq. 9 as printed) | uncertainty | fixed; dynamic: old name of learned
+    weighting: str = setting("released", choices=("released", "learned", "uncertainty", "fixed", "dynamic"))
     weight_init: float = 0.0  # w0, w1 at start (paper 0; released code 1)
     weights: dict[str, float] = setting({})  # fixed weights per term: {classification: 1.0, triplet: 1.0}
     mask_l1: float = setting(0.0, at_least=0)  # CSN mask L1 coefficient (5e-4 in CSN)

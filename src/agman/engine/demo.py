@@ -2,7 +2,8 @@
 
 :func:`run_demo` runs the named steps in order: :func:`open_demo_data`, training
 (:func:`agman.engine.train.train`), :func:`evaluate_rows` (trained AG-MAN, the same network
-untrained and on the warm-up trunk only, a colour-histogram ranking, the expected random ranking),
+untrained and on the warm-up trunk only, the warm-up's value classifier used as a retriever, a
+colour-histogram ranking, the expected random ranking),
 :func:`draw_pictures` and :func:`write_report`.  The report folder (``agman-demo/`` by default)
 receives ``report.md``, ``metrics.{md,csv}``, ``curves.png``, ``grids/<attribute>.png`` (top-10 of
 one test query, correct results framed green, wrong ones red, like Fig. 5) and
@@ -34,6 +35,7 @@ ATTENTION_TILE = 160  # pixels per attention picture (the original scaled to it,
 TRAINED = "AG-MAN (trained)"
 UNTRAINED = "AG-MAN (untrained, random init)"
 WARM_ONLY = "AG-MAN (warm-up trunk, untrained heads)"
+CLASSIFIER = "warm-up value classifier (value probabilities)"
 HISTOGRAM = "colour histogram"
 RANDOM = "random ranking (expected)"
 
@@ -76,7 +78,7 @@ def run_demo(config: RunConfig, out: str | Path, announce: Callable[[str], None]
     if result.interrupted:
         return DemoResult(out, result.run_dir, interrupted=True, seconds=seconds)
 
-    announce("[3/4] evaluating on the test split: trained, untrained, colour histogram, random")
+    announce("[3/4] evaluating on the test split: trained, untrained, warm-up classifier, colour histogram, random")
     from agman.engine.checkpoint import load_model
     from agman.engine.report import write_report_tables
 
@@ -103,13 +105,9 @@ def open_demo_data(config: RunConfig) -> DatasetSpec:
 
 def evaluate_rows(config: RunConfig, spec: DatasetSpec, result: TrainResult, model, info) -> tuple[np.ndarray, dict]:
     """The trained model's test embeddings and one metrics row per compared method."""
-    from agman.engine.evaluate import (
-        colour_histogram_embeddings,
-        embed_split,
-        evaluate_embeddings,
-        evaluate_model,
-    )
+    from agman.engine.evaluate import colour_histogram_embeddings, embed_split, evaluate_embeddings, evaluate_model
     from agman.engine.localization import localization_if_boxed
+    from agman.engine.pretrain import load_value_classifier
 
     view = dict(input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=config.eval.batch_size)
     trained_embeddings = embed_split(model, spec, SPLIT, **view)
@@ -124,6 +122,12 @@ def evaluate_rows(config: RunConfig, spec: DatasetSpec, result: TrainResult, mod
         evaluation = evaluate_model(untrained, spec, SPLIT, **view)
         evaluation.localization = localization_if_boxed(untrained, spec, SPLIT, **view, model_name=label)
         rows[label] = evaluation.to_dict()
+    if result.warmup_trunk is not None:
+        classifier = load_value_classifier(result.warmup_trunk, config.model.option("backbone"), spec.value_counts)
+        if classifier is None:
+            log.warning("%s has no value heads beside it (an older warm-up): no classifier row", result.warmup_trunk)
+        else:  # the strongest simple baseline: rank by the probability of the same predicted value
+            rows[CLASSIFIER] = evaluate_model(classifier, spec, SPLIT, **view).to_dict()
     rows[HISTOGRAM] = evaluate_embeddings(colour_histogram_embeddings(spec, SPLIT), spec, SPLIT).to_dict()
     random_map = trained.asfr.random_map
     rows[RANDOM] = {"map": random_map.pop("overall"), "map_per_attribute": random_map}
@@ -185,11 +189,11 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
 def verdict(rows: dict, names: list[str]) -> str:
     """One sentence: the trained model's test MAP against every other row, and whether it beats random everywhere."""
     trained, rand, hist = rows[TRAINED], rows[RANDOM], rows[HISTOGRAM]
-    against = [(label, rows[label]["map"]) for label in (UNTRAINED, WARM_ONLY) if label in rows]
+    against = [(label, rows[label]["map"]) for label in (UNTRAINED, WARM_ONLY, CLASSIFIER) if label in rows]
     above = {a: trained["map_per_attribute"][a] > rand["map_per_attribute"][a] for a in names}
     below = [a for a, ok in above.items() if not ok]
     return (f"AG-MAN test MAP {100 * trained['map']:.2f}% vs "
-            + ", ".join(f"{label.split('(')[1].rstrip(')')} {100 * m:.2f}% ({trained['map'] / max(m, 1e-12):.2f}x)"
+            + ", ".join(f"{_short(label)} {100 * m:.2f}% ({trained['map'] / max(m, 1e-12):.2f}x)"
                         for label, m in against)
             + f", colour histogram {100 * hist['map']:.2f}%, random {100 * rand['map']:.2f}%; every attribute above "
             f"random: {'no (' + ', '.join(below) + ')' if below else 'yes'}")
@@ -240,6 +244,11 @@ def localization_section(rows: dict) -> tuple[str, str]:
                            if k != "trained" and other.available)
                  + f" (a uniform map: {whole.box_share.mean:.2f})")
     return sentence, markdown_table(header, table, digits=2)
+
+
+def _short(label: str) -> str:
+    """A row label as the verdict names it: what is in its brackets for the AG-MAN rows, else itself."""
+    return label.split("(")[1].rstrip(")") if label.startswith("AG-MAN (") else label
 
 
 def write_report(out: Path, config: RunConfig, rows: dict, names: list[str], pictures: dict[str, list[str]],

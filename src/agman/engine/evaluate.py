@@ -243,6 +243,8 @@ class EvalResult:
     tr: TRResult | None = None
     seconds: float = 0.0
     images: int = 0
+    dataset: str = ""  # DatasetSpec.name (which published tables apply: agman.engine.published)
+    embeddings: np.ndarray | None = field(default=None, repr=False)  # [N, A, D] the split's, for pictures
     localization: LocalizationResult | None = None  # attention scores, where the split has boxes
 
     @property
@@ -327,7 +329,7 @@ def evaluate_model(
     emb = embed_split(model, spec, split, **embed_options)
     model.train(was_training)
     result = evaluate_embeddings(emb, spec, split, ks=ks, margin=margin)
-    result.seconds = time.perf_counter() - start
+    result.seconds, result.dataset, result.embeddings = time.perf_counter() - start, spec.name, emb
     return result
 
 
@@ -361,10 +363,11 @@ def evaluate_checkpoint(
             f"checkpoint {checkpoint} was trained on attributes {info.attribute_names}; "
             f"dataset {data_cfg.root} has {spec.attribute_names}"
         )
+    # bf16 on GPU unless the run trained in fp32 (train.amp: none, as the paper configs): then fp32 too
+    amp = torch.device(device).type == "cuda" and (info.config.get("train") or {}).get("amp", "auto") != "none"
     result = evaluate_model(
         model, spec, split, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=batch_size,
-        device=device, workers=workers, progress=progress, amp=torch.device(device).type == "cuda", ks=ks,
-        margin=margin,
+        device=device, workers=workers, progress=progress, amp=amp, ks=ks, margin=margin,
     )
     if localize:
         from agman.engine.localization import localization_if_boxed

@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class ValueClassifier(nn.Module):
-    """A ResNet trunk (torchvision names) + one linear head per attribute over its values."""
+    """A ResNet trunk (torchvision names) + one linear head per attribute over its values.
+
+    As a retriever (a baseline): :meth:`embed_all` gives each image, per attribute, its value
+    probabilities, zero-padded to the largest value count; the dot product of two images' vectors
+    is the probability that they carry the same value if the two predictions are independent.
+    """
 
     def __init__(self, backbone: str, value_counts: list[int]):
         super().__init__()
@@ -42,6 +47,40 @@ class ValueClassifier(nn.Module):
         _, f3 = self.trunk(images)
         logits = self.heads(self.trunk.top(f3).mean(dim=(-2, -1)))
         return list(logits.split(self.value_counts, dim=1))
+
+    @property
+    def n_attributes(self) -> int:
+        return len(self.value_counts)
+
+    @property
+    def embedding_dim(self) -> int:
+        return max(self.value_counts)
+
+    def embed_all(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, A, max values]``: every attribute's value probabilities (softmax), zero-padded."""
+        probabilities = [F.pad(lg.float().softmax(dim=1), (0, self.embedding_dim - lg.shape[1])) for lg in self(images)]
+        return torch.stack(probabilities, dim=1)
+
+
+def heads_path(out_path: Path) -> Path:
+    """Where the warm-up keeps its value heads beside the trunk file (the classifier is both)."""
+    return out_path.with_name(out_path.stem + ".heads.pth")
+
+
+def load_value_classifier(trunk_path: str | Path, backbone: str, value_counts: list[int]) -> ValueClassifier | None:
+    """The warm-up's whole value classifier (trunk file + :func:`heads_path`), or None when the
+    heads were not kept (a trunk written by an older agman)."""
+    trunk_path = Path(trunk_path)
+    if not heads_path(trunk_path).is_file():
+        return None
+    net = ValueClassifier(backbone, value_counts)
+    net.trunk.load_state_dict(torch.load(trunk_path, map_location="cpu", weights_only=True))
+    heads = torch.load(heads_path(trunk_path), map_location="cpu", weights_only=True)
+    if list(heads["value_counts"]) != list(value_counts):
+        raise DatasetError(f"{heads_path(trunk_path)} classifies {heads['value_counts']} values per attribute; "
+                           f"the dataset has {list(value_counts)}")
+    net.heads.load_state_dict(heads["state_dict"])
+    return net.eval()
 
 
 def value_classification_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
@@ -152,6 +191,8 @@ def pretrain_backbone(
                            "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}, partial)
         if stop is not None and epoch + 1 < epochs and stop(epoch + 1):
             return PretrainResult(out_path, epoch + 1 - first, loss_value, time.perf_counter() - start, True)
+    atomic_torch_save({"state_dict": {k: v.detach().cpu() for k, v in net.heads.state_dict().items()},
+                       "value_counts": list(net.value_counts)}, heads_path(out_path))
     atomic_torch_save({k: v.detach().cpu() for k, v in net.trunk.state_dict().items()}, out_path)
     partial.unlink(missing_ok=True)
     return PretrainResult(out_path, epochs - first, loss_value, time.perf_counter() - start)

@@ -148,21 +148,22 @@ def _slug(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- curves
-def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """One PNG: training losses, validation score (and per-attribute MAP), loss weights and lr per epoch."""
+def training_curves_figure(history: list[dict], title: str = ""):
+    """The matplotlib figure of :func:`plot_training_curves`: three panels over integer epochs, each
+    legend below its panel (outside the lines)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    path = Path(path)
     epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     ax = axes[0]
     for key in sorted({k for r in history for k in r if k.startswith("train_")}):
         ax.plot(epochs, [r.get(key, math.nan) for r in history], marker=".", label=key[6:])
     ax.set(title="training loss", xlabel="epoch")
-    _legend(ax, fontsize=8)
+    _legend_below(ax, ax.get_legend_handles_labels())
     ax = axes[1]
     score_keys = sorted({k for r in history for k in r if k.endswith("_score")})
     for key in score_keys:
@@ -172,7 +173,7 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
         pts = [(r["epoch"], r[key]) for r in history if key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1, alpha=0.7, label=key.split("_map_", 1)[1])
     ax.set(title="validation (MAP / TR accuracy)", xlabel="epoch")
-    _legend(ax, fontsize=7)
+    _legend_below(ax, ax.get_legend_handles_labels())
     ax = axes[2]
     for key in sorted({k for r in history for k in r if k.startswith("weight_")}):
         ax.plot(epochs, [r.get(key, math.nan) for r in history], marker=".", label=key)
@@ -180,19 +181,65 @@ def plot_training_curves(history: list[dict], path: str | Path, title: str = "")
     ax2 = ax.twinx()
     ax2.plot(epochs, [r.get("lr", math.nan) for r in history], color="grey", linestyle="--", label="lr")
     ax2.set_ylabel("lr")
-    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
-    if lines:
-        ax.legend(lines, labels, fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    handles2, labels2 = ax2.get_legend_handles_labels()
+    _legend_below(ax, (handles + handles2, labels + labels2))
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """One PNG: training losses, validation score (and per-attribute MAP), loss weights and lr per epoch."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig = training_curves_figure(history, title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")  # the legends below the panels are kept
     plt.close(fig)
     return path
 
 
-def _legend(ax, **kwargs) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**kwargs)
+def _legend_below(ax, handles_labels) -> None:
+    handles, labels = handles_labels
+    if handles:
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(handles)),
+                  fontsize=8, frameon=False)
+
+
+# --------------------------------------------------------------------------- sample retrievals
+SHEET_GREEN, SHEET_RED, SHEET_BLUE = (34, 160, 60), (214, 40, 57), (40, 96, 200)
+
+
+def retrieval_sheet(rows: list[tuple[str, object, list[tuple[object, bool]]]], tile: int = 64, title: str = ""):
+    """Sample retrievals of a run as one PIL image: per row a caption line, then the query (blue
+    frame) and its ranked results (green frame: same value as the query, red: another value).
+
+    ``rows``: ``[(caption, query PIL image, [(result PIL image, same value), ...])]``.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    frame, gap = max(2, tile // 20), 4
+    font = ImageFont.load_default()
+    line = 14
+    columns = 1 + max((len(results) for _, _, results in rows), default=0)
+    width = gap + columns * (tile + gap) + gap
+    top = line + gap if title else 0
+    sheet = Image.new("RGB", (width, top + len(rows) * (line + tile + gap) + gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((gap, 2), title, fill="black", font=font)
+    for r, (caption, query, results) in enumerate(rows):
+        y = top + r * (line + tile + gap)
+        draw.text((gap, y + 1), caption, fill="black", font=font)
+        cells = [(query, SHEET_BLUE)] + [(image, SHEET_GREEN if same else SHEET_RED) for image, same in results]
+        for c, (image, colour) in enumerate(cells):
+            x = gap + c * (tile + gap) + (gap if c else 0)
+            thumb = image.convert("RGB").resize((tile - 2 * frame, tile - 2 * frame))
+            draw.rectangle([x, y + line, x + tile - 1, y + line + tile - 1], fill=colour)
+            sheet.paste(thumb, (x + frame, y + line + frame))
+    return sheet

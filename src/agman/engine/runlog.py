@@ -1,4 +1,5 @@
-"""What a training run shows while it runs: the per-epoch CSV log, TensorBoard scalars, the curve
+"""What a training run shows while it runs: the per-epoch CSV log, TensorBoard scalars, the run's
+hyper-parameters (TensorBoard's HPARAMS tab), sample retrievals of validation queries, the curve
 picture and the one-line epoch summary (main process only)."""
 from __future__ import annotations
 
@@ -8,13 +9,47 @@ import logging
 import math
 from pathlib import Path
 
-from agman.fileio import atomic_write_text
+import numpy as np
+
+from agman.fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
+SAMPLE_TOP_K = 8
+"""Results drawn per sample query (one query per attribute, at most :data:`SAMPLE_ATTRIBUTES`)."""
+SAMPLE_ATTRIBUTES = 8
+SAMPLE_TILE = 64
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """A nested config as ``{"section.key": value}`` with TensorBoard's value types (bool, int,
+    float, str; anything else, None included, as its text)."""
+    out: dict[str, int | float | str | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def sample_queries(split, n_attributes: int) -> list[int]:
+    """The query rows drawn every epoch: the first query of each attribute (at most
+    :data:`SAMPLE_ATTRIBUTES`), the same rows each epoch so their results can be compared."""
+    rows = []
+    for a in range(n_attributes):
+        found = np.flatnonzero(split.queries[:, 1] == a)
+        if len(found):
+            rows.append(int(found[0]))
+    return rows[:SAMPLE_ATTRIBUTES]
+
 
 class RunLog:
-    """Per-epoch ``log.csv``, TensorBoard scalars and ``curves.png`` of a run folder."""
+    """Per-epoch ``log.csv``, TensorBoard scalars, hyper-parameters and sample retrievals,
+    ``curves.png`` and ``retrievals.png`` of a run folder."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
         self.run_dir, self.enabled = run_dir, enabled
@@ -32,6 +67,54 @@ class RunLog:
             for k, v in values.items():
                 if v is not None and math.isfinite(v):
                     self.writer.add_scalar(k, v, step)
+
+    def hparams(self, config: dict, metrics: list[str]) -> None:
+        """Record the run's config (flattened: ``train.lr``, ``model.backbone``, ...) in TensorBoard's
+        HPARAMS tab, with the scalar tags ``metrics`` (logged per epoch) as its metrics."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        experiment, start, _ = hparams(flatten(config), {tag: 0.0 for tag in metrics})
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(start)
+
+    def retrievals(self, spec, split: str, embeddings: np.ndarray, step: int, epoch: int) -> None:
+        """Draw the top :data:`SAMPLE_TOP_K` of the :func:`sample_queries` of ``split`` under
+        ``embeddings [N, A, D]`` (the evaluation's ranking) into ``retrievals.png`` and TensorBoard
+        (``<split>/retrievals``).  A split without query lists (triplets only) draws nothing."""
+        if not self.enabled:
+            return
+        try:
+            sheet = self._retrieval_sheet(spec, split, embeddings, epoch)
+        except Exception as exc:  # noqa: BLE001 - a picture must never stop training
+            log.warning("could not draw retrievals.png: %s", exc)
+            return
+        if sheet is None:
+            return
+        atomic_write(self.run_dir / "retrievals.png", lambda f: sheet.save(f, format="PNG"))
+        if self.writer is not None:
+            self.writer.add_image(f"{split}/retrievals", np.asarray(sheet), step, dataformats="HWC")
+
+    @staticmethod
+    def _retrieval_sheet(spec, split: str, embeddings: np.ndarray, epoch: int):
+        from agman.data.images import load_image
+        from agman.engine.evaluate import rank_split
+        from agman.engine.report import retrieval_sheet
+
+        s = spec.split(split)
+        if not len(s.queries):
+            return None
+        rows = []
+        for q in sample_queries(s, spec.n_attributes):
+            image, a, value = (int(v) for v in s.queries[q])
+            ranked = rank_split(embeddings, s, a, q)[:SAMPLE_TOP_K]
+            attribute = spec.attributes[a]
+            results = [(load_image(spec.root / s.paths[i]), int(s.labels[i, a]) == value) for i in ranked]
+            rows.append((f"{attribute.name} = {attribute.values[value]}", load_image(spec.root / s.paths[image]),
+                         results))
+        return retrieval_sheet(rows, SAMPLE_TILE, f"epoch {epoch}: {split} queries, top {SAMPLE_TOP_K} "
+                                                  "(green: same value, red: another)")
 
     def epoch(self, history: list[dict]) -> None:
         if not self.enabled:

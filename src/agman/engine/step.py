@@ -14,30 +14,56 @@ import torch
 from agman.engine import distributed as D
 from agman.engine.config import LossConfig, TrainConfig
 from agman.engine.losses import TripletCriterion
+from agman.errors import InvalidValueError
+from agman.models.output import ModelOutput
 
 log = logging.getLogger(__name__)
 
 
+BN_PASSES = ("separate", "joint")
+
+
 class TrainStep:
-    """One optimisation step on a batch of triplets: the three images through the model as one
-    batch of 3B (bf16 autocast where asked), the loss, backward, gradient averaging of the loss
-    weights under DDP, optional clipping, the optimizer step."""
+    """One optimisation step on a batch of triplets: the three images through the model (bf16
+    autocast where asked), the loss, backward, gradient averaging of the loss weights under DDP,
+    optional clipping, the optimizer step.
+
+    ``bn_passes``: ``separate`` runs anchors, negatives ("far") and positives ("close") as three
+    passes of B, in that order, as the released Tripletnet does (BatchNorm normalises each set with
+    its own statistics and updates its running statistics three times); ``joint`` runs them as one
+    pass of 3B (one set of statistics, one update)."""
 
     def __init__(self, net: torch.nn.Module, criterion: TripletCriterion, optimizer: torch.optim.Optimizer,
                  device: torch.device, *, channels_last: bool = False, amp: bool = False, grad_clip: float = 0.0,
-                 ctx: D.DistributedContext | None = None):
+                 ctx: D.DistributedContext | None = None, bn_passes: str = "separate"):
+        if bn_passes not in BN_PASSES:
+            raise InvalidValueError(f"bn_passes must be one of {', '.join(BN_PASSES)}, got {bn_passes!r}")
         self.net, self.criterion, self.optimizer, self.device = net, criterion, optimizer, device
-        self.channels_last, self.amp, self.grad_clip = channels_last, amp, grad_clip
+        self.channels_last, self.amp, self.grad_clip, self.bn_passes = channels_last, amp, grad_clip, bn_passes
         self.ctx = ctx or D.DistributedContext(device=device)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
 
+    @classmethod
+    def for_run(cls, net: torch.nn.Module, criterion: TripletCriterion, optimizer: torch.optim.Optimizer,
+                train: TrainConfig, ctx: D.DistributedContext) -> TrainStep:
+        """The step a run with the ``train`` section takes on ``ctx.device``."""
+        return cls(net, criterion, optimizer, ctx.device, channels_last=train.uses_channels_last(ctx.device),
+                   amp=train.uses_amp(ctx.device), grad_clip=train.grad_clip, ctx=ctx, bn_passes=train.bn_passes)
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
     def __call__(self, anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, attrs: torch.Tensor):
-        images = torch.cat([anchor, positive, negative]).to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         attrs = attrs.to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext():
-            output = self.net(images, attrs.repeat(3))
+            if self.bn_passes == "joint":
+                output = self.net(self._images(torch.cat([anchor, positive, negative])), attrs.repeat(3))
+            else:
+                out_a = self.net(self._images(anchor), attrs)
+                out_n = self.net(self._images(negative), attrs)
+                out_p = self.net(self._images(positive), attrs)
+                output = ModelOutput.cat([out_a, out_p, out_n])
         loss = self.criterion(output, attrs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -48,12 +74,14 @@ class TrainStep:
         return loss
 
 
-def build_optimizer(train: TrainConfig, params) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``params`` (SGD with momentum 0.9)."""
+def build_optimizer(train: TrainConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params`` (SGD with momentum 0.9); Adam/AdamW fused on ``device``
+    when ``train.fused_optimizer`` says so."""
+    fused = {"fused": True} if device is not None and train.uses_fused_optimizer(device) else {}
     if train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, **fused)
     return torch.optim.SGD(params, lr=train.lr, momentum=0.9, weight_decay=train.weight_decay)
 
 

@@ -46,7 +46,7 @@ from agman.engine import distributed as D
 from agman.engine.batches import EpochTriplets, epoch_loader
 from agman.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from agman.engine.config import RunConfig, save_config
-from agman.engine.evaluate import evaluate_model
+from agman.engine.evaluate import embed_split, evaluate_embeddings
 from agman.engine.losses import TripletCriterion
 from agman.engine.runlog import RunLog, epoch_line
 from agman.engine.step import TrainStep, build_criterion, build_optimizer
@@ -204,7 +204,7 @@ def build_state(config: RunConfig, n_attributes: int, device: torch.device, pret
              else torch.preserve_format)
     criterion.to(device)
     params = [p for p in model.parameters() if p.requires_grad] + list(criterion.parameters())
-    optimizer = build_optimizer(config.train, params)
+    optimizer = build_optimizer(config.train, params, device)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.train.lr_step, gamma=config.train.lr_gamma)
     return TrainState(model, criterion, optimizer, scheduler)
 
@@ -253,7 +253,7 @@ class Run:
         tcfg, dcfg, device = config.train, config.data, ctx.device
         self.net = _wrap(state.model, config, ctx)
         train_split = spec.split("train")
-        self.sampler = make_sampler(train_split, tcfg.triplets_per_epoch, tcfg.seed)
+        self.sampler = make_sampler(train_split, tcfg.triplets_per_epoch, tcfg.seed, tcfg.sampling)
         images = triplet_dataset(train_split.paths, spec.root, input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio)
         dataset = EpochTriplets(self.sampler, images, tcfg.seed, ctx.rank, ctx.world_size)
         self.loader, self.batches = epoch_loader(dataset, tcfg, device)
@@ -261,15 +261,16 @@ class Run:
         if self.amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             log.warning("train.amp=bf16 on a CPU without native bf16 instructions is slow; "
                         "train.amp=none is faster here")
-        self.step_fn = TrainStep(self.net, state.criterion, state.optimizer, device,
-                                 channels_last=tcfg.uses_channels_last(device), amp=self.amp,
-                                 grad_clip=tcfg.grad_clip, ctx=ctx)
+        self.step_fn = TrainStep.for_run(self.net, state.criterion, state.optimizer, tcfg, ctx)
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / "config.yaml")
         self.runlog = RunLog(run_dir, ctx.is_main, config.output.tensorboard)
         if state.history:
             self.runlog.epoch(state.history)
+        elif state.step == 0:  # a fresh run (a resumed one recorded its hyper-parameters when it began)
+            self.runlog.hparams(config.to_dict(), [f"{config.eval.split}/score"]
+                                + [f"{config.eval.split}/map_{a}" for a in spec.attribute_names])
         self.global_step = state.epoch * self.batches.steps + state.step
 
     def fit(self) -> bool:
@@ -351,13 +352,18 @@ class Run:
         due = (epoch + 1) % ecfg.every == 0 or epoch + 1 == epochs
         if not (due and self.ctx.is_main):
             return {}
-        result = evaluate_model(
-            unwrap(self.net), self.spec, ecfg.split, input_size=self.config.data.input_size,
+        started, model = time.perf_counter(), unwrap(self.net)
+        was_training = model.training
+        embeddings = embed_split(
+            model, self.spec, ecfg.split, input_size=self.config.data.input_size,
             crop_ratio=self.config.data.crop_ratio, batch_size=ecfg.batch_size, device=self.ctx.device,
-            workers=self.config.train.workers, progress=self.progress, amp=self.amp, ks=ecfg.ks,
-            margin=self.config.eval_margin,
+            workers=self.config.train.workers, progress=self.progress, amp=self.amp,
         )
+        model.train(was_training)
+        result = evaluate_embeddings(embeddings, self.spec, ecfg.split, ks=ecfg.ks, margin=self.config.eval_margin)
+        result.seconds = time.perf_counter() - started
         split = ecfg.split
+        self.runlog.retrievals(self.spec, split, embeddings, self.global_step, epoch + 1)
         row[f"{split}_score"] = result.score
         per_attribute = result.asfr.per_attribute_map if result.asfr is not None else {}
         row.update({f"{split}_map_{k}": v for k, v in per_attribute.items()})

@@ -1,4 +1,5 @@
-"""AG-MAN (Xiao & Yamasaki, Fig. 1): hierarchical features (§2.2), classification branch (Eq. 7), AGA (§2.3), and the released-code preset."""
+"""AG-MAN (Xiao & Yamasaki, Fig. 1): hierarchical features (§2.2), classification branch (Eq. 7), AGA (§2.3),
+and the released-code preset."""
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,8 @@ class AGA(nn.Module):
         return x, (self.asa.image_key(x) if self.asa is not None else None)
 
     def forward(self, state: tuple[Tensor, Tensor | None], attribute_ids: Tensor) -> ModelOutput:
-        """``(f [B,c',h,w], p(I)), attribute_ids [B,K] -> ModelOutput`` with the c'-vector as ``embedding [B,K,c']`` (not normalised)."""
+        """``(f [B,c',h,w], p(I)), attribute_ids [B,K] -> ModelOutput`` with the c'-vector as
+        ``embedding [B,K,c']`` (not normalised)."""
         x, key = state
         k = attribute_ids.shape[1]
         attention = None
@@ -92,6 +94,7 @@ class AGMAN(AttributeModel):
         "asa": True, "sa": True, "aca": True, "ca": True,
         "sa_kernel": 7, "ca_reduction": 16, "aca_combine": "concat",
         "input_scale": False, "attribute_masks": False, "mask_init": "disjoint", "shared_attribute_embedding": False,
+        "fusion_init": "default",
     }
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
@@ -99,7 +102,7 @@ class AGMAN(AttributeModel):
         cfg = self.config
         self.trunk = ResNetTrunk(cfg["backbone"], with_layer4=cfg["classification"])
         c2, c3, c4 = (self.trunk.channels[k] for k in ("layer2", "layer3", "layer4"))
-        self.fusion = HierarchicalFusion(c2, c3) if cfg["hierarchical"] else None
+        self.fusion = HierarchicalFusion(c2, c3, cfg["fusion_init"]) if cfg["hierarchical"] else None
         self.classifier = nn.Linear(c4, self.n_attributes) if cfg["classification"] else None
         aga_options = {k: cfg[k] for k in AGA_OPTIONS}
         in_channels = 2 * c3 if cfg["hierarchical"] else c3
@@ -132,15 +135,16 @@ class AGMANOfficial(AGMAN):
 
     Differences from the paper: no CA (defined there, never called) but CSN masks after ACA
     (0.1 with a disjoint block of 1s, ReLU); a learned scalar on the 2c3-channel input; one
-    attribute embedding shared by ASA and ACA; SA 7x7; output size c' whatever ``embedding_dim``
-    asks.  Unlike the released code, any input size works (no 14x14 grid).
+    attribute embedding shared by ASA and ACA; SA 7x7; the hierarchical 1x1 conv drawn He-normal
+    like the released ResNet's convs; output size c' whatever ``embedding_dim`` asks.  Unlike the
+    released code, any input size works (no 14x14 grid).
     """
 
     name = "agman-official"
     description = "AG-MAN as released: CSN masks instead of CA, input scalar, shared attr table, c'-sized output"
     DEFAULTS = {
         **AGMAN.DEFAULTS, "embedding_dim": 512, "ca": False,
-        "input_scale": True, "attribute_masks": True, "shared_attribute_embedding": True,
+        "input_scale": True, "attribute_masks": True, "shared_attribute_embedding": True, "fusion_init": "released",
     }
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):

@@ -78,13 +78,26 @@ class ResNetTrunk(nn.Module):
         return self.layer4(features)
 
 
-class HierarchicalFusion(nn.Module):
-    """§2.2: F23 = F3 + Conv1x1(MaxPool3x3/2(F2)), F2 brought to F3's grid and width (released code's layers)."""
+FUSION_INITS = ("default", "released")
 
-    def __init__(self, in_channels: int, out_channels: int):
+
+class HierarchicalFusion(nn.Module):
+    """§2.2: F23 = F3 + Conv1x1(MaxPool3x3/2(F2)), F2 brought to F3's grid and width (released code's layers).
+
+    ``init``: ``'default'`` keeps PyTorch's Conv2d init; ``'released'`` draws the 1x1 conv's weight
+    N(0, sqrt(2 / (k*k*out_channels))) like every conv of the released ``resnet.py`` (its ``conv1_1``
+    is a ResNet member, so the ResNet's init loop draws it, and the ImageNet weights, which have no
+    such key, leave it so).  The bias keeps PyTorch's default either way.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, init: str = "default"):
         super().__init__()
+        if init not in FUSION_INITS:
+            raise InvalidValueError(f"fusion init must be one of {', '.join(FUSION_INITS)}, got {init!r}")
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.proj = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=True)
+        if init == "released":
+            nn.init.kaiming_normal_(self.proj.weight, mode="fan_out", nonlinearity="relu")  # std sqrt(2 / n)
 
     def forward(self, f2: Tensor, f3: Tensor) -> Tensor:
         f2 = self.pool(f2)

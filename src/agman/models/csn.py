@@ -1,4 +1,5 @@
-"""CSN baseline (Veit et al., CVPR 2017, as in ASEN's code): pooled backbone feature -> FC -> per-attribute mask -> L2 norm."""
+"""CSN baseline (Veit et al., CVPR 2017), the architecture of ASEN's code: pooled backbone feature -> FC ->
+per-attribute mask -> L2 norm."""
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+import torch
 from torch import Tensor
 
 
@@ -42,3 +43,18 @@ class ModelOutput:
             if f.name in per_attribute and getattr(self, f.name) is not None
         }
         return replace(self, **changes)
+
+    @classmethod
+    def cat(cls, outputs: list[ModelOutput] | tuple[ModelOutput, ...]) -> ModelOutput:
+        """Join the outputs of several passes along the batch (e.g. anchors, positives, negatives run
+        as three passes of B, as the released code does, into the ``3B`` rows of one pass)."""
+        joined = {}
+        for f in fields(cls):
+            parts = [getattr(o, f.name) for o in outputs]
+            if any(p is None for p in parts):
+                if not all(p is None for p in parts):
+                    raise ValueError(f"cannot join outputs: {f.name} is missing in some of them")
+                joined[f.name] = None
+            else:
+                joined[f.name] = torch.cat(parts)
+        return cls(**joined)

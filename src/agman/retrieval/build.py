@@ -405,14 +405,15 @@ def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, up
         new, rows_replaced, there = plan_items(live, stored_paths, images, add=add or not update, update=update)
         planned_ids = {it.id for it in planned}
         fresh = [(it, r) for it, r in zip(new, rows_replaced) if it.id not in planned_ids]
-        counts["there"] = there + len(new) - len(fresh)
-        counts["added"] = sum(r is None for _, r in fresh)
-        counts["updated"] = len(fresh) - counts["added"]
+        counts["there"] = there
         if fresh:
             planned += [it for it, _ in fresh]
             replaces += [r for _, r in fresh]
-            log.info("planned %d items (%d to add, %d to update; %d already indexed)", len(fresh), counts["added"],
-                     counts["updated"], counts["there"])
+            log.info("planned %d items (%d already indexed, %d planned by an unfinished run)", len(fresh), there,
+                     len(new) - len(fresh))
+    # what this call commits: the whole plan, an unfinished run's part included
+    counts["added"] = sum(r is None for r in replaces)
+    counts["updated"] = len(replaces) - counts["added"]
     if not planned:
         return counts
     prog.planned = len(planned)

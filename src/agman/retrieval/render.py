@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from agman.data.crop import crop_frame
 from agman.errors import InvalidValueError
+from agman.fileio import atomic_write
 
 Result = tuple[Image.Image, float, "bool | None"]
 
@@ -28,6 +29,21 @@ CROP_WHITE = (255, 255, 255)
 
 _FRAME = 4  # frame width in pixels
 _GAP = 6  # space between tiles
+
+
+def save_picture(image: Image.Image, path) -> None:
+    """Write ``image`` to ``path`` atomically (an interrupted save leaves no truncated file), in the
+    format its extension names (``.png``, ``.jpg``, ``.webp``, ...; anything else is an error)."""
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise InvalidValueError(f"{path}: cannot write a picture as {suffix or 'a file without extension'!r}; "
+                                "use .png, .jpg or .webp")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    atomic_write(path, lambda f: image.save(f, format=fmt))
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -88,7 +104,8 @@ def _title_band(title: str, width: int, font) -> Image.Image | None:
     return band
 
 
-def _stack(parts: list[Image.Image]) -> Image.Image:
+def stack_vertically(parts: list[Image.Image]) -> Image.Image:
+    """``parts`` one under the other, left-aligned, on the background colour."""
     width = max(p.width for p in parts)
     out = Image.new("RGB", (width, sum(p.height for p in parts)), BACKGROUND)
     y = 0
@@ -127,7 +144,7 @@ def result_grid(
         row, col = divmod(i, columns)
         grid.paste(tile, (2 * _GAP + step * (1 + col), _GAP + row * (query.height + _GAP)))
     band = _title_band(title, grid.width, _font(max(12, tile_size // 8)))
-    return _stack([band, grid]) if band else grid
+    return stack_vertically([band, grid]) if band else grid
 
 
 def ranking_comparison(
@@ -160,7 +177,7 @@ def ranking_comparison(
         for c, tile in enumerate(_result_tiles(results, tile_size, font)):
             out.paste(tile, (label_w + _GAP + step * (1 + c), y))
     band = _title_band(title, out.width, _font(max(12, tile_size // 8)))
-    return _stack([band, out]) if band else out
+    return stack_vertically([band, out]) if band else out
 
 
 def captioned_strip(images: Sequence[Image.Image], captions: Sequence[str], title: str = "", *,
@@ -176,7 +193,7 @@ def captioned_strip(images: Sequence[Image.Image], captions: Sequence[str], titl
     for k, tile in enumerate(tiles):
         row.paste(tile, (_GAP + k * (tile_size + _GAP), _GAP))
     band = _title_band(title, row.width, _font(max(12, tile_size // 10)))
-    return _stack([band, row]) if band else row
+    return stack_vertically([band, row]) if band else row
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:

@@ -5,7 +5,19 @@ stored embeddings; no model needed) or precomputed embeddings ``[A, D]``.  The a
 their weights are parsed once, on entry (:class:`~agman.retrieval.query.AttributeWeights`); the
 ranking itself is :func:`agman.retrieval.ranking.rank` over the index's
 :class:`~agman.retrieval.store.VectorStore` — an attribute-filtered search over an index of a
-split's candidates reproduces the evaluation's ranking.
+split's candidates reproduces the evaluation's ranking.  What a search returns, and the predicted
+values and match summaries that explain it, are in :mod:`agman.retrieval.results`.
+
+What a query may be (:func:`query_input`):
+
+* a path (``str`` / ``os.PathLike``) or a PIL image: an image;
+* a numpy array with 3 dimensions, ``uint8`` ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA): an image;
+* a torch tensor ``3 x H x W`` (or ``1 x 3 x H x W``), float in [0, 1] or ``uint8`` (torchvision's
+  convention): an image;
+* a 2-D array or tensor ``[A, D]`` (e.g. :meth:`Retriever.embed`'s output): precomputed embeddings.
+
+Images have 3 dimensions (4 for a batch of one) and embeddings 2, so the two never collide; an
+array that is neither is refused with its shape and dtype.
 """
 from __future__ import annotations
 
@@ -13,7 +25,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,74 +35,79 @@ from agman.retrieval.info import IndexInfo
 from agman.retrieval.items import Item
 from agman.retrieval.query import AttributeWeights, QueryError, UnknownItemError, attribute_index, load_query_image
 from agman.retrieval.ranking import rank
+from agman.retrieval.results import Hit, Prediction, SearchResult, reference_values, summarise, vote
 from agman.retrieval.store import VectorStore
 
-ImageLike = Image.Image | str | os.PathLike
+ImageLike = Image.Image | str | os.PathLike | np.ndarray
 AttributesLike = str | Iterable[str] | Mapping[str, float] | AttributeWeights
 
-__all__ = ["Hit", "NoModelError", "QueryError", "Retriever", "SearchResult", "UnknownItemError", "load_query_image"]
+__all__ = [
+    "Hit",
+    "NoModelError",
+    "Prediction",
+    "QueryError",
+    "Retriever",
+    "SearchResult",
+    "UnknownItemError",
+    "load_query_image",
+    "query_input",
+]
+
+QUERY_THUMBNAIL = 256
+"""Long side (px) of the copy of an in-memory query image a result keeps for its HTML view."""
+
+
+def query_input(query) -> Image.Image | str | os.PathLike | np.ndarray:
+    """A query as a PIL image, a path, or embeddings ``[A, D]`` float32 (see the module docstring)."""
+    if isinstance(query, (Image.Image, str, os.PathLike)):
+        return query
+    if type(query).__module__.startswith("torch"):
+        return _tensor_query(query)
+    if isinstance(query, np.ndarray):
+        if query.ndim == 2 and query.dtype.kind == "f":
+            return query
+        if query.ndim == 3 and query.dtype == np.uint8 and query.shape[-1] in (3, 4):
+            return Image.fromarray(query, "RGB" if query.shape[-1] == 3 else "RGBA")
+        raise QueryError(
+            f"a numpy query must be an image (uint8 H x W x 3 or x 4) or embeddings (float [A, D]); "
+            f"got {query.dtype} {list(query.shape)}"
+        )
+    raise QueryError(f"a query must be an image path, a PIL image, a numpy array or a torch tensor, "
+                     f"not {type(query).__name__}")
+
+
+def _tensor_query(tensor) -> Image.Image | np.ndarray:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise QueryError(f"unsupported query type {type(tensor).__name__}")
+    t = tensor.detach().cpu()
+    if t.ndim == 2 and t.is_floating_point():
+        return t.float().numpy()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] == 3 and (t.dtype == torch.uint8 or t.is_floating_point()):
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
+                raise QueryError("a float image tensor must hold values in [0, 1] (torchvision's convention)")
+            t = (t * 255).round().to(torch.uint8)
+        return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy(), "RGB")
+    raise QueryError(
+        "a tensor query must be an image (3 x H x W or 1 x 3 x H x W, float in [0, 1] or uint8) or embeddings "
+        f"(float [A, D]); got {str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+    )
+
+
+def _image(image) -> Image.Image:
+    """Any accepted image form as an RGB PIL image (paths through the data layer's loader)."""
+    image = query_input(image)
+    if isinstance(image, np.ndarray):
+        raise QueryError(f"expected an image, got embeddings {list(image.shape)}")
+    return load_query_image(image)
 
 
 class NoModelError(QueryError):
     """An image query or an attention map needs the checkpoint, and none could be loaded."""
-
-
-@dataclass
-class Hit:
-    """One ranked result: ``score`` is the weighted sum; ``scores`` the per-attribute similarities."""
-
-    rank: int
-    row: int
-    id: str
-    path: str
-    score: float
-    scores: dict[str, float]
-    labels: dict[str, str]
-    correct: bool | None
-    metadata: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "rank": self.rank,
-            "id": self.id,
-            "path": self.path,
-            "score": round(self.score, 6),
-            "scores": {k: round(v, 6) for k, v in self.scores.items()},
-            "labels": self.labels,
-            "metadata": self.metadata,
-            "correct": self.correct,
-        }
-
-
-@dataclass
-class SearchResult:
-    """The ranked hits of one query and how they were found."""
-
-    hits: list[Hit]
-    weights: dict[str, float]
-    k: int
-    exact: bool
-    seconds: float
-    query_id: str | None = None
-    query_labels: dict[str, str] = field(default_factory=dict)
-    candidates: int = 0
-    filter: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "query": {"id": self.query_id, "labels": self.query_labels},
-            "attributes": self.weights,
-            "filter": self.filter,
-            "k": self.k,
-            "exact": self.exact,
-            "candidates": self.candidates,
-            "seconds": round(self.seconds, 6),
-            "results": [h.to_dict() for h in self.hits],
-        }
-
-    @property
-    def ids(self) -> list[str]:
-        return [h.id for h in self.hits]
 
 
 class Retriever:
@@ -218,7 +234,7 @@ class Retriever:
         """Every attribute's embedding ``[A, D]`` float32 of one image (one backbone pass)."""
         import torch
 
-        tensor = self._tensor(load_query_image(image))
+        tensor = self._tensor(_image(image))
         model = self.model
         with self._model_lock, torch.inference_mode():
             out = model.embed_all(tensor)
@@ -247,7 +263,7 @@ class Retriever:
     def attention(self, image: ImageLike, attribute: str | int) -> np.ndarray | None:
         """The model's spatial attention map ``[h, w]`` (sums to 1) for (image, attribute), or None
         when the model has no attention (CSN)."""
-        return self._attention(load_query_image(image), self.attribute_index(attribute))
+        return self._attention(_image(image), self.attribute_index(attribute))
 
     def _attention(self, image: Image.Image, a: int) -> np.ndarray | None:
         import torch
@@ -263,14 +279,14 @@ class Retriever:
         from agman.data.transforms import model_view
 
         ck = self.info.checkpoint
-        return model_view(load_query_image(image), ck.input_size, ck.crop_ratio)
+        return model_view(_image(image), ck.input_size, ck.crop_ratio)
 
     def attention_image(self, image: ImageLike, attribute: str | int, alpha: float = 0.5) -> Image.Image | None:
         """The attention heatmap over the model's view of the image (Fig. 7), or None without attention."""
         from agman.retrieval.render import attention_overlay
 
         a = self.attribute_index(attribute)
-        image = load_query_image(image)  # once: the map and the view below are of this one image
+        image = _image(image)  # once: the map and the view below are of this one image
         att = self._attention(image, a)
         return None if att is None else attention_overlay(self.model_view(image), att, alpha)
 
@@ -282,7 +298,7 @@ class Retriever:
         from agman.retrieval.render import attention_beside_original
 
         a = self.attribute_index(attribute)
-        image = load_query_image(image)
+        image = _image(image)  # once: the map and the picture are of this one image
         att = self._attention(image, a)
         if att is None:
             return None
@@ -301,11 +317,29 @@ class Retriever:
     def item(self, item_id: str) -> Item:
         return self.store.item(self.row(item_id))
 
+    def find_item(self, id_or_path: str | os.PathLike) -> Item:
+        """A catalog item given by its id or by its image file's path (relative to the working
+        directory or absolute).  Only for local callers: :meth:`row` / :meth:`item` take ids alone,
+        so a remote caller cannot probe the server's file paths."""
+        row = self.store.row_of_id(id_or_path) if isinstance(id_or_path, str) else None
+        if row is None:
+            row = self.row_of_path(id_or_path)
+        if row is None:
+            raise UnknownItemError(
+                f"no item {str(id_or_path)!r} in index {self.store.location}: neither an item id nor the path of an "
+                "indexed image"
+            )
+        return self.store.item(row)
+
     def items(self, start: int = 0, limit: int | None = None) -> list[Item]:
         """Catalog items in row order, from the ``start``-th on (at most ``limit``)."""
         store = self.store
         rows = store.rows(None if limit is None else start + limit)[start:]
         return store.items_of(rows)
+
+    def item_ids(self) -> frozenset[str]:
+        """The ids of every searchable item: which catalog this index holds."""
+        return frozenset(self.store.item(int(r)).id for r in self.store.rows())
 
     def item_image(self, item_id: str) -> Image.Image:
         return load_query_image(self.item(item_id).path)
@@ -322,7 +356,7 @@ class Retriever:
     # ------------------------------------------------------------------ search
     def search(
         self,
-        query: ImageLike | np.ndarray,
+        query: ImageLike,
         attributes: AttributesLike,
         k: int = 10,
         *,
@@ -330,32 +364,43 @@ class Retriever:
         annotated_only: bool = False,
         exclude: Iterable[int] = (),
         filter: str | Filter | None = None,
+        predict: bool | Iterable[str] = True,
     ) -> SearchResult:
         """Rank catalog items by similarity to ``query`` in the given attribute(s).
 
-        ``query``: a PIL image, an image file path, or embeddings ``[A, D]``.  ``attributes``: a
-        name, names with optional ``:weight``, ``{name: weight}``, or parsed ``AttributeWeights``.
-        ``exclude_self`` drops the catalog item whose file is the query file.  ``annotated_only``
-        ranks only items annotated with every queried attribute (the evaluation's candidate set).
-        ``exclude``: rows to skip.  ``filter``: an expression over metadata and labels
-        (``'category == "dress" and price < 50'``, see :mod:`agman.retrieval.filters`); the result
-        holds k items whenever k items pass it.
+        ``query``: an image (a path, a PIL image, a numpy ``uint8 H x W x 3`` array, a torch
+        ``3 x H x W`` tensor) or precomputed embeddings ``[A, D]`` (see :func:`query_input`).
+        ``attributes``: a name, names with optional ``:weight``, ``{name: weight}``, or parsed
+        ``AttributeWeights``.  ``exclude_self`` drops the catalog item whose file is the query file.
+        ``annotated_only`` ranks only items annotated with every queried attribute (the evaluation's
+        candidate set).  ``exclude``: rows to skip.  ``predict``: the attributes whose value to
+        predict (True: every attribute; False: none), see :meth:`predict`.  ``filter``: an
+        expression over metadata and labels (``'category == "dress" and price < 50'``, see
+        :mod:`agman.retrieval.filters`); the result holds k items whenever k items pass it.
         """
         weights = self.parse_attributes(attributes)
         flt = self.compile_filter(filter)
         store = self.store
-        row = None
+        query = query_input(query)
+        row, path, thumbnail = None, None, None
         if isinstance(query, np.ndarray):
             vectors = query
         else:
             if isinstance(query, (str, os.PathLike)):
                 row = store.row_of_path(os.path.normpath(os.path.abspath(query)))
+                path = os.path.abspath(query)
+            else:
+                thumbnail = query.copy()
+                thumbnail.thumbnail((QUERY_THUMBNAIL, QUERY_THUMBNAIL))
             vectors = self.embed(query)
         excluded = {int(r) for r in exclude}
         if exclude_self and row is not None:
             excluded.add(row)
         item = store.item(row) if row is not None else None
-        return self._search(store, vectors, weights, k, excluded, annotated_only, item, flt)
+        result = self._search(store, vectors, weights, k, excluded, annotated_only, item, flt, predict)
+        result.query_path = item.path if item is not None else path
+        result.query_image = thumbnail
+        return result
 
     def search_item(
         self,
@@ -366,8 +411,10 @@ class Retriever:
         exclude_self: bool = False,
         annotated_only: bool = False,
         filter: str | Filter | None = None,
+        predict: bool | Iterable[str] = True,
     ) -> SearchResult:
-        """Rank items by similarity to catalog item ``item_id`` (its stored embeddings; no model)."""
+        """Rank items by similarity to catalog item ``item_id`` (its stored embeddings; no model).
+        :meth:`find_item` turns an image path into the id."""
         weights = self.parse_attributes(attributes)
         flt = self.compile_filter(filter)
         store = self.store
@@ -375,8 +422,36 @@ class Retriever:
         if row is None:
             raise UnknownItemError(f"no item {item_id!r} in index {store.location}")
         excluded = {row} if exclude_self else set()
+        query_item = store.item(row)
         vectors = self.item_vectors(row, store)
-        return self._search(store, vectors, weights, k, excluded, annotated_only, store.item(row), flt)
+        result = self._search(store, vectors, weights, k, excluded, annotated_only, query_item, flt, predict)
+        result.query_path = query_item.path
+        return result
+
+    def predict(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        attributes: bool | Iterable[str] = True,
+        excluded: Iterable[int] = (),
+        store: VectorStore | None = None,
+    ) -> dict[str, Prediction]:
+        """The predicted value of each attribute for query embeddings ``[A, D]``: a vote of the
+        ``k`` items nearest in *that* attribute among the items labelled with it (the ``excluded``
+        rows left out); attributes without labelled items are left out.  ``attributes``: names, or
+        True for every attribute of the index."""
+        store = self.store if store is None else store
+        names = self.attributes if attributes is True else [] if attributes is False else list(attributes)
+        out = {}
+        for name in names:
+            labelled = store.select(Filter("", annotated([name])), excluded)
+            if not store.count_selected(labelled):
+                continue
+            found = rank(store, vectors, self.parse_attributes(name), k, labelled)
+            prediction = vote(name, [item.labels[name] for item in store.items_of(found.rows)])
+            if prediction is not None:
+                out[name] = prediction
+        return out
 
     def _search(
         self,
@@ -388,6 +463,7 @@ class Retriever:
         annotated_only: bool,
         query_item: Item | None,
         flt: Filter | None = None,
+        predict: bool | Iterable[str] = True,
     ) -> SearchResult:
         started = time.perf_counter()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -417,6 +493,8 @@ class Retriever:
                     metadata=item.metadata,
                 )
             )
+        predicted = self.predict(vectors, int(k), predict, excluded, store)
+        summary = summarise(hits, reference_values(query_labels, predicted), [t.name for t in weights])
         return SearchResult(
             hits=hits,
             weights=weights.as_dict(),
@@ -427,7 +505,15 @@ class Retriever:
             query_labels=dict(query_labels),
             candidates=candidates,
             filter=flt.text if flt is not None and flt.text else None,
+            predicted=predicted,
+            summary=summary,
         )
+
+    def __repr__(self) -> str:
+        model = "loaded" if self._model is not None else "not loaded"
+        return (f"Retriever({self.store.location!r}: {len(self)} items, {self.store.config.kind} "
+                f"({'exact' if self.exact else 'approximate'}), {self.info.model_name} model {model}, "
+                f"attributes {', '.join(self.attributes)})")
 
 
 def open_store(

@@ -7,6 +7,7 @@ folder / CSV / dataset root, so the same catalog indexed twice gives the same id
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,12 +29,14 @@ class ImageSet:
     """Items to index: ``ids[i]`` (unique), ``paths[i]`` (absolute), ``labels[i]`` (attribute -> value),
     ``metadata[i]`` (column -> str / float / bool) typed by ``metadata_types`` (column -> ``string`` /
     ``number`` / ``bool``); ``root``: the catalog root the index stores paths relative to (None: the
-    index's own root, or absolute paths)."""
+    index's own root, or absolute paths); ``left_out``: image files of the source that are not items
+    (a dataset root's own pictures)."""
 
     ids: list[str]
     paths: list[str]
     labels: list[dict[str, str]] = field(default_factory=list)
     description: str = ""
+    left_out: list[str] = field(default_factory=list)
     metadata: list[dict] = field(default_factory=list)
     metadata_types: dict[str, str] = field(default_factory=dict)
     root: str | None = None
@@ -69,8 +72,23 @@ def _posix(path: Path) -> str:
     return path.as_posix()
 
 
+def dataset_marker(folder: Path) -> str | None:
+    """The file that makes ``folder`` a dataset root (``meta.json``, ``filenames.json`` or a
+    ``filenames_<split>.txt`` list), or None."""
+    for name in ("meta.json", "filenames.json"):
+        if (folder / name).is_file():
+            return name
+    lists = sorted(p.name for p in folder.glob("filenames_*.txt") if p.is_file())
+    return lists[0] if lists else None
+
+
 def from_directory(folder: str | Path) -> ImageSet:
-    """Every image file under ``folder`` (recursively, sorted by relative path); no labels."""
+    """Every image file under ``folder`` (recursively, sorted by relative path); no labels.
+
+    A dataset root (:func:`dataset_marker`) is read as the dataset: its items are the image files
+    its splits list, with their labels; other image files under it (a contact sheet, figures) are
+    not catalog items and are named in ``left_out``.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"image folder not found: {folder}")
@@ -79,12 +97,43 @@ def from_directory(folder: str | Path) -> ImageSet:
     if not files:
         raise InvalidValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     base = folder.resolve()
+    rels = [_posix(p.relative_to(folder)) for p in files]
+    marker = dataset_marker(folder)
+    if marker is None:
+        return ImageSet(ids=rels, paths=[str(base / r) for r in rels], description=f"folder {folder}", root=str(base))
+    listed = _dataset_labels(folder, marker)
+    paths = {r: os.path.normpath(base / r) for r in rels}
+    kept = [r for r in rels if paths[r] in listed]
+    if not kept:
+        raise InvalidValueError(f"{folder} is a dataset root ({marker}) whose lists name none of the "
+                                f"{len(rels)} image files under it")
     return ImageSet(
-        ids=[_posix(p.relative_to(folder)) for p in files],
-        paths=[str(base / p.relative_to(folder)) for p in files],
-        description=f"folder {folder}",
+        ids=kept,
+        paths=[paths[r] for r in kept],
+        labels=[listed[paths[r]] for r in kept],
+        description=f"dataset root {folder}",
+        left_out=[r for r in rels if paths[r] not in listed],
         root=str(base),
     )
+
+
+def _dataset_labels(folder: Path, marker: str) -> dict[str, dict[str, str]]:
+    """``{absolute image path: labels}`` of every image the dataset at ``folder`` lists, over all splits."""
+    from agman.data.layouts import open_dataset
+
+    try:
+        spec = open_dataset(folder, allow_singletons=True)
+    except DatasetError as exc:
+        raise InvalidValueError(
+            f"{folder} is a dataset root ({marker}) that cannot be opened: {exc}; point --images at its image "
+            "folder to index every image file in it"
+        ) from None
+    root = Path(spec.root).resolve()
+    listed: dict[str, dict[str, str]] = {}
+    for split in spec.splits.values():
+        for i, rel in enumerate(split.paths):
+            listed.setdefault(os.path.normpath(root / rel), {}).update(_named_labels(spec, split.labels[i]))
+    return listed
 
 
 def from_csv(csv_path: str | Path, attributes=None, columns=None, *, root: str | Path | None = None) -> ImageSet:

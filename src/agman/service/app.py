@@ -9,13 +9,17 @@ loaded and checked against the index at start-up) and serves (routes in :mod:`ag
 ``GET  /info``              attributes and their values, index size and type, limits
 ``POST /search``            multipart form: ``image`` (file) | ``item`` (id) | ``query`` (id of an
                             earlier upload), ``attributes`` (``name[:weight],...``), ``k``,
-                            ``exclude_self``, ``annotated_only`` -> JSON ranking with URLs
+                            ``exclude_self``, ``annotated_only``, ``filter``; or the same fields
+                            less the upload as JSON -> JSON ranking with URLs, predicted values
+                            and the match summary (:mod:`agman.service.search_request`)
+``GET  /items``             a page of the catalog (``offset``, ``limit`` up to ``max_page``)
 ``GET  /items/{id}/image``  a catalog item's image
 ``GET  /queries/{id}/image``  an uploaded query image (kept for a while after its search)
 ``GET  /attention``         heatmap PNG: ``attribute`` + ``item`` or ``query`` [+ ``alpha``]
 ``DELETE /items/{id}``      remove an item (``--writable`` servers; unknown id 404)
 ``PUT  /items/{id}``        re-index an item: JSON ``{"path", "labels", "metadata"}`` (``--writable``)
-``GET  /docs``              OpenAPI documentation (``/openapi.json``)
+``GET  /docs``, ``/redoc``   OpenAPI documentation from local assets (:mod:`agman.service.docs`)
+``GET  /openapi.json``      the OpenAPI schema
 ==========================  ==============================================================
 
 Bad input answers 4xx with ``{"detail": message}``: not an image or truncated (400), over the
@@ -54,6 +58,7 @@ from agman.retrieval.info import CatalogIndexError
 from agman.retrieval.milvus_client import MilvusError
 from agman.retrieval.search import NoModelError, QueryError, Retriever, UnknownItemError
 from agman.service import writes
+from agman.service.docs import add_docs
 from agman.service.guard import MIN_TOKEN_LENGTH, ConcurrencyLimit, SecurityHeaders, TokenAuth
 from agman.service.limits import ServiceLimits
 from agman.service.routes import STATIC_DIR, router
@@ -104,6 +109,8 @@ def create_app(
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # served from local assets: agman.service.docs
+        redoc_url=None,
         title="agman retrieval",
         version=__import__("agman").__version__,
         description="Attribute-specific fashion retrieval (AG-MAN): items sharing an attribute's value with a query "
@@ -127,6 +134,7 @@ def create_app(
     app.include_router(router)
     app.include_router(writes.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_docs(app)
     return app
 
 

@@ -26,6 +26,7 @@ class ServiceLimits:
     """
 
     max_k: int = 100
+    max_page: int = 100
     max_upload_bytes: int = 10 * MiB
     max_pixels: int = 40_000_000
     max_aspect: float = 20.0
@@ -54,6 +55,7 @@ class ServiceLimits:
 
 SERVE_OPTIONS = [  # (option, ServiceLimits field, unit in the field, what it bounds) for `agman serve`
     ("--max-k", "max_k", 1, "largest k a request may ask"),
+    ("--max-page", "max_page", 1, "most catalog items one GET /items page lists"),
     ("--max-upload-mb", "max_upload_bytes", MiB, "upload size limit in MiB"),
     ("--max-pixels", "max_pixels", 1, "decoded image size limit (width x height)"),
     ("--max-aspect", "max_aspect", 1, "largest long/short side ratio of an uploaded image"),
@@ -70,3 +72,6 @@ SERVE_OPTIONS = [  # (option, ServiceLimits field, unit in the field, what it bo
     ("--batch-wait-ms", "batch_wait_ms", 1, "milliseconds an upload waits for others to share its forward pass"),
 ]
 """Each limit's command-line option; a value given in the option's unit is multiplied by the unit."""
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's log levels, least verbose first: ``agman serve --log-level`` (default warning)."""

@@ -5,20 +5,28 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, BinaryIO
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
-from agman.retrieval.filters import Filter
-from agman.retrieval.query import AttributeWeights
 from agman.retrieval.search import Retriever, SearchResult
 from agman.service.limits import QUERY_THUMBNAIL
+from agman.service.search_request import (
+    FORM_TYPES,
+    MAX_FORM_FIELDS,
+    SearchForm,
+    is_json,
+    media_type,
+    read_form,
+    read_json,
+    request_body_schema,
+    unsupported,
+)
 from agman.service.state import CachedQuery, ServiceState, get_retriever, get_state
 from agman.service.uploads import QueryPicture, decode_upload, reduce_upload
 
@@ -86,79 +94,38 @@ def info(state: State):
         "model": retriever.info.model_name,
         "checkpoint": retriever.info.checkpoint.identity,
         "max_k": limits.max_k,
+        "max_page": limits.max_page,
         "max_upload_bytes": limits.max_upload_bytes,
         "max_pixels": limits.max_pixels,
         "examples": [it.id for it in retriever.items(0, 12)],
     }
 
 
-# --------------------------------------------------------------------------- search
-@dataclass
-class SearchForm:
-    """A checked ``POST /search`` form: exactly one query source, parsed attributes, k and flags."""
-
-    weights: AttributeWeights
-    k: int
-    exclude_self: bool
-    annotated_only: bool
-    image: UploadFile | None = None
-    item: str | None = None
-    query: str | None = None
-    filter: Filter | None = None
-
-
-def _flag(raw: str | None, name: str) -> bool:
-    value = (raw or "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise HTTPException(400, f"{name} must be true or false, got {raw!r}")
-
-
-def search_form(
+@router.get("/items", summary="A page of the catalog: items in index order, with their labels and metadata")
+def list_items(
     state: State,
-    attributes: Annotated[
-        list[str], Form(description="'name[:weight]' entries, comma-separated or repeated; weight defaults to 1")
-    ],
-    image: Annotated[UploadFile | None, File(description="query image (JPEG, PNG, ...)")] = None,
-    item: Annotated[str | None, Form(description="id of a catalog item to use as the query")] = None,
-    query: Annotated[str | None, Form(description="id of an earlier uploaded query (from a previous answer)")] = None,
-    k: Annotated[str | None, Form(description="number of results (1..max_k, default 10)")] = None,
-    exclude_self: Annotated[str | None, Form(description="leave the query item itself out (true/false)")] = None,
-    annotated_only: Annotated[str | None, Form(description="rank only items annotated with the attributes")] = None,
-    filter: Annotated[
-        str | None, Form(description='only items matching this expression, e.g. category == "dress" and price < 50')
-    ] = None,
-) -> SearchForm:
-    """The form's fields checked in one place; 400 naming the field that is wrong.  ``k`` and the
-    flags are read here rather than typed as int/bool so that they answer 400 with these messages
-    (FastAPI's own validation would answer 422), as documented."""
-    given = [name for name, v in (("image", image), ("item", item), ("query", query)) if v not in (None, "")]
-    if len(given) != 1:
-        raise HTTPException(400, f"give exactly one of image, item or query (got {', '.join(given) or 'none'})")
-    max_k = state.limits.max_k
-    if k is None or not k.strip():
-        k_value = min(10, max_k)
-    else:
-        try:
-            k_value = int(k.strip())
-        except ValueError:
-            raise HTTPException(400, f"k must be an integer, got {k!r}") from None
-        if not 1 <= k_value <= max_k:
-            raise HTTPException(400, f"k must be between 1 and {max_k}, got {k_value}")
-    return SearchForm(
-        k=k_value,
-        exclude_self=_flag(exclude_self, "exclude_self"),
-        annotated_only=_flag(annotated_only, "annotated_only"),
-        weights=state.retriever.parse_attributes(attributes),  # the one check of the attributes (400)
-        image=image,
-        item=item or None,
-        query=query or None,
-        filter=state.retriever.compile_filter(filter) if filter and filter.strip() else None,  # 400 naming the position
-    )
+    offset: Annotated[int, Query(ge=0, description="position of the first item (0: the first)")] = 0,
+    limit: Annotated[int | None, Query(description="items on the page (1..max_page, default max_page)")] = None,
+):
+    """``{"offset", "limit", "total", "items": [{"id", "image_url", "labels", "metadata"}]}``; an
+    offset past the end gives an empty page (``total`` says where it ends)."""
+    max_page = state.limits.max_page
+    limit = max_page if limit is None else limit
+    if not 1 <= limit <= max_page:
+        raise HTTPException(400, f"limit must be between 1 and {max_page}, got {limit}")
+    retriever = state.retriever
+    total = len(retriever)
+    items = retriever.items(offset, limit) if offset < total else []
+    return {
+        "offset": offset,
+        "limit": limit,
+        "total": total,
+        "items": [{"id": it.id, "image_url": item_url(it.id), "labels": it.labels, "metadata": it.metadata}
+                  for it in items],
+    }
 
 
+# --------------------------------------------------------------------------- search
 def read_upload(file: BinaryIO, state: ServiceState) -> tuple[str, CachedQuery | QueryPicture]:
     """On a decoder thread: the upload's id and its cached query, or the upload decoded and reduced
     at once to what the service keeps (the full picture is dropped here, before the request waits
@@ -189,9 +156,22 @@ async def embed_upload(state: ServiceState, image: UploadFile) -> CachedQuery:
     return cached
 
 
-@router.post("/search", summary="Rank catalog items by (weighted) attribute similarity to a query")
-async def search(state: State, form: Annotated[SearchForm, Depends(search_form)]):
+@router.post("/search", summary="Rank catalog items by (weighted) attribute similarity to a query",
+             openapi_extra={"requestBody": request_body_schema()})
+async def search(request: Request, state: State):
+    """A multipart form (an ``image`` upload, or ``item`` / ``query``), a URL-encoded form, or a JSON
+    object with the same fields less the upload; any other content type is answered 415."""
     started = time.perf_counter()
+    kind = media_type(request)
+    if is_json(kind):
+        return await run_search(state, await read_json(request, state), started)
+    if kind not in FORM_TYPES:
+        raise unsupported(request)
+    async with request.form(max_files=1, max_fields=MAX_FORM_FIELDS) as fields:  # closes the spooled upload
+        return await run_search(state, read_form(fields, state), started)
+
+
+async def run_search(state: ServiceState, form: SearchForm, started: float) -> dict:
     state.require_sound_index()
     retriever = state.retriever
     if form.item is not None:
@@ -217,28 +197,19 @@ async def search(state: State, form: Annotated[SearchForm, Depends(search_form)]
 
 
 def search_answer(result: SearchResult, query: dict, source: dict, k: int, started: float) -> dict:
-    """The JSON of a search: the query with its URLs, and every hit with its image and attention URLs
-    (server paths stay private)."""
+    """The JSON of a search (:meth:`SearchResult.to_dict`: predicted values, match summary, hits
+    with labels and matches): the query with its URLs, and every hit with its image and attention
+    URLs (server paths stay private)."""
     names = list(result.weights)
+    answer = result.to_dict()
     query["labels"] = result.query_labels
     query["attention_urls"] = {n: attention_url(n, **source) for n in names}
-    results = []
-    for hit in result.hits:
-        d = hit.to_dict()
+    for d in answer["results"]:
         del d["path"]
-        d["image_url"] = item_url(hit.id)
-        d["attention_urls"] = {n: attention_url(n, item=hit.id) for n in names}
-        results.append(d)
-    return {
-        "query": query,
-        "attributes": result.weights,
-        "filter": result.filter,
-        "k": k,
-        "exact": result.exact,
-        "candidates": result.candidates,
-        "took_ms": round(1000 * (time.perf_counter() - started), 3),
-        "results": results,
-    }
+        d["image_url"] = item_url(d["id"])
+        d["attention_urls"] = {n: attention_url(n, item=d["id"]) for n in names}
+    answer.update(query=query, k=k, took_ms=round(1000 * (time.perf_counter() - started), 3))
+    return answer
 
 
 # --------------------------------------------------------------------------- images

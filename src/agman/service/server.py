@@ -11,6 +11,7 @@ connection is busy with a request).
 """
 from __future__ import annotations
 
+import copy
 import errno
 import ipaddress
 import logging
@@ -20,7 +21,7 @@ import socket
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agman.errors import AgmanError, UsageError
-from agman.service.limits import ServiceLimits
+from agman.service.limits import LOG_LEVELS, ServiceLimits
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +178,47 @@ def protocol_class(limits: ServiceLimits, max_connections: int) -> type[GuardedH
                 {"header_timeout": limits.header_timeout, "max_connections": max_connections})
 
 
-def serve(app, sock: socket.socket, limits: ServiceLimits, forwarded_allow_ips: str | None = None) -> None:
-    """Serve ``app`` on the listening ``sock`` until interrupted."""
+def access_level(log_level: str) -> str:
+    """The access log's level: at least INFO (its lines' level), whatever ``log_level`` says, so
+    that asking for the access log shows it."""
+    return log_level.upper() if LOG_LEVELS.index(log_level) >= LOG_LEVELS.index("info") else "INFO"
+
+
+def log_config(log_level: str) -> dict:
+    """uvicorn's logging configuration with agman's own loggers on its handler at ``log_level``."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["agman"] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    return config
+
+
+def server_config(app, sock: socket.socket, limits: ServiceLimits, forwarded_allow_ips: str | None = None,
+                  log_level: str = "warning", access_log: bool = False):
+    """The uvicorn configuration :func:`serve` runs (logging set up as it is made)."""
     import uvicorn
 
+    if log_level not in LOG_LEVELS:
+        raise UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     config = uvicorn.Config(
         app,
         http=protocol_class(limits, connection_budget(limits)),
         timeout_keep_alive=int(max(1, round(limits.keep_alive))),
-        log_level="warning",
+        log_config=log_config(log_level),
+        log_level=log_level,
+        access_log=access_log,
         lifespan="off",
         forwarded_allow_ips=forwarded_allow_ips,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    if access_log:  # uvicorn has set each of its loggers to log_level
+        logging.getLogger("uvicorn.access").setLevel(access_level(log_level))
+    return config
+
+
+def serve(app, sock: socket.socket, limits: ServiceLimits, forwarded_allow_ips: str | None = None,
+          log_level: str = "warning", access_log: bool = False) -> None:
+    """Serve ``app`` on the listening ``sock`` until interrupted; ``log_level`` one of
+    :data:`LOG_LEVELS`, ``access_log`` one line per request."""
+    import uvicorn
+
+    uvicorn.Server(server_config(app, sock, limits, forwarded_allow_ips, log_level, access_log)).run(sockets=[sock])

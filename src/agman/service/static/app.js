@@ -1,5 +1,7 @@
-// agman web page: choose a query image (drop / file picker) or a catalog item, weight attributes,
-// search, see the ranked grid, click any tile or the query to load its attention heatmap.
+// agman web page: choose a query image (drop / file picker) or a catalog item (paged through
+// /items), weight attributes, search, see the ranked grid with each item's labels (those matching
+// the reference value marked), how many match per attribute and what the query is predicted to be;
+// ask for more results; click any tile or the query to load its attention heatmap.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,7 +11,10 @@ const state = {
   queryId: null,     // id the server gave the last upload (reused while weights change)
   item: null,        // catalog item used as the query
   heatTarget: null,  // {item} or {query} whose attention is shown
+  examplesAt: 0,     // offset of the catalog page shown
+  lastK: 0,          // k of the results shown
 };
+const EXAMPLES_PER_PAGE = 12;
 
 function showError(message) {
   const box = $("error");
@@ -64,18 +69,33 @@ function buildAttributes(info) {
   });
 }
 
-function buildExamples(info) {
+async function loadExamples(offset) {
+  const params = new URLSearchParams({ offset: String(offset), limit: String(EXAMPLES_PER_PAGE) });
+  const response = await fetch("/items?" + params.toString());
+  if (!response.ok) { showError("cannot list the catalog: " + (await errorText(response))); return; }
+  const page = await response.json();
+  state.examplesAt = page.offset;
   const host = $("examples");
   host.textContent = "";
-  for (const id of info.examples) {
+  for (const it of page.items) {
     const img = document.createElement("img");
-    img.src = "/items/" + id.split("/").map(encodeURIComponent).join("/") + "/image";
-    img.alt = id;
-    img.title = id;
+    img.src = it.image_url;
+    img.alt = it.id;
+    img.title = it.id + labelText(it.labels);
+    img.dataset.id = it.id;
     img.loading = "lazy";
-    img.addEventListener("click", () => chooseItem(id, img.src));
+    img.addEventListener("click", () => chooseItem(it.id, img.src));
     host.append(img);
   }
+  const last = page.offset + page.items.length;
+  $("examples-range").textContent = page.total ? (page.offset + 1) + "–" + last + " of " + page.total : "empty catalog";
+  $("examples-prev").disabled = page.offset === 0;
+  $("examples-next").disabled = last >= page.total;
+}
+
+function labelText(labels) {
+  const names = Object.keys(labels || {});
+  return names.length ? "\n" + names.map((n) => n + ": " + labels[n]).join("\n") : "";
 }
 
 function setPreview(src) {
@@ -116,11 +136,27 @@ async function postSearch(useQueryId) {
   return fetch("/search", { method: "POST", body: form });
 }
 
-async function runSearch() {
+function clearResults() {
+  for (const id of ["results", "predicted", "matches"]) $(id).textContent = "";
+  $("summary").textContent = "";
+  $("more").hidden = true;
+  $("heat-panel").hidden = true;
+  state.heatTarget = null;
+  document.body.dataset.results = "none";
+}
+
+function fail(message) {  // an error never leaves the results of an earlier search on show
+  clearResults();
+  showError(message);
+}
+
+async function runSearch(options) {
+  const more = Boolean(options && options.more);
   showError("");
-  if (!state.file && !state.item && !state.queryId) { showError("choose a query image first"); return; }
-  if (selectedWeights().length === 0) { showError("tick at least one attribute with a weight above 0"); return; }
+  if (!state.file && !state.item && !state.queryId) { fail("choose a query image first"); return; }
+  if (selectedWeights().length === 0) { fail("tick at least one attribute with a weight above 0"); return; }
   $("search").disabled = true;
+  $("more").disabled = true;
   $("summary").textContent = "searching…";
   try {
     let response = await postSearch(true);
@@ -129,48 +165,117 @@ async function runSearch() {
       response = await postSearch(false);
     }
     if (!response.ok) {
-      showError(await errorText(response));
-      $("summary").textContent = "";
+      fail(await errorText(response));
       return;
     }
     const body = await response.json();
     if (body.query.kind === "upload") state.queryId = body.query.id;
-    renderResults(body);
+    renderResults(body, more);
   } catch (e) {
-    showError("request failed: " + e);
+    fail("request failed: " + e);
   } finally {
     $("search").disabled = false;
+    $("more").disabled = false;
   }
 }
 
-function renderResults(body) {
+function moreResults() {  // the same query again with twice the results, up to the server's max k
+  const k = Math.min(state.info.max_k, Math.max(1, state.lastK) * 2);
+  $("k").value = String(k);
+  runSearch({ more: true });
+}
+
+function chip(text, className, title) {
+  const el = document.createElement("span");
+  el.className = "chip" + (className ? " " + className : "");
+  el.textContent = text;
+  if (title) el.title = title;
+  return el;
+}
+
+function renderPredicted(body) {
+  const host = $("predicted");
+  host.textContent = "";
+  const names = Object.keys(body.predicted || {});
+  if (!names.length) return;
+  host.append("predicted: ");
+  for (const n of names) {
+    const p = body.predicted[n];
+    const el = chip(n + ": " + p.value + " (" + Math.round(100 * p.share) + "%)", "predicted",
+      p.votes + " of the query's " + p.of + " nearest labelled items in " + n + " are " + p.value);
+    el.dataset.attribute = n;
+    el.dataset.value = p.value;
+    host.append(el, " ");
+  }
+}
+
+function renderMatches(body) {
+  const host = $("matches");
+  host.textContent = "";
+  for (const n of Object.keys(body.summary || {})) {
+    const s = body.summary[n];
+    const row = document.createElement("div");
+    row.className = "match-row" + (s.queried ? " queried" : "");
+    row.dataset.attribute = n;
+    row.dataset.matches = String(s.matches);
+    row.dataset.of = String(s.of);
+    const source = s.source === "query" ? "the query's value" : "predicted";
+    row.textContent = n + ": " + s.matches + " of " + s.of + " match " + s.value + " (" + source + ")" +
+      (s.unknown ? ", " + s.unknown + " unlabelled" : "");
+    host.append(row);
+  }
+}
+
+function renderTile(r, names, reference) {
+  const tile = document.createElement("figure");
+  tile.className = "result" + (r.correct === true ? " correct" : r.correct === false ? " wrong" : "");
+  tile.dataset.id = r.id;
+  const img = document.createElement("img");
+  img.src = r.image_url;
+  img.alt = r.id;
+  const cap = document.createElement("figcaption");
+  const per = names.length > 1 ? " (" + names.map((n) => n + " " + r.scores[n].toFixed(3)).join(", ") + ")" : "";
+  cap.innerHTML = '<span class="rank"></span> <span class="score"></span><div class="id"></div><div class="chips"></div>';
+  cap.querySelector(".rank").textContent = "#" + r.rank;
+  cap.querySelector(".score").textContent = r.score.toFixed(4) + per;
+  cap.querySelector(".id").textContent = r.id;
+  const chips = cap.querySelector(".chips");
+  for (const n of Object.keys(r.labels || {})) {
+    const matched = r.matches ? r.matches[n] : undefined;
+    const mark = matched === true ? " ✓" : "";
+    const title = n + " = " + r.labels[n] +
+      (matched === undefined ? "" : (matched ? ", matches " : ", differs from ") + reference[n]);
+    const el = chip(n + ": " + r.labels[n] + mark, matched === true ? "match" : matched === false ? "miss" : "", title);
+    el.dataset.attribute = n;
+    chips.append(el);
+  }
+  tile.append(img, cap);
+  tile.addEventListener("click", () => {
+    document.querySelectorAll(".result.selected").forEach((t) => t.classList.remove("selected"));
+    tile.classList.add("selected");
+    showHeatmap({ item: r.id, label: "result #" + r.rank + " " + r.id });
+  });
+  return tile;
+}
+
+function heaviest(weights) {  // the attribute with the largest weight (the first of equals)
+  return Object.keys(weights).reduce((best, n) => (best === null || weights[n] > weights[best] ? n : best), null);
+}
+
+function renderResults(body, keepHeatAttribute) {
   const names = Object.keys(body.attributes);
   $("summary").textContent = body.results.length + " of " + body.candidates + " items, " +
     names.map((n) => n + " ×" + body.attributes[n]).join(" + ") +
     " (" + (body.exact ? "exact" : "approximate") + ", " + body.took_ms.toFixed(1) + " ms)";
+  renderPredicted(body);
+  renderMatches(body);
+  const reference = {};
+  for (const n of Object.keys(body.summary || {})) reference[n] = body.summary[n].value;
   const host = $("results");
   host.textContent = "";
-  for (const r of body.results) {
-    const tile = document.createElement("figure");
-    tile.className = "result" + (r.correct === true ? " correct" : r.correct === false ? " wrong" : "");
-    tile.dataset.id = r.id;
-    const img = document.createElement("img");
-    img.src = r.image_url;
-    img.alt = r.id;
-    const cap = document.createElement("figcaption");
-    const per = names.length > 1 ? " (" + names.map((n) => r.scores[n].toFixed(3)).join(", ") + ")" : "";
-    cap.innerHTML = '<span class="rank"></span> <span class="score"></span><div class="id"></div>';
-    cap.querySelector(".rank").textContent = "#" + r.rank;
-    cap.querySelector(".score").textContent = r.score.toFixed(4) + per;
-    cap.querySelector(".id").textContent = r.id;
-    tile.append(img, cap);
-    tile.addEventListener("click", () => {
-      document.querySelectorAll(".result.selected").forEach((t) => t.classList.remove("selected"));
-      tile.classList.add("selected");
-      showHeatmap({ item: r.id, label: "result #" + r.rank + " " + r.id });
-    });
-    host.append(tile);
-  }
+  for (const r of body.results) host.append(renderTile(r, names, reference));
+  state.lastK = body.k;
+  $("more").hidden = !(body.results.length === body.k && body.k < state.info.max_k && body.k < body.candidates);
   const select = $("heat-attr");
   const previous = select.value;
   select.textContent = "";
@@ -180,7 +285,9 @@ function renderResults(body) {
     opt.textContent = n;
     select.append(opt);
   }
-  if (names.includes(previous)) select.value = previous;
+  // a new search shows the map of its most heavily weighted attribute; "more results" keeps the choice
+  select.value = keepHeatAttribute && names.includes(previous) ? previous : heaviest(body.attributes);
+  document.body.dataset.results = String(body.results.length);
   const q = body.query.kind === "item" ? { item: body.query.id } : { query: body.query.id };
   showHeatmap(Object.assign(q, { label: "query" }));
 }
@@ -225,7 +332,11 @@ function wireDropZone() {
 
 async function init() {
   wireDropZone();
-  $("search").addEventListener("click", runSearch);
+  $("search").addEventListener("click", () => runSearch());
+  $("more").addEventListener("click", moreResults);
+  $("examples-prev").addEventListener("click",
+    () => loadExamples(Math.max(0, state.examplesAt - EXAMPLES_PER_PAGE)));
+  $("examples-next").addEventListener("click", () => loadExamples(state.examplesAt + EXAMPLES_PER_PAGE));
   $("heat-attr").addEventListener("change", () => { if (state.heatTarget) showHeatmap(state.heatTarget); });
   try {
     const response = await fetch("/info");
@@ -236,7 +347,7 @@ async function init() {
     $("status").textContent = info.items + " items · " + info.model + " · " + info.index_type +
       " index · checkpoint " + info.checkpoint;
     buildAttributes(info);
-    buildExamples(info);
+    await loadExamples(0);
     document.body.dataset.ready = "true";
   } catch (e) {
     $("status").textContent = "cannot load /info: " + e.message;
