@@ -80,14 +80,21 @@ def test_attention_parses_attributes_like_search_and_draws_one_map_each(catalog,
     _tmp, spec, _, out = catalog
     item = spec.split("test").paths[1]
     base = ["attention", "--index", out, "--item", item]
-    rc, _, err = run(capsys, *base, "-a", "attr0:1", "--out", tmp_path / "one.png")  # the search syntax is accepted
+    rc, _, err = run(capsys, *base, "-a", "attr0:1", "--view", "model", "--out", tmp_path / "one.png")  # search syntax
     assert rc == 0, err
     with Image.open(tmp_path / "one.png") as im:
         assert im.size == (64, 64)
-    rc, stdout, err = run(capsys, *base, "-a", "attr0", "-a", "attr1", "--out", tmp_path / "two.png")
+    rc, stdout, err = run(capsys, *base, "-a", "attr0", "-a", "attr1", "--view", "model", "--out", tmp_path / "two.png")
     assert rc == 0, err and "attention of attr0, attr1" in stdout
     with Image.open(tmp_path / "two.png") as im:
         assert im.width > 2 * 160  # two captioned maps side by side
+    # by default each attribute's map beside the original, one under the other
+    rc, _, err = run(capsys, *base, "-a", "attr0", "--out", tmp_path / "orig1.png")
+    assert rc == 0, err
+    rc, _, err = run(capsys, *base, "-a", "attr0", "-a", "attr1", "--out", tmp_path / "orig2.png")
+    assert rc == 0, err
+    with Image.open(tmp_path / "orig1.png") as one, Image.open(tmp_path / "orig2.png") as two:
+        assert one.width > 2 * 256 and two.width == one.width and two.height == 2 * one.height
     rc, _, err = run(capsys, *base, "-a", "attr0:2", "--out", tmp_path / "w.png")
     assert rc == 2 and "an attention map has no weight" in err
     for bad, message in (("colour", "unknown attribute 'colour'"), ("attr0,attr0", "given twice"),

@@ -106,6 +106,63 @@ def test_ablate_runs_a_grid_and_reuses_finished_runs(tmp_path, capsys):
     assert "done before" not in capsys.readouterr().out  # (logged, not printed)
 
 
+@pytest.fixture(scope="module")
+def boxed_root(tmp_path_factory):
+    """A tiny synthetic set: it has regions files, so the attention is scored."""
+    from agman.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("boxed") / "s", n_images=120, size=48, seed=1, progress=False)
+
+
+ATTRIBUTES = ["sleeve_length", "neckline_design", "garment_length", "waist_detail", "pattern"]
+
+
+def test_eval_scores_the_attention_where_the_data_has_boxes(boxed_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_train_args(boxed_root, run)) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "attention localisation, agman on test: 2x2 map on the 32-px crop" in out
+    for word in ("mass in box", "pointing", *ATTRIBUTES):
+        assert word in out.split("attention localisation")[1]
+    scores = json.loads((run / "eval-test.json").read_text())["localization"]
+    assert list(scores["attributes"]) == ATTRIBUTES and scores["available"]
+    assert scores["all"]["pairs"] == 5 * scores["attributes"]["pattern"]["pairs"] > 0
+    header = (run / "eval-test.csv").read_text().splitlines()[0]
+    assert header.endswith("MAP,mass in box,box share,pointing")
+    rows = (run / "eval-test-localization.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 + 1 and rows[-1].startswith("all,")
+    # --json: the scores are in the metrics and the CSV among the files, within the documented schema
+    from test_cli_json import validate
+
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    validate(body, "training.md", "eval")
+    assert body["metrics"]["localization"]["all"]["pairs"] == scores["all"]["pairs"]
+    assert body["files"][3].endswith("eval-test-localization.csv")
+    # not asked for, or no boxes: no scores
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0",
+                 "--no-localization", "--out", str(tmp_path / "plain")]) == 0
+    assert "localization" not in json.loads((tmp_path / "plain" / "eval-test.json").read_text())
+    assert "attention localisation" not in capsys.readouterr().out
+
+
+def test_ablate_table_gains_a_localisation_column_csn_na(boxed_root, tmp_path, capsys):
+    args = ["ablate", "--config", "configs/synthetic/agman.yaml", "--grid", "models", "--out", str(tmp_path / "ab"),
+            f"data.root={boxed_root}", "data.synthetic=null", "output.progress=false", *TINY]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = (tmp_path / "ab" / "ablation-models.csv").read_text().splitlines()
+    assert table[0].endswith("MAP,mass in box,box share,pointing")
+    cells = {line.split(",")[0]: line.split(",")[-3:] for line in table[1:]}
+    assert cells["CSN"] == ["n/a"] * 3
+    for model in ("ASENet_V2", "AttnFashion", "AG-MAN"):
+        mass, share, pointing = (float(v) for v in cells[model])
+        assert 0 <= mass <= 100 and 0 < share < 100 and 0 <= pointing <= 100
+    assert "mass in box" in out
+
+
 def test_ablation_plan_dedupes_the_full_model():
     from agman.engine.ablate import plan
 
@@ -130,7 +187,13 @@ def test_demo_end_to_end_on_a_small_set(tmp_path, capsys):
     attrs = ("sleeve_length", "neckline_design", "garment_length", "waist_detail", "pattern")
     for a in attrs:
         assert (out / "grids" / f"{a}.png").is_file() and (out / "attention" / f"{a}.png").is_file()
-    assert "every attribute above random" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "every attribute above random" in report
+    where = report.split("## Where the attention looks")[1]
+    assert "meets the bar" in where and "of 5 attributes" in where
+    assert ("| attribute | pairs | box share | mass in box, trained | mass in box, untrained | "
+            "mass in box, warm-up only") in where
+    assert "meets the bar" in printed
 
 
 def test_train_help_lists_what_can_be_composed(capsys):

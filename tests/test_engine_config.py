@@ -54,6 +54,12 @@ def test_synthetic_configs_and_listing():
     demo = C.load_config("configs/synthetic/demo.yaml")
     assert demo.to_dict() | {"config_path": None} == C.load_config("synthetic/agman").to_dict() | {"config_path": None}
     assert "fashionai" in compose.describe() and "agman-official" in compose.describe()
+    # the FashionAI-like demo: demo.yaml with the set's mode fashionai, in its own folder
+    fa = C.load_config("synthetic/demo-fashionai").to_dict()
+    assert fa["data"].pop("root") == "data/synthetic-fashionai" and fa["data"]["synthetic"].pop("mode") == "fashionai"
+    plain = demo.to_dict()
+    assert plain["data"].pop("root") == "data/synthetic" and plain["data"]["synthetic"].pop("mode") == "all"
+    assert fa | {"config_path": None} == plain | {"config_path": None}
 
 
 def test_the_spellings_in_use_resolve_from_any_directory(tmp_path, monkeypatch):

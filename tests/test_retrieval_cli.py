@@ -135,11 +135,21 @@ def test_search_errors_for_items_images_indexes_and_checkpoints(catalog, capsys,
 def test_attention_and_compare_pictures(catalog, capsys, tmp_path):
     tmp, spec, _ck_a, ck_b, out = catalog
     item = spec.split("test").paths[2]
-    rc, stdout, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1",
+    rc, stdout, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--view", "model",
                           "--out", tmp_path / "h.png")
     assert rc == 0, err
     with Image.open(tmp_path / "h.png") as im:
         assert im.size == (64, 64)
+    # by default: the original beside the map drawn on it, the box in yellow
+    rc, stdout, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--box", "2,2,20,20",
+                          "--out", tmp_path / "o.png")
+    assert rc == 0, err
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.width > 2 * 256 and im.height > 256
+        assert (255, 230, 0) in {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    rc, _, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--box", "5,5,2,9",
+                     "--out", tmp_path / "y.png")
+    assert rc == 2 and "--box '5,5,2,9'" in err
     rc, _, err = run(capsys, "attention", "--index", out, "--item", item, "-a", "attr1", "--alpha", "3",
                      "--out", tmp_path / "x.png")
     assert rc == 2 and "alpha" in err

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agman.data.crop import crop_frame
 from agman.retrieval.render import (
+    BOX_YELLOW,
     GREEN,
     QUERY_BLUE,
     RED,
+    attention_beside_original,
+    attention_on_original,
     attention_overlay,
     captioned_strip,
     fit_image,
@@ -120,3 +124,47 @@ def test_captioned_strip_places_every_image_and_checks_captions():
         captioned_strip([Image.new("RGB", (8, 8))], ["a", "b"])
     with pytest.raises(ValueError, match="at least one image"):
         captioned_strip([], [])
+
+
+# --------------------------------------------------------------------------- heatmaps on the original image
+@pytest.mark.parametrize("size", [(120, 200), (300, 170)])
+def test_attention_on_original_puts_each_cell_where_the_crop_saw_it(size):
+    """A map with one hot cell: the hottest pixel of the overlay is that cell's centre mapped back
+    through the crop (portrait and landscape, crop_ratio < 1); what the crop cut away is dimmed."""
+    image = Image.new("RGB", size, (0, 0, 0))
+    frame = crop_frame(*size, 64, 0.875)
+    att = np.zeros((4, 4))
+    att[1, 2] = 1.0
+    out = attention_on_original(image, att, 64, 0.875, alpha=1.0)
+    assert out.size == size
+    # the map's maximum (value 1: jet's dark red) is reached only at the hot cell's centre
+    distance = np.abs(np.asarray(out, dtype=np.int64) - heat_colors(np.array(1.0)).astype(np.int64)).sum(-1)
+    y, x = np.unravel_index(np.argmin(distance), distance.shape)
+    cx0, cy0, cx1, cy1 = frame.to_original((32, 16, 48, 32))  # cell (1, 2) of the 64-px crop
+    assert abs(x + 0.5 - (cx0 + cx1) / 2) <= 1.5 and abs(y + 0.5 - (cy0 + cy1) / 2) <= 1.5
+    # outside the crop: the dimmed grey, no heat
+    x0, y0, x1, y1 = frame.crop_in_original
+    corner = np.asarray(out)[0, 0] if x0 > 1 or y0 > 1 else None
+    assert corner is not None and corner[0] == corner[1] == corner[2]
+    inside = np.asarray(out)[int(y0) + 2, int(x0) + 2]
+    assert inside[2] > inside[0]  # low attention: blue
+
+
+def test_attention_on_original_draws_the_box_and_scales():
+    image = Image.new("RGB", (100, 160), (0, 0, 0))
+    out = attention_on_original(image, np.ones((4, 4)), 64, 0.875, boxes=[(20, 40, 60, 80)], size=320)
+    assert out.size == (200, 320)
+    pixels = np.asarray(out)
+    assert tuple(pixels[80, 60]) == BOX_YELLOW  # the box's top-left corner, scaled x2
+    assert tuple(pixels[100, 100]) != BOX_YELLOW  # inside the box: the map
+    with pytest.raises(ValueError, match="2-D"):
+        attention_on_original(image, np.ones(4), 64, 1.0)
+
+
+def test_attention_beside_original_shows_both():
+    image = Image.new("RGB", (120, 90), (200, 30, 30))
+    pair = attention_beside_original(image, np.eye(3), 48, 1.0, boxes=[(10, 10, 50, 50)], caption="sleeve_length",
+                                     title="t", tile_size=128)
+    assert pair.width >= 2 * 128 and pair.height > 128
+    left = np.asarray(pair)[60:100, 20:100]
+    assert (np.abs(left.astype(int) - (200, 30, 30)).sum(-1) < 10).any()  # the untouched original

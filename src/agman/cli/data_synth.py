@@ -33,7 +33,7 @@ def register(data_subparsers) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument(
         "--mode",
-        choices=["all", "single"],
+        choices=["all", "single", "fashionai"],
         default="all",
         help="'all': every image annotated with every attribute (like DeepFashion); "
         "'single': one attribute per image (like FashionAI) (default all)",

@@ -40,7 +40,10 @@ def register(subparsers) -> None:
         "eval", help="evaluate a checkpoint: MAP per attribute (Tables 2-3), R@k, P@k, TR accuracy",
         description="Evaluate a checkpoint on a split of the dataset its config names. Prints the tables and "
                     "writes eval-<split>.{csv,md,json} beside the checkpoint (or into --out). On FashionAI, "
-                    "DeepFashion and Zappos50k the paper's published numbers are printed beside the measured ones.",
+                    "DeepFashion and Zappos50k the paper's published numbers are printed beside the measured ones. "
+                    "Where the split has a regions file (regions_<split>.jsonl, docs/attention-scoring.md) the "
+                    "model's attention is scored too: mass in box, box share and pointing per attribute, also in "
+                    "eval-<split>-localization.csv and the JSON.",
     )
     ev.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a run")
     ev.add_argument("--split", default="test", help="split to evaluate (default test)")
@@ -50,6 +53,9 @@ def register(subparsers) -> None:
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--workers", type=int, default=2, help="image-loading processes (default 2)")
+    ev.add_argument("--regions", help="regions file to score the attention against "
+                                      "(default: regions_<split>.jsonl in the dataset root, when there is one)")
+    ev.add_argument("--no-localization", action="store_true", help="do not score the attention")
     ev.add_argument("--json", action="store_true",
                     help="print the metrics as JSON instead of the tables (schema agman/eval/1, docs/training.md); "
                          "the table files are written all the same")
@@ -127,24 +133,30 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.dataset:
         data["dataset"] = args.dataset
     result, info = evaluate_checkpoint(args.checkpoint, args.split, data=data, device=pick_device(args.device),
-                                       batch_size=args.batch_size, workers=args.workers, progress=True)
+                                       batch_size=args.batch_size, workers=args.workers, progress=True,
+                                       localize=not args.no_localization, regions=args.regions)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     label = f"{info.model_name} ({Path(args.checkpoint).name})"
     metrics = result.to_dict()
     text = write_report_tables(out, f"eval-{args.split}", {label: metrics}, info.attribute_names,
                                title=f"{info.model_name} on the {args.split} split ({result.images} images)")
     atomic_write_json(out / f"eval-{args.split}.json", metrics)
+    located = result.localization
+    score_files = [located.write_csv(out / f"eval-{args.split}-localization.csv")] if located is not None else []
     figures = []
     if args.figures > 0:
         from agman.retrieval.figures import draw_eval_figures
 
         figures = list(draw_eval_figures(args.checkpoint, args.split, result.embeddings, out, args.figures, data=data))
     if args.json:
-        files = [str(out / f"eval-{args.split}.{ext}") for ext in ("csv", "md", "json")] + [str(f) for f in figures]
+        files = [str(out / f"eval-{args.split}.{ext}") for ext in ("csv", "md", "json")]
+        files += [str(f) for f in [*score_files, *figures]]
         print_json({"schema": "agman/eval/1", "checkpoint": str(args.checkpoint), "model": info.model_name,
                     "attributes": info.attribute_names, "files": files, "metrics": metrics})
         return 0
     print(text)
+    if result.localization is not None:
+        print("\n" + result.localization.table())
     published = beside_text(result.dataset, {info.model_name: metrics}, info.attribute_names)
     if published:
         print(f"\n{published}")

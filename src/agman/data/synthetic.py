@@ -15,7 +15,9 @@
 
 Splits are 8:1:1; in valid and test one image in five is a query, the others candidates.  In
 ``mode='all'`` every image is annotated with every attribute (like DeepFashion); in
-``mode='single'`` each image with one attribute (like FashionAI), although every attribute is drawn.
+``mode='single'`` each image with one attribute dealt at random, although every attribute is drawn.
+``mode='fashionai'`` draws other garments (:mod:`agman.data.synthetic_fashion`): five garment types,
+each annotated with the one attribute that follows from its type, as in FashionAI.
 Within each split the values of each attribute are balanced (counts differ by at most one).
 
 Everything is a function of the arguments: image ``k`` (numbered across splits) draws its nuisances
@@ -32,7 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from agman.data.layouts import write_asen
-from agman.data.spec import SPLIT_NAMES, UNLABELED, DatasetSpec, Split
+from agman.data.spec import SPLIT_NAMES, UNLABELED, Attribute, DatasetSpec, Split
+from agman.data.synthetic_fashion import (
+    CARRIES,
+    FASHION_ATTRIBUTES,
+    GARMENTS,
+    FashionParams,
+    render_fashion,
+    sample_fashion_params,
+)
 from agman.data.synthetic_render import ATTRIBUTES, GarmentParams, render, sample_params
 from agman.errors import AlreadyExistsError, InvalidValueError
 from agman.fileio import atomic_write_text
@@ -40,7 +50,7 @@ from agman.fileio import atomic_write_text
 DEFAULT_IMAGES = 4000
 DEFAULT_SIZE = 96
 DATASET_NAME = "agman-synth"
-MODES = ("all", "single")
+MODES = ("all", "single", "fashionai")
 SPLIT_SHARES = (0.8, 0.1, 0.1)
 QUERY_SHARE = 0.2  # queries : candidates = 1 : 4
 TRIPLETS_PER_IMAGE = 5  # default triplets per attribute and split, per image of the split
@@ -69,9 +79,10 @@ class PlannedImage:
     split: str
     index: int  # line in filenames_<split>.txt
     number: int  # position across all splits (train, valid, test); seeds the image's nuisances
-    values: tuple[int, ...]  # true value of every attribute (all are drawn)
+    values: tuple[int, ...]  # true value of every attribute (all are drawn; -1: not shown on this garment)
     annotated: tuple[int, ...]  # attribute indices written to the label / query / candidate files
     is_query: bool
+    garment: str | None = None  # mode 'fashionai': the garment type (agman.data.synthetic_fashion.GARMENTS)
 
     @property
     def path(self) -> str:
@@ -85,6 +96,12 @@ def split_sizes(n_images: int) -> dict[str, int]:
     return {"train": n_train, "valid": n_valid, "test": n_images - n_train - n_valid}
 
 
+def attributes_of(mode: str) -> tuple[Attribute, ...]:
+    """The attributes of a set made in ``mode``: the garment's five, or FashionAI-like garments' five."""
+    _check_mode(mode)
+    return FASHION_ATTRIBUTES if mode == "fashionai" else ATTRIBUTES
+
+
 def minimum_images(mode: str) -> int:
     """The smallest ``n_images`` for which every value has two annotated images in every split."""
     _check_mode(mode)
@@ -95,9 +112,10 @@ def minimum_images(mode: str) -> int:
 
 
 def _plan_is_complete(n_images: int, mode: str) -> bool:
+    attributes = attributes_of(mode)
     for n_split in split_sizes(n_images).values():
-        groups = [n_split] * len(ATTRIBUTES) if mode == "all" else _balanced_counts(n_split, len(ATTRIBUTES))
-        if any(g // attr.n_values < 2 for g, attr in zip(groups, ATTRIBUTES)):
+        groups = [n_split] * len(attributes) if mode == "all" else _balanced_counts(n_split, len(attributes))
+        if any(g // attr.n_values < 2 for g, attr in zip(groups, attributes)):
             return False
     return True
 
@@ -108,7 +126,8 @@ def _balanced_counts(n: int, k: int) -> list[int]:
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise InvalidValueError(f"unknown annotation mode {mode!r}: expected 'all' (every image, every attribute) or 'single'")
+        raise InvalidValueError(f"unknown annotation mode {mode!r}: expected 'all' (every image, every attribute), "
+                                "'single' (one attribute per image) or 'fashionai' (garment types, one attribute each)")
 
 
 def plan_dataset(n_images: int, seed: int, mode: str = "all") -> list[PlannedImage]:
@@ -119,6 +138,8 @@ def plan_dataset(n_images: int, seed: int, mode: str = "all") -> list[PlannedIma
             f"{n_images} images are too few for mode {mode!r}: every value needs two annotated images in each "
             f"split (8:1:1); use at least {minimum_images(mode)}"
         )
+    if mode == "fashionai":
+        return _plan_fashion(n_images, seed)
     plan: list[PlannedImage] = []
     for s, (split, n) in enumerate(split_sizes(n_images).items()):
         rng = np.random.default_rng([seed, _LABEL_STREAM, s])
@@ -138,6 +159,35 @@ def plan_dataset(n_images: int, seed: int, mode: str = "all") -> list[PlannedIma
         offset = len(plan)
         plan += [
             PlannedImage(split, i, offset + i, tuple(int(v) for v in values[i]), annotated[i], bool(is_query[i]))
+            for i in range(n)
+        ]
+    return plan
+
+
+def _plan_fashion(n_images: int, seed: int) -> list[PlannedImage]:
+    """Garment types dealt round-robin within each split, then shuffled; type ``t`` is annotated with
+    attribute ``t`` (balanced values), the other attributes it shows get uniform values, the rest -1."""
+    names = [a.name for a in FASHION_ATTRIBUTES]
+    plan: list[PlannedImage] = []
+    for s, (split, n) in enumerate(split_sizes(n_images).items()):
+        rng = np.random.default_rng([seed, _LABEL_STREAM, s])
+        group = rng.permutation(np.arange(n) % len(GARMENTS))
+        values = np.full((n, len(names)), -1, dtype=np.int64)
+        for t, garment in enumerate(GARMENTS):
+            mine = group == t
+            for k, name in enumerate(CARRIES[garment]):
+                a = names.index(name)
+                count, n_values = int(mine.sum()), FASHION_ATTRIBUTES[a].n_values
+                if k == 0:  # the annotated attribute: balanced values
+                    values[mine, a] = rng.permutation(np.arange(count) % n_values)
+                else:
+                    values[mine, a] = rng.integers(0, n_values, count)
+        annotated = [(names.index(CARRIES[GARMENTS[g]][0]),) for g in group]
+        is_query = _pick_queries(rng, values, annotated, group) if split != "train" else np.zeros(n, dtype=bool)
+        offset = len(plan)
+        plan += [
+            PlannedImage(split, i, offset + i, tuple(int(v) for v in values[i]), annotated[i], bool(is_query[i]),
+                         GARMENTS[int(group[i])])
             for i in range(n)
         ]
     return plan
@@ -168,7 +218,15 @@ def _pick_queries(
 
 def image_params(seed: int, item: PlannedImage) -> GarmentParams:
     """The parameter record of a planned image (its nuisances come from its own random stream)."""
-    return sample_params(np.random.default_rng([seed, _IMAGE_STREAM, item.number]), item.values)
+    rng = np.random.default_rng([seed, _IMAGE_STREAM, item.number])
+    if item.garment is not None:
+        return sample_fashion_params(rng, item.garment, item.values)
+    return sample_params(rng, item.values)
+
+
+def render_image(params: GarmentParams, size: int, **options):
+    """Render a parameter record of either kind (:func:`render` or :func:`render_fashion`)."""
+    return (render_fashion if isinstance(params, FashionParams) else render)(params, size, **options)
 
 
 # --------------------------------------------------------------------------- rendering to files
@@ -177,7 +235,7 @@ def _render_batch(job: tuple[int, int, str, list[PlannedImage]]) -> list[dict]:
     seed, size, out_dir, items = job
     records = []
     for item in items:
-        rendering = render(image_params(seed, item), size)
+        rendering = render_image(image_params(seed, item), size)
         path = Path(out_dir) / item.path
         rendering.image.save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         records.append(_region_record(item, rendering))
@@ -185,15 +243,19 @@ def _render_batch(job: tuple[int, int, str, list[PlannedImage]]) -> list[dict]:
 
 
 def _region_record(item: PlannedImage, rendering) -> dict:
-    names = [a.name for a in ATTRIBUTES]
-    return {
-        "image": item.index,
-        "path": item.path,
-        "values": {a.name: a.values[v] for a, v in zip(ATTRIBUTES, item.values)},
+    attributes = FASHION_ATTRIBUTES if item.garment is not None else ATTRIBUTES
+    names = [a.name for a in attributes]
+    shown = [name for name in names if name in rendering.regions]
+    record = {"image": item.index, "path": item.path}
+    if item.garment is not None:
+        record["garment"] = item.garment
+    record.update({
+        "values": {a.name: a.values[v] for a, v in zip(attributes, item.values) if v >= 0},
         "annotated": [names[a] for a in item.annotated],
-        "regions": {name: list(rendering.regions[name]) for name in names},
-        "parts": {name: [list(b) for b in rendering.parts[name]] for name in names},
-    }
+        "regions": {name: list(rendering.regions[name]) for name in shown},
+        "parts": {name: [list(b) for b in rendering.parts[name]] for name in shown},
+    })
+    return record
 
 
 def _render_all(plan: list[PlannedImage], seed: int, size: int, out: Path, workers: int, progress: bool) -> list[dict]:
@@ -225,11 +287,11 @@ def _render_all(plan: list[PlannedImage], seed: int, size: int, out: Path, worke
 
 
 # --------------------------------------------------------------------------- layouts
-def _spec(plan: list[PlannedImage], out: Path) -> DatasetSpec:
+def _spec(plan: list[PlannedImage], out: Path, attributes: tuple[Attribute, ...]) -> DatasetSpec:
     splits = {}
     for split in SPLIT_NAMES:
         items = [p for p in plan if p.split == split]
-        labels = np.full((len(items), len(ATTRIBUTES)), UNLABELED, dtype=np.int32)
+        labels = np.full((len(items), len(attributes)), UNLABELED, dtype=np.int32)
         queries, candidates = [], []
         for item in items:
             for a in item.annotated:
@@ -243,7 +305,7 @@ def _spec(plan: list[PlannedImage], out: Path) -> DatasetSpec:
             np.asarray(queries, dtype=np.int64).reshape(-1, 3),
             np.asarray(candidates, dtype=np.int64).reshape(-1, 3),
         )
-    return DatasetSpec(DATASET_NAME, out, list(ATTRIBUTES), splits, source=str(out / "meta.json"))
+    return DatasetSpec(DATASET_NAME, out, list(attributes), splits, source=str(out / "meta.json"))
 
 
 def _sample_triplets(rng: np.random.Generator, images: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
@@ -265,7 +327,8 @@ def default_triplet_counts(n_images: int) -> tuple[int, int, int]:
     return tuple(TRIPLETS_PER_IMAGE * n for n in split_sizes(n_images).values())
 
 
-def _write_triplets(plan: list[PlannedImage], seed: int, counts: tuple[int, int, int], out: Path) -> dict[str, int]:
+def _write_triplets(plan: list[PlannedImage], seed: int, counts: tuple[int, int, int], out: Path,
+                    attributes: tuple[Attribute, ...]) -> dict[str, int]:
     tri = out / "triplets"
     (tri / "tripletlists").mkdir(parents=True, exist_ok=True)
     atomic_write_text(tri / "filenames.json", json.dumps([p.path for p in plan], indent=0) + "\n")
@@ -273,7 +336,7 @@ def _write_triplets(plan: list[PlannedImage], seed: int, counts: tuple[int, int,
     written = {}
     for s, (split, count) in enumerate(zip(SPLIT_NAMES, counts)):
         items = [p for p in plan if p.split == split]
-        for a, attr in enumerate(ATTRIBUTES):
+        for a, attr in enumerate(attributes):
             mine = [p for p in items if a in p.annotated]
             rng = np.random.default_rng([seed, _TRIPLET_STREAM, s, a])
             rows = _sample_triplets(
@@ -295,14 +358,16 @@ def _write_regions(plan: list[PlannedImage], records: list[dict], out: Path) -> 
 
 def read_regions(root: str | Path, split: str, *, parts: bool = False) -> np.ndarray | list[dict[str, list]]:
     """Ground-truth boxes of one split: int array [N, A, 4] of (x0, y0, x1, y1) in image pixels
-    (x1, y1 exclusive; attributes in meta.json order), or with ``parts=True`` each image's
-    ``{attribute: [box, ...]}`` (two arm boxes for sleeve_length)."""
+    (x1, y1 exclusive; attributes in meta.json order; -1 for an attribute the image does not show,
+    mode 'fashionai'), or with ``parts=True`` each image's ``{attribute: [box, ...]}`` (two arm
+    boxes for sleeve_length)."""
     path = Path(root) / f"regions_{split}.jsonl"
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if parts:
         return [rec["parts"] for rec in records]
-    names = [a.name for a in ATTRIBUTES]
-    return np.array([[rec["regions"][n] for n in names] for rec in records], dtype=np.int64).reshape(-1, len(names), 4)
+    names = json.loads((Path(root) / "meta.json").read_text(encoding="utf-8"))["ATTRIBUTES"]
+    return np.array([[rec["regions"].get(n, [-1] * 4) for n in names] for rec in records],
+                    dtype=np.int64).reshape(-1, len(names), 4)
 
 
 # --------------------------------------------------------------------------- the whole set
@@ -373,10 +438,11 @@ def generate(
     _prepare_output(out)
     atomic_write_text(out / "synth.json", json.dumps({**settings, "complete": False}, indent=2) + "\n")
     records = _render_all(plan, seed, size, out, max(1, int(workers)), progress)
-    spec = _spec(plan, out)
+    attributes = attributes_of(mode)
+    spec = _spec(plan, out, attributes)
     write_asen(spec, out)
     _write_regions(plan, records, out)
-    _write_triplets(plan, seed, counts, out)
+    _write_triplets(plan, seed, counts, out, attributes)
     write_card(out, spec, settings)
     atomic_write_text(out / "synth.json", json.dumps({**settings, "complete": True}, indent=2) + "\n")
     return out

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from agman.data.spec import UNLABELED, DatasetSpec
+from agman.data.synthetic_fashion import ANNOTATED, CARRIES, FASHION_REGIONS, GARMENTS
 from agman.data.synthetic_render import REGIONS, TEXTURE_ATTRIBUTES
 from agman.fileio import atomic_write, atomic_write_text
 
@@ -32,10 +33,24 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _regions_text(mode: str) -> dict[str, str]:
+    """Where each attribute shows (and, for FashionAI-like garments, on which garment)."""
+    return FASHION_REGIONS if mode == "fashionai" else REGIONS
+
+
+def _sheet_note(name: str, mode: str) -> str:
+    """The grey line under an attribute's name on the contact sheet."""
+    if mode == "fashionai":
+        return FASHION_REGIONS.get(name, "")
+    return f"{REGIONS.get(name, '')}, {'texture' if name in TEXTURE_ATTRIBUTES else 'shape'}"
+
+
 def contact_sheet(
-    root: str | Path, spec: DatasetSpec, split: str = "train", per_value: int = EXAMPLES_PER_VALUE
+    root: str | Path, spec: DatasetSpec, split: str = "train", per_value: int = EXAMPLES_PER_VALUE,
+    mode: str = "all",
 ) -> Image.Image:
-    """A grid of ``split`` images: a row per attribute, ``per_value`` examples of each value, captioned."""
+    """A grid of ``split`` images: a row per attribute, ``per_value`` examples of each value, captioned
+    (``mode``: the set's annotation mode, for the row notes)."""
     root = Path(root)
     data = spec.split(split)
     regions = [json.loads(line)["regions"] for line in (root / f"regions_{split}.jsonl").read_text().splitlines()]
@@ -56,9 +71,8 @@ def contact_sheet(
     draw.text((_GAP, 8), title, fill=(0, 0, 0), font=big)
     for a, attr in enumerate(spec.attributes):
         y = _TITLE + a * row_h
-        kind = "texture" if attr.name in TEXTURE_ATTRIBUTES else "shape"
         draw.text((_GAP, y + cell // 2 - 16), attr.name, fill=(0, 0, 0), font=big)
-        draw.text((_GAP, y + cell // 2 + 4), f"{REGIONS.get(attr.name, '')}, {kind}", fill=(90, 90, 90), font=small)
+        draw.text((_GAP, y + cell // 2 + 4), _sheet_note(attr.name, mode), fill=(90, 90, 90), font=small)
         for v, value in enumerate(attr.values):
             x = _LABEL_WIDTH + _GAP + v * (group_w + _GAP)
             # Different images in every row (in mode 'all' each image carries every attribute).
@@ -88,7 +102,7 @@ def _counts_table(spec: DatasetSpec) -> list[str]:
     return lines
 
 
-def _value_table(spec: DatasetSpec) -> list[str]:
+def _value_table(spec: DatasetSpec, mode: str) -> list[str]:
     names = list(spec.splits)
     lines = [
         "| attribute | region | value | " + " | ".join(f"{n} images" for n in names) + " |",
@@ -97,7 +111,7 @@ def _value_table(spec: DatasetSpec) -> list[str]:
     for a, attr in enumerate(spec.attributes):
         for v, value in enumerate(attr.values):
             cells = [str(int((spec.splits[n].labels[:, a] == v).sum())) for n in names]
-            head = f"{attr.name} | {REGIONS.get(attr.name, '')}" if v == 0 else " | "
+            head = f"{attr.name} | {_regions_text(mode).get(attr.name, '')}" if v == 0 else " | "
             lines.append(f"| {head} | {value} | " + " | ".join(cells) + " |")
     return lines
 
@@ -109,6 +123,18 @@ _NUISANCE_TEXT = (
     "(flat, gradient, blotches, planks, studio floor); position, scale and rotation (up to 8 degrees); "
     "arm pose; pattern scale, phase and orientation; lighting (gain, tint, ramp); an occluding "
     "object on about 30% of the images. Ranking by colour does not solve any shape attribute."
+)
+_FASHION_TEXT = (
+    "Like FashionAI, every image shows one garment and is annotated with the one attribute that follows "
+    "from the garment's type, so which attribute an image is about (Eq. 7's target) can be read from the "
+    "image: " + "; ".join(
+        f"{g} -> {ANNOTATED[g]}" + (f" (also drawn: {', '.join(CARRIES[g][1:])})" if len(CARRIES[g]) > 1 else "")
+        for g in GARMENTS) + ". "
+    "The rest of the mannequin is bare. Nuisances, drawn independently of every value: garment, pattern, "
+    "mannequin and background colours; background texture (flat, gradient, blotches, planks, studio floor); "
+    "position, scale and rotation (up to 8 degrees); arm pose; the cloth's pattern (solid, stripes, dots, "
+    "checks); the hem of tops and dresses; lighting (gain, tint, ramp); an occluding object on about 30% of "
+    "the images."
 )
 _FILES_TEXT = (
     "- `meta.json`: ATTRIBUTES, ATTRIBUTES_NUM, ATTRIBUTES_VALUES.",
@@ -142,12 +168,13 @@ def card_text(spec: DatasetSpec, settings: dict) -> str:
         f"agman data synth --out DIR --images {settings['images']} --size {settings['size']} "
         f"--seed {settings['seed']} --mode {mode} --triplets {','.join(str(t) for t in tri)}"
     )
-    mode_text = (
-        "every image is annotated with every attribute (like DeepFashion)"
-        if mode == "all"
-        else "each image is annotated with one attribute (like FashionAI); the other attributes are drawn "
-        "but not annotated (their true values are in regions_*.jsonl)"
-    )
+    mode_text = {
+        "all": "every image is annotated with every attribute (like DeepFashion)",
+        "single": "each image is annotated with one attribute (like FashionAI); the other attributes are drawn "
+        "but not annotated (their true values are in regions_*.jsonl)",
+        "fashionai": "five garment types, each image annotated with the one attribute its type carries "
+        "(like FashionAI); the type and the values of the other attributes it shows are in regions_*.jsonl",
+    }[mode]
     lines = [
         f"# {spec.name}: synthetic garments for attribute-specific retrieval",
         "",
@@ -159,7 +186,7 @@ def card_text(spec: DatasetSpec, settings: dict) -> str:
             f"annotation mode `{mode}`: {mode_text}. {annotated} image-attribute labels in all."
         ),
         "",
-        _NUISANCE_TEXT,
+        _FASHION_TEXT if mode == "fashionai" else _NUISANCE_TEXT,
         "",
         "## Counts",
         "",
@@ -169,7 +196,7 @@ def card_text(spec: DatasetSpec, settings: dict) -> str:
         "",
         "## Attributes and annotated images per value",
         "",
-        *_value_table(spec),
+        *_value_table(spec, mode),
         "",
         "## Files",
         "",
@@ -189,7 +216,7 @@ def card_text(spec: DatasetSpec, settings: dict) -> str:
 def write_card(root: str | Path, spec: DatasetSpec, settings: dict) -> Path:
     """Write README.md and contact_sheet.png into ``root``; return the README's path."""
     root = Path(root)
-    sheet = contact_sheet(root, spec)
+    sheet = contact_sheet(root, spec, mode=settings["mode"])
     atomic_write(root / "contact_sheet.png", lambda f: sheet.save(f, format="PNG", compress_level=6))
     readme = root / "README.md"
     atomic_write_text(readme, card_text(spec, settings))

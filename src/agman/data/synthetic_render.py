@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -361,9 +362,9 @@ def _paste(canvas: Image.Image, colour, mask: Image.Image) -> None:
         canvas.paste(colour, box, mask.crop(box))
 
 
-def _pattern_mask(params: GarmentParams, frame: _Frame, box) -> Image.Image | None:
-    """'L' mask of the accent colour over ``box`` of the canvas, in figure coordinates (None for solid)."""
-    kind = params.value_of("pattern")
+def _pattern_mask(params: GarmentParams, frame: _Frame, box, kind: int) -> Image.Image | None:
+    """'L' mask of the accent colour over ``box`` of the canvas, in figure coordinates (None for solid).
+    ``kind``: 0 solid, 1 stripes, 2 dots, 3 checks."""
     if kind == 0 or not box:
         return None
     u, v = frame.local_grid(box)
@@ -439,10 +440,10 @@ def _garment_mask(params: GarmentParams, frame: _Frame) -> Image.Image:
     return gmask
 
 
-def _dress(canvas: Image.Image, gmask: Image.Image, params: GarmentParams, frame: _Frame) -> None:
+def _dress(canvas: Image.Image, gmask: Image.Image, params: GarmentParams, frame: _Frame, pattern_kind: int) -> None:
     """Fill the cloth with the garment colour, or its pattern in the garment and accent colours."""
     box = gmask.getbbox()
-    pattern = _pattern_mask(params, frame, box)
+    pattern = _pattern_mask(params, frame, box, pattern_kind)
     if pattern is None:
         _paste(canvas, params.garment, gmask)
     else:
@@ -476,6 +477,25 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
     ``supersample=1`` draws aliased edges (faster).  ``masks=True`` also returns the garment and
     figure masks (for tests of the region boxes).
     """
+    return compose(params, size, GarmentDrawing(_garment_mask, _draw_details, _regions, params.value_of("pattern")),
+                   supersample=supersample, masks=masks)
+
+
+@dataclass(frozen=True)
+class GarmentDrawing:
+    """What differs between kinds of garment: the cloth's mask, the details drawn over it, the
+    ground-truth regions, and the cloth's pattern (0 solid, 1 stripes, 2 dots, 3 checks)."""
+
+    garment_mask: Callable[[GarmentParams, _Frame], Image.Image]
+    details: Callable[[ImageDraw.ImageDraw, GarmentParams, _Frame], None]
+    regions: Callable[[GarmentParams, _Frame, int, int], tuple[dict[str, Box], dict[str, list[Box]]]]
+    pattern_kind: int
+
+
+def compose(params: GarmentParams, size: int, drawing: GarmentDrawing, *, supersample: int = 2,
+            masks: bool = False) -> Rendering:
+    """The scene every garment shares: backdrop, mannequin, the ``drawing``'s cloth (patterned) and
+    details, occluder, lighting; at ``supersample`` times the size, box-filtered down."""
     if size < 16:
         raise InvalidValueError(f"size must be at least 16 pixels, got {size}")
     ss = max(1, int(supersample))
@@ -485,10 +505,10 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
 
     canvas = _background(lit, size, ss)
     _draw_mannequin(ImageDraw.Draw(canvas), frame, lit, lit.body)
-    gmask = _garment_mask(lit, frame)
-    _dress(canvas, gmask, lit, frame)
+    gmask = drawing.garment_mask(lit, frame)
+    _dress(canvas, gmask, lit, frame, drawing.pattern_kind)
     draw = ImageDraw.Draw(canvas)
-    _draw_details(draw, lit, frame)
+    drawing.details(draw, lit, frame)
     if lit.occluder is not None:
         kind, x0, y0, x1, y1, colour = lit.occluder
         box = [x0 * canvas_size, y0 * canvas_size, x1 * canvas_size, y1 * canvas_size]
@@ -497,7 +517,7 @@ def render(params: GarmentParams, size: int, *, supersample: int = 2, masks: boo
         canvas = canvas.reduce(ss)
     image = ImageChops.multiply(canvas, ramp)
 
-    regions, parts = _regions(params, frame, ss, size)
+    regions, parts = drawing.regions(params, frame, ss, size)
     out = Rendering(image=image, regions=regions, parts=parts)
     if masks:
         body = Image.new("L", (canvas_size, canvas_size), 0)

@@ -7,7 +7,8 @@ colour-histogram ranking, the expected random ranking),
 :func:`draw_pictures` and :func:`write_report`.  The report folder (``agman-demo/`` by default)
 receives ``report.md``, ``metrics.{md,csv}``, ``curves.png``, ``grids/<attribute>.png`` (top-10 of
 one test query, correct results framed green, wrong ones red, like Fig. 5) and
-``attention/<attribute>.png`` (ASA attention over test images, like Fig. 7); the run itself
+``attention/<attribute>.png`` (ASA attention over test images, like Fig. 7, drawn on the original
+image with the attribute's region boxed where the data has a regions file); the run itself
 (checkpoints, logs) is in ``<out>/run``.  Every file is written atomically.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 SPLIT = "test"
 TOP_K = 10
 ATTENTION_IMAGES = 6
+ATTENTION_TILE = 160  # pixels per attention picture (the original scaled to it, the map drawn where the model saw)
 TRAINED = "AG-MAN (trained)"
 UNTRAINED = "AG-MAN (untrained, random init)"
 WARM_ONLY = "AG-MAN (warm-up trunk, untrained heads)"
@@ -46,6 +48,7 @@ class DemoResult:
     rows: dict[str, dict] = field(default_factory=dict)  # label -> metrics (EvalResult.to_dict)
     table: str = ""  # the metrics tables as terminal text
     verdict: str = ""
+    where: str = ""  # what the attention scores say (empty when the data has no regions file)
     seconds: dict[str, float] = field(default_factory=dict)  # data, training, total
 
 
@@ -90,8 +93,9 @@ def run_demo(config: RunConfig, out: str | Path, announce: Callable[[str], None]
     announce("[4/4] drawing top-10 grids and attention heatmaps")
     pictures = draw_pictures(model, info, spec, out, trained_embeddings)
     seconds["total"] = time.perf_counter() - start
-    verdict = write_report(out, config, rows, spec.attribute_names, pictures, seconds)
-    return DemoResult(out, result.run_dir, False, rows, table, verdict, seconds)
+    where, where_table = localization_section(rows)
+    verdict = write_report(out, config, rows, spec.attribute_names, pictures, seconds, (where, where_table))
+    return DemoResult(out, result.run_dir, False, rows, table, verdict, where, seconds)
 
 
 def open_demo_data(config: RunConfig) -> DatasetSpec:
@@ -102,18 +106,22 @@ def open_demo_data(config: RunConfig) -> DatasetSpec:
 def evaluate_rows(config: RunConfig, spec: DatasetSpec, result: TrainResult, model, info) -> tuple[np.ndarray, dict]:
     """The trained model's test embeddings and one metrics row per compared method."""
     from agman.engine.evaluate import colour_histogram_embeddings, embed_split, evaluate_embeddings, evaluate_model
+    from agman.engine.localization import localization_if_boxed
     from agman.engine.pretrain import load_value_classifier
 
     view = dict(input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=config.eval.batch_size)
     trained_embeddings = embed_split(model, spec, SPLIT, **view)
     trained = evaluate_embeddings(trained_embeddings, spec, SPLIT)
+    trained.localization = localization_if_boxed(model, spec, SPLIT, **view, model_name=TRAINED)
     rows = {TRAINED: trained.to_dict()}
     for label, extra in ((UNTRAINED, {}), (WARM_ONLY, {"pretrained": str(result.warmup_trunk)})):
         if label == WARM_ONLY and result.warmup_trunk is None:
             continue
         seed_everything(config.train.seed)
         untrained = config.model.build(spec.n_attributes, **extra).eval()
-        rows[label] = evaluate_model(untrained, spec, SPLIT, **view).to_dict()
+        evaluation = evaluate_model(untrained, spec, SPLIT, **view)
+        evaluation.localization = localization_if_boxed(untrained, spec, SPLIT, **view, model_name=label)
+        rows[label] = evaluation.to_dict()
     if result.warmup_trunk is not None:
         classifier = load_value_classifier(result.warmup_trunk, config.model.option("backbone"), spec.value_counts)
         if classifier is None:
@@ -131,9 +139,10 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
     import torch
 
     from agman.data.images import load_image
-    from agman.data.transforms import build_transform, model_view
+    from agman.data.regions import read_regions_file, regions_path
+    from agman.data.transforms import build_transform
     from agman.engine.evaluate import rank_split
-    from agman.retrieval.render import attention_overlay, captioned_strip, result_grid
+    from agman.retrieval.render import attention_on_original, captioned_strip, result_grid
 
     def save(picture, path: Path) -> None:
         atomic_write(path, lambda f: picture.save(f, format="PNG"))
@@ -141,6 +150,8 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
     split = spec.split(SPLIT)
     written: dict[str, list[str]] = {"grids": [], "attention": []}
     transform = build_transform(info.input_size, train=False, crop_ratio=info.crop_ratio)
+    boxes_file = regions_path(spec.root, SPLIT)
+    regions = read_regions_file(boxes_file, split, spec.attribute_names) if boxes_file.is_file() else {}
     model.eval()
     for a, attr in enumerate(spec.attributes):
         rows = np.flatnonzero(split.queries[:, 1] == a)
@@ -164,11 +175,12 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
             maps = model.attention_map(torch.stack([transform(p) for p in pil]), torch.full((len(pil),), a))
         if maps is None:
             continue
-        views = [model_view(p, info.input_size, info.crop_ratio).resize((160, 160)) for p in pil]
-        tiles = [attention_overlay(v, m.float().numpy(), 0.5) for v, m in zip(views, maps)]
+        tiles = [attention_on_original(p, m.float().numpy(), info.input_size, info.crop_ratio, size=ATTENTION_TILE,
+                                       boxes=regions[i].boxes.get(attr.name, ()) if i in regions else ())
+                 for i, p, m in zip(sample, pil, maps)]
         labels = [f"{attr.values[int(split.labels[i, a])]} (image {i})" for i in sample]
-        sheet = captioned_strip(tiles, labels,
-                                f"ASA attention for {attr.name} (red = high), over the {info.input_size}-px model view")
+        sheet = captioned_strip(tiles, labels, f"ASA attention for {attr.name} (red = high) on the original image"
+                                + (", yellow: the attribute's region" if regions else ""), tile_size=ATTENTION_TILE)
         save(sheet, out / "attention" / f"{attr.name}.png")
         written["attention"].append(f"{attr.name}.png")
     return written
@@ -187,14 +199,62 @@ def verdict(rows: dict, names: list[str]) -> str:
             f"random: {'no (' + ', '.join(below) + ')' if below else 'yes'}")
 
 
+#: The rows whose attention the report compares, and their short names in its table.
+LOCATED = ((TRAINED, "trained"), (UNTRAINED, "untrained"), (WARM_ONLY, "warm-up only"))
+POINTING_FACTOR = 2.0  # the bar: pointing at least this many times the box share (issue #11)
+
+
+def localization_section(rows: dict) -> tuple[str, str]:
+    """What the attention scores say, as ``(sentence, markdown table)``: per attribute the box share,
+    then mass in box and pointing of the trained, untrained and warm-up-only networks, and whether
+    the trained one meets the bar (mass in box above the box share, pointing at least
+    :data:`POINTING_FACTOR` times it).  ``("", "")`` when no row was scored (no regions file)."""
+    from agman.engine.localization import LocalizationResult
+    from agman.engine.report import markdown_table
+
+    found = {short: LocalizationResult.from_dict(rows[label]["localization"])
+             for label, short in LOCATED if rows.get(label, {}).get("localization")}
+    trained = found.get("trained")
+    if trained is None:
+        return "", ""
+    if not trained.available:
+        return f"{trained.model} has no attention map to score", ""
+    met = trained.meets(POINTING_FACTOR)
+    header = ["attribute", "pairs", "box share", *(f"mass in box, {k}" for k in found),
+              *(f"pointing, {k}" for k in found), "bar met (trained)"]
+    table = []
+    for r in [*trained.rows, trained.overall]:
+        others = [other.overall if r.attribute == "all" else other.row(r.attribute) for other in found.values()]
+        table.append([r.attribute, r.pairs, r.box_share.mean, *(o.mass_in_box.mean for o in others),
+                      *(o.pointing.mean for o in others), "" if r.attribute == "all" else
+                      ("yes" if met[r.attribute] else "no")])
+    ok = [a for a, v in met.items() if v]
+    missed = [trained.row(a) for a, v in met.items() if not v]
+    sentence = (f"On the {trained.grid[0]}x{trained.grid[1]} map of the {trained.input_size}-px crop the trained "
+                f"model's attention meets the bar (mass in box above the box share and pointing at least "
+                f"{POINTING_FACTOR:g}x the box share) for {len(ok)} of {len(met)} attributes"
+                + (f" ({', '.join(ok)})" if ok else ""))
+    if missed:
+        sentence += "; it misses " + "; ".join(
+            f"{r.attribute} (mass {r.mass_in_box.mean:.2f}, pointing {r.pointing.mean:.2f}, box share "
+            f"{r.box_share.mean:.2f})" for r in missed)
+    whole = trained.overall
+    sentence += (f". Over all pairs the mass in box is {whole.mass_in_box.mean:.2f} trained"
+                 + "".join(f", {other.overall.mass_in_box.mean:.2f} {k}" for k, other in found.items()
+                           if k != "trained" and other.available)
+                 + f" (a uniform map: {whole.box_share.mean:.2f})")
+    return sentence, markdown_table(header, table, digits=2)
+
+
 def _short(label: str) -> str:
     """A row label as the verdict names it: what is in its brackets for the AG-MAN rows, else itself."""
     return label.split("(")[1].rstrip(")") if label.startswith("AG-MAN (") else label
 
 
 def write_report(out: Path, config: RunConfig, rows: dict, names: list[str], pictures: dict[str, list[str]],
-                 seconds: dict[str, float]) -> str:
-    """``report.md`` (atomically): what was run, the verdict, the timings, links to tables and pictures."""
+                 seconds: dict[str, float], where: tuple[str, str] = ("", "")) -> str:
+    """``report.md`` (atomically): what was run, the verdict, where the attention looks
+    (:func:`localization_section`), the timings, links to tables and pictures."""
     sentence = verdict(rows, names)
     warmup = config.warmup.epochs
     how = (f"a ResNet trunk warmed up for {warmup} epochs on the train split's attribute values (the offline "
@@ -210,6 +270,8 @@ def write_report(out: Path, config: RunConfig, rows: dict, names: list[str], pic
         f"training {seconds['training']:.0f} s, the rest evaluation and pictures.", "",
         "- [metrics.md](metrics.md): MAP per attribute (%), Recall@k / Precision@k",
         "- ![training curves](curves.png)", "",
+        *(["## Where the attention looks (test split; boxes only score, they never train)", "",
+           f"{where[0]}.", "", where[1], ""] if where[0] else []),
         "## Top-10 retrievals (green: same value as the query, red: another value)", "",
         *[f"![{p}](grids/{p})" for p in pictures["grids"]], "",
         "## ASA attention (red = high)", "",

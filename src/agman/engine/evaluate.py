@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from agman.data.spec import DatasetError, DatasetSpec, Split
 from agman.engine import metrics
 from agman.engine.embed import embed_images
 from agman.errors import InvalidValueError
+
+if TYPE_CHECKING:
+    from agman.engine.localization import LocalizationResult
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +245,7 @@ class EvalResult:
     images: int = 0
     dataset: str = ""  # DatasetSpec.name (which published tables apply: agman.engine.published)
     embeddings: np.ndarray | None = field(default=None, repr=False)  # [N, A, D] the split's, for pictures
+    localization: LocalizationResult | None = None  # attention scores, where the split has boxes
 
     @property
     def score(self) -> float:
@@ -255,6 +260,8 @@ class EvalResult:
             out.update(self.asfr.to_dict())
         if self.tr is not None:
             out.update(self.tr.to_dict())
+        if self.localization is not None:
+            out["localization"] = self.localization.to_dict()
         return out
 
 
@@ -336,9 +343,15 @@ def evaluate_checkpoint(
     workers: int = 0,
     progress: bool = False,
     ks=metrics.DEFAULT_KS,
+    localize: bool = True,
+    regions: str | Path | None = None,
 ):
     """Evaluate a checkpoint on ``split`` of the dataset its config names (``data`` entries, e.g.
-    ``{"root": ...}``, replace the config's).  Returns ``(EvalResult, CheckpointInfo)``."""
+    ``{"root": ...}``, replace the config's).  Returns ``(EvalResult, CheckpointInfo)``.
+
+    With ``localize`` the model's attention is also scored (``EvalResult.localization``) when the
+    split has a regions file (``regions``, default ``<root>/regions_<split>.jsonl``;
+    :func:`agman.engine.localization.localization_if_boxed`)."""
     from agman.engine.checkpoint import load_model
     from agman.engine.config import stored_for_eval
 
@@ -356,6 +369,12 @@ def evaluate_checkpoint(
         model, spec, split, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=batch_size,
         device=device, workers=workers, progress=progress, amp=amp, ks=ks, margin=margin,
     )
+    if localize:
+        from agman.engine.localization import localization_if_boxed
+
+        result.localization = localization_if_boxed(
+            model, spec, split, input_size=info.input_size, crop_ratio=info.crop_ratio, regions=regions,
+            batch_size=batch_size, device=device, model_name=info.model_name)
     return result, info
 
 

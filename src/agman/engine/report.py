@@ -25,18 +25,35 @@ def _fmt(value, digits: int) -> str:
 
 
 def asfr_table(results: dict[str, dict], attribute_names: list[str], extra: dict[str, list[str]] | None = None):
-    """``(header, rows)``: one row per label with MAP per attribute and overall MAP (Tables 2, 3, 5–8).
+    """``(header, rows)``: one row per label with MAP per attribute and overall MAP (Tables 2, 3, 5–8),
+    and the attention scores (:data:`LOCALIZATION_COLUMNS`) when any result has them.
 
     ``extra`` adds leading columns (e.g. the ablation switches): ``{column: [value per row]}``.
     """
     extra = extra or {}
-    header = ["method", *extra, *attribute_names, "MAP"]
+    located = any("localization" in m for m in results.values())
+    header = ["method", *extra, *attribute_names, "MAP", *(LOCALIZATION_COLUMNS if located else ())]
     rows = []
     for i, (label, m) in enumerate(results.items()):
         per = m.get("map_per_attribute", {})
         rows.append([label, *(col[i] for col in extra.values()), *(_pct(per.get(a)) for a in attribute_names),
-                     _pct(m.get("map"))])
+                     _pct(m.get("map")), *(localization_cells(m.get("localization")) if located else ())])
     return header, rows
+
+
+#: Columns a table gains when its results carry attention scores (all scored pairs, in %):
+#: mass in box, the box share (what a uniform map scores) and pointing (:mod:`agman.engine.localization`).
+LOCALIZATION_COLUMNS = ("mass in box", "box share", "pointing")
+
+
+def localization_cells(scores: dict | None) -> list:
+    """The :data:`LOCALIZATION_COLUMNS` of one result's ``localization`` dict (``LocalizationResult.to_dict``):
+    "n/a" for a model without maps, "-" where nothing was scored."""
+    if scores is None:
+        return [float("nan")] * len(LOCALIZATION_COLUMNS)
+    if not scores.get("available") or not scores.get("all"):
+        return ["n/a"] * len(LOCALIZATION_COLUMNS)
+    return [_pct(scores["all"][k]["mean"]) for k in ("mass_in_box", "box_share", "pointing")]
 
 
 def tr_table(results: dict[str, dict], attribute_names: list[str]):

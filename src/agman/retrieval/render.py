@@ -1,5 +1,6 @@
 """Pictures of retrieval results: the top-k grid (paper Fig. 5), the attention heatmap overlay
-(Fig. 7) and a side-by-side ranking of several models for one query (Fig. 6).
+(Fig. 7) over the model's crop or over the original image at its own resolution, and a side-by-side
+ranking of several models for one query (Fig. 6).
 
 Every function takes and returns PIL images and draws nothing to the screen; saving is the caller's
 business.  A result is ``(image, score, correct)`` with ``correct`` True (green frame), False (red
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from agman.data.crop import crop_frame
 from agman.errors import InvalidValueError
 from agman.fileio import atomic_write
 
@@ -22,6 +24,8 @@ RED = (214, 40, 57)
 QUERY_BLUE = (40, 96, 200)
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
+BOX_YELLOW = (255, 230, 0)
+CROP_WHITE = (255, 255, 255)
 
 _FRAME = 4  # frame width in pixels
 _GAP = 6  # space between tiles
@@ -209,6 +213,17 @@ def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 
     The map covers whatever the model saw: pass the image as the model's input crop (see
     ``Retriever.model_view``) so that map cells land on the pixels they came from.
     """
+    norm = _normalised_map(attention, alpha)
+    image = image.convert("RGB")
+    up = Image.fromarray(norm).resize(image.size, Image.Resampling.BILINEAR)
+    heat = heat_colors(np.asarray(up))
+    base = np.asarray(image, dtype=np.float32)
+    blended = (1.0 - alpha) * base + alpha * heat.astype(np.float32)
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+
+
+def _normalised_map(attention: np.ndarray, alpha: float) -> np.ndarray:
+    """The map min-max scaled to [0, 1] (float32), after checking it and ``alpha``."""
     att = np.asarray(attention, dtype=np.float32)
     if att.ndim != 2 or att.size == 0:
         raise ValueError(f"attention must be a 2-D map [h, w], got shape {att.shape}")
@@ -216,11 +231,86 @@ def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 
         raise ValueError("attention map contains NaN or infinite values")
     if not 0.0 <= alpha <= 1.0:
         raise InvalidValueError(f"alpha must be in [0, 1], got {alpha}")
-    image = image.convert("RGB")
     lo, hi = float(att.min()), float(att.max())
-    norm = (att - lo) / (hi - lo) if hi > lo else np.zeros_like(att)
-    up = Image.fromarray(norm).resize(image.size, Image.Resampling.BILINEAR)
-    heat = heat_colors(np.asarray(up))
+    return (att - lo) / (hi - lo) if hi > lo else np.zeros_like(att)
+
+
+def _interpolation(centres: np.ndarray, n: int) -> np.ndarray:
+    """``[len(centres), n]`` linear-interpolation weights of positions given in cell units (cell k's
+    centre at k + 0.5), clamped at the first and last cell centres (as Pillow's bilinear resize)."""
+    u = np.clip(centres - 0.5, 0.0, n - 1.0)
+    k = np.minimum(np.floor(u).astype(int), max(n - 2, 0))
+    t = u - k
+    weights = np.zeros((len(u), n))
+    rows = np.arange(len(u))
+    weights[rows, k] += 1.0 - t
+    weights[rows, np.minimum(k + 1, n - 1)] += t
+    return weights
+
+
+def attention_on_original(
+    image: Image.Image,
+    attention: np.ndarray,
+    input_size: int,
+    crop_ratio: float,
+    *,
+    boxes=(),
+    alpha: float = 0.5,
+    size: int | None = None,
+) -> Image.Image:
+    """The original image with the attention map ``[h, w]`` drawn where the model saw it.
+
+    The map lives on the model's input crop (short side resized to ``input_size / crop_ratio``,
+    centre crop ``input_size``: :func:`agman.data.crop.crop_frame`); it is min-max scaled, upsampled
+    bilinearly through the inverse of the crop onto the original's pixels and blended with opacity
+    ``alpha``.  What the crop cut away is dimmed, the crop's border is outlined in white and each
+    box of ``boxes`` (original pixels ``(x0, y0, x1, y1)``, x1/y1 exclusive, e.g. the attribute's
+    region) in yellow.  ``size`` scales the picture so that its long side is ``size`` pixels
+    (default: the original's resolution).
+    """
+    norm = _normalised_map(attention, alpha)
+    image = image.convert("RGB")
+    frame = crop_frame(image.width, image.height, input_size, crop_ratio)
+    zoom = 1.0 if size is None else size / max(image.width, image.height)
+    out_w, out_h = max(1, round(image.width * zoom)), max(1, round(image.height * zoom))
+    if (out_w, out_h) != image.size:
+        image = image.resize((out_w, out_h), Image.Resampling.BILINEAR)
+    sx, sy = frame.scale
+    h, w = norm.shape
+    # Display pixel centre -> original pixel -> crop pixel -> map cell units.
+    cx = (((np.arange(out_w) + 0.5) / zoom) * sx - frame.left) * w / frame.size
+    cy = (((np.arange(out_h) + 0.5) / zoom) * sy - frame.top) * h / frame.size
+    heat = heat_colors(_interpolation(cy, h) @ norm @ _interpolation(cx, w).T).astype(np.float32)
+    seen = ((cy >= 0) & (cy < h))[:, None] & ((cx >= 0) & (cx < w))[None, :]
     base = np.asarray(image, dtype=np.float32)
-    blended = (1.0 - alpha) * base + alpha * heat.astype(np.float32)
-    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+    dimmed = 0.35 * base + 0.65 * 128.0
+    blended = np.where(seen[..., None], (1.0 - alpha) * base + alpha * heat, dimmed)
+    out = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    line = max(1, round(max(out_w, out_h) / 160))
+    if not seen.all():
+        x0, y0, x1, y1 = (v * zoom for v in frame.crop_in_original)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=CROP_WHITE, width=line)
+    for box in boxes:
+        x0, y0, x1, y1 = (float(v) * zoom for v in box)
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=BOX_YELLOW, width=line)
+    return out
+
+
+def attention_beside_original(
+    image: Image.Image,
+    attention: np.ndarray,
+    input_size: int,
+    crop_ratio: float,
+    *,
+    boxes=(),
+    caption: str = "attention",
+    title: str = "",
+    alpha: float = 0.5,
+    tile_size: int = 256,
+) -> Image.Image:
+    """The original image beside :func:`attention_on_original` of it (box drawn when given), captioned."""
+    overlay = attention_on_original(image, attention, input_size, crop_ratio, boxes=boxes, alpha=alpha,
+                                    size=tile_size - 2 * _FRAME)
+    original = f"original, {image.width} x {image.height} px"
+    return captioned_strip([image, overlay], [original, caption], title, tile_size=tile_size)

@@ -290,6 +290,23 @@ class Retriever:
         att = self._attention(image, a)
         return None if att is None else attention_overlay(self.model_view(image), att, alpha)
 
+    def attention_beside_original(self, image: ImageLike, attribute: str | int, alpha: float = 0.5, *,
+                                  boxes=(), tile_size: int | None = None) -> Image.Image | None:
+        """The original image beside the attention drawn on it where the model saw it (the map taken
+        through the inverse of the crop; ``boxes`` in original pixels drawn in yellow), or None without
+        attention.  ``tile_size`` defaults to the original's long side (256 to 1024 pixels)."""
+        from agman.retrieval.render import attention_beside_original
+
+        a = self.attribute_index(attribute)
+        image = _image(image)  # once: the map and the picture are of this one image
+        att = self._attention(image, a)
+        if att is None:
+            return None
+        ck = self.info.checkpoint
+        size = tile_size or min(1024, max(256, max(image.size) + 8))
+        return attention_beside_original(image, att, ck.input_size, ck.crop_ratio, boxes=boxes, alpha=alpha,
+                                         caption=f"attention for {self.info.attribute_names[a]}", tile_size=size)
+
     # ------------------------------------------------------------------ items
     def row(self, item_id: str) -> int:
         row = self.store.row_of_id(item_id)
