@@ -64,9 +64,13 @@ def test_changed_weights_with_kept_identity_are_refused(ckpt_path, tmp_path, cap
     assert f"{bad}: its weights do not match" in capsys.readouterr().err
 
 
-def test_checkpoint_without_identity_gets_the_computed_one(ckpt_path, tmp_path):
+def test_checkpoint_without_identity_is_refused(ckpt_path, tmp_path):
+    """A lost identity (a damaged key name) must not let unchecked weights through."""
     path = _rewrite(ckpt_path, tmp_path / "noid.pt", lambda c: c.pop("identity"))
-    assert load_checkpoint(path)["identity"] == load_checkpoint(ckpt_path)["identity"]
+    with pytest.raises(CheckpointError, match=rf"{path} is a damaged agman checkpoint: no weight identity recorded"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no weight identity"):
+        load_checkpoint(path, verify=False)
 
 
 def _bytes_of(obj, **kw) -> bytes:

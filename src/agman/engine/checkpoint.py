@@ -26,7 +26,9 @@ from agman.errors import AgmanError, NotFoundError
 from agman.fileio import atomic_write
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "model_name", "model_config", "attributes", "input_size", "state_dict")
+REQUIRED_KEYS = ("format_version", "model_name", "model_config", "attributes", "input_size", "state_dict", "identity")
+"""Every checkpoint agman has written carries these; one without ``identity`` cannot prove its weights
+are the ones saved (a damaged key name would otherwise let damaged weights load unchecked)."""
 
 
 class CheckpointError(AgmanError, ValueError):
@@ -137,7 +139,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except Exception as exc:  # noqa: BLE001 - a truncated or foreign file must name itself
         raise CheckpointError(f"{path} {_load_failure(path, exc)}") from None
     _validate(ckpt, path)
-    if verify or not ckpt.get("identity"):
+    if verify:
         verify_identity(ckpt, path)
     return ckpt
 
@@ -192,6 +194,9 @@ def _validate(ckpt, path: Path) -> None:
             f"{path} {_NOT_AGMAN}: it is a bare state dict ({len(ckpt)} tensor{'s' * (len(ckpt) != 1)}) without the "
             "model name, attributes and input size agman needs; backbone weights are used with model.pretrained=<file>"
         )
+    if missing == ["identity"]:
+        raise CheckpointError(f"{path} is a damaged agman checkpoint: no weight identity recorded (every checkpoint "
+                              "agman writes has one), so its weights cannot be checked; refusing to use it")
     if missing:
         raise CheckpointError(f"{path} {_NOT_AGMAN}: missing {', '.join(missing)}")
     version = ckpt["format_version"]
