@@ -143,9 +143,7 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
     from agman.data.transforms import build_transform
     from agman.engine.evaluate import rank_split
     from agman.retrieval.render import attention_on_original, captioned_strip, result_grid
-
-    def save(picture, path: Path) -> None:
-        atomic_write(path, lambda f: picture.save(f, format="PNG"))
+    from agman.retrieval.render import save_picture as save
 
     split = spec.split(SPLIT)
     written: dict[str, list[str]] = {"grids": [], "attention": []}

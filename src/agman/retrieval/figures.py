@@ -22,8 +22,7 @@ from agman.data.transforms import build_transform, model_view
 from agman.engine.checkpoint import load_model
 from agman.engine.config import stored_for_eval
 from agman.engine.evaluate import attribute_rows, iter_attribute_rankings, rank_split
-from agman.fileio import atomic_write
-from agman.retrieval.render import attention_overlay, result_grid, stack_vertically
+from agman.retrieval.render import attention_overlay, result_grid, save_picture, stack_vertically
 
 TOP_K = 5
 TILE = 128
@@ -124,6 +123,6 @@ def draw_eval_figures(checkpoint: str | Path, split: str, embeddings: np.ndarray
     for name, picture in pictures.items():
         if picture is not None:
             path = Path(out) / name
-            atomic_write(path, lambda f, p=picture: p.save(f, format="PNG"))
+            save_picture(picture, path)
             written.append(path)
     return written
