@@ -19,6 +19,7 @@ from agman.models import build_model
 from agman.retrieval.build import build_index
 from agman.retrieval.faiss_index import auto_nlist, auto_pq_m, factory_string
 from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.filters import Filter, annotated
 from agman.retrieval.info import (
     INDEX_TYPES,
     CatalogIndexError,
@@ -154,7 +155,8 @@ def test_build_writes_the_documented_directory(tmp_path):
         v = idx.vectors(a)
         assert v.shape == (30, 32)
         assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    assert idx.labelled_rows("attr0").tolist() == list(range(30))
+    labelled = idx.select(Filter("", annotated(["attr0"])))  # the rows annotated with attr0 (predictions' candidates)
+    assert labelled.rows.tolist() == list(range(30))
     assert idx.memory_bytes()["vectors"] == 30 * 32 * 4
 
 

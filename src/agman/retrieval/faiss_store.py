@@ -159,14 +159,6 @@ class FaissStore:
     def row_of_path(self, path: str) -> int | None:
         return self._row_of_path.get(os.path.normpath(path))
 
-    def labelled_rows(self, attribute: str) -> np.ndarray:
-        """Searchable rows annotated with ``attribute``."""
-        rows = self.live_rows
-        return rows[self._mask(("labelled", attribute), lambda: self._label_mask(attribute))[rows]]
-
-    def _label_mask(self, attribute: str) -> np.ndarray:
-        return np.fromiter((attribute in it.labels for it in self.items), dtype=bool, count=self.count)
-
     # ------------------------------------------------------------------ selecting
     def select(self, flt: Filter | None = None, exclude: Iterable[int] = ()) -> Selection:
         exclude = np.asarray(sorted({int(r) for r in exclude}), dtype=np.int64)
