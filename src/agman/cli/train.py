@@ -77,6 +77,10 @@ def register(subparsers) -> None:
     ab.add_argument("--quick", action="store_true", help="short schedule (see docs/training.md)")
     ab.add_argument("--split", default="test", help="split to report (default test)")
     ab.add_argument("--out", default="runs/ablation", help="output folder (default runs/ablation)")
+    ab.add_argument("--seeds", metavar="S,S,...",
+                    help="repeat every run with train.seed = each of these seeds (e.g. 0,1,2), each seed in "
+                         "<out>/seed-<s>/, and write the grids as mean ± sd over the seeds "
+                         "(<out>/ablation-seeds-<grid>.md/.csv)")
     add_override_argument(ab)
     ab.set_defaults(func=run_ablate)
 
@@ -170,6 +174,15 @@ def run_ablate(args: argparse.Namespace) -> int:
     from agman.engine.ablate import run_ablation
 
     grids = [g.strip() for g in args.grid.split(",") if g.strip()]
+    if args.seeds is not None:
+        from agman.engine.seeds import parse_seeds, run_ablation_seeds
+
+        result = run_ablation_seeds(args.config, args.out, parse_seeds(args.seeds), grids=grids,
+                                    overrides=args.overrides, quick=args.quick, split=args.split)
+        print(result.tables)
+        print(f"\n{len(result.seeds)} seeds finished in {result.seconds / 60:.1f} min; tables in "
+              f"{result.out_dir}/ablation-seeds-*.md/.csv (each seed's own in {result.out_dir}/seed-<s>/)")
+        return 0
     result = run_ablation(args.config, args.out, grids=grids, overrides=args.overrides, quick=args.quick,
                           split=args.split)
     print(result.tables)

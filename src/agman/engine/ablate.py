@@ -103,6 +103,7 @@ class AblationResult:
     tables: str
     seconds: float
     runs: dict[str, float] = field(default_factory=dict)
+    attribute_names: list[str] = field(default_factory=list)
 
 
 def plan(grids: list[str]) -> tuple[dict[str, list[Variant]], list[Variant]]:
@@ -165,7 +166,7 @@ def run_ablation(
         log.info("[%d/%d] %s: %s score %.4f in %.0f s", i, len(runs), v.name, split, evaluation.score, seconds[v.name])
     texts = []
     for grid, variants in per_grid.items():
-        rows = {_row_label(v, variants): metrics[v.name] for v in variants}
+        rows = {row_label(v, variants): metrics[v.name] for v in variants}
         columns = [c for c, _ in variants[0].switches]
         extra_cols = {c: [dict(v.switches)[c] for v in variants] for c in columns}
         texts.append(write_report_tables(out, f"ablation-{grid}", rows, attribute_names,
@@ -179,10 +180,11 @@ def run_ablation(
                           + markdown_table(*published) + "\n")
     total = time.perf_counter() - start
     atomic_write_json(out / "ablation-times.json", {"total_seconds": total, "runs": seconds})
-    return AblationResult(out, metrics, "\n\n".join(texts), total, seconds)
+    return AblationResult(out, metrics, "\n\n".join(texts), total, seconds, attribute_names)
 
 
-def _row_label(v: Variant, variants: list[Variant]) -> str:
+def row_label(v: Variant, variants: list[Variant]) -> str:
+    """The row's name in its grid's table: the variant's label, or its run name where labels repeat."""
     labels = [x.label for x in variants]
     return v.label if labels.count(v.label) == 1 else v.name
 
