@@ -419,7 +419,7 @@ def run_search(args: argparse.Namespace) -> int:
     retriever = open_retriever(args)
     result = run_query(retriever, args, args.attribute, args.k)
     if args.grid:
-        from agman.retrieval.render import result_grid, save_picture
+        from agman.render import result_grid, save_picture
 
         title = " + ".join(f"{w:g} x {n}" if w != 1 else n for n, w in result.weights.items())
         image = query_image(retriever, args)
@@ -467,7 +467,7 @@ def _box(text: str) -> tuple[float, ...]:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from agman.retrieval.render import save_picture
+    from agman.render import save_picture
 
     if not 0 <= args.alpha <= 1:
         raise CLIError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -489,11 +489,11 @@ def run_attention(args: argparse.Namespace) -> int:
     if len(overlays) == 1:
         picture = overlays[0]
     elif args.view == "model":
-        from agman.retrieval.render import captioned_strip
+        from agman.render import captioned_strip
 
         picture = captioned_strip(overlays, [t.name for t in terms], "attention (red = high)")
     else:  # each is already the original beside its map, captioned with the attribute: one under the other
-        from agman.retrieval.render import stack_vertically
+        from agman.render import stack_vertically
 
         picture = stack_vertically(overlays)
     save_picture(picture, args.out)
@@ -515,7 +515,7 @@ def same_catalog(first, other, first_dir: str, other_dir: str) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from agman.retrieval.render import ranking_comparison, save_picture
+    from agman.render import ranking_comparison, save_picture
 
     if args.name and len(args.name) != len(args.index):
         raise CLIError(f"--name given {len(args.name)} times for {len(args.index)} --index folders")

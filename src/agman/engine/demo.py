@@ -142,8 +142,8 @@ def draw_pictures(model, info, spec: DatasetSpec, out: Path, trained_embeddings:
     from agman.data.regions import read_regions_file, regions_path
     from agman.data.transforms import build_transform
     from agman.engine.evaluate import rank_split
-    from agman.retrieval.render import attention_on_original, captioned_strip, result_grid
-    from agman.retrieval.render import save_picture as save
+    from agman.render import attention_on_original, captioned_strip, result_grid
+    from agman.render import save_picture as save
 
     split = spec.split(SPLIT)
     written: dict[str, list[str]] = {"grids": [], "attention": []}

@@ -22,7 +22,7 @@ from agman.data.transforms import build_transform, model_view
 from agman.engine.checkpoint import load_model
 from agman.engine.config import stored_for_eval
 from agman.engine.evaluate import attribute_rows, iter_attribute_rankings, rank_split
-from agman.retrieval.render import attention_overlay, result_grid, save_picture, stack_vertically
+from agman.render import attention_overlay, result_grid, save_picture, stack_vertically
 
 TOP_K = 5
 TILE = 128

@@ -283,7 +283,7 @@ class Retriever:
 
     def attention_image(self, image: ImageLike, attribute: str | int, alpha: float = 0.5) -> Image.Image | None:
         """The attention heatmap over the model's view of the image (Fig. 7), or None without attention."""
-        from agman.retrieval.render import attention_overlay
+        from agman.render import attention_overlay
 
         a = self.attribute_index(attribute)
         image = _image(image)  # once: the map and the view below are of this one image
@@ -295,7 +295,7 @@ class Retriever:
         """The original image beside the attention drawn on it where the model saw it (the map taken
         through the inverse of the crop; ``boxes`` in original pixels drawn in yellow), or None without
         attention.  ``tile_size`` defaults to the original's long side (256 to 1024 pixels)."""
-        from agman.retrieval.render import attention_beside_original
+        from agman.render import attention_beside_original
 
         a = self.attribute_index(attribute)
         image = _image(image)  # once: the map and the picture are of this one image

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from agman.data.crop import crop_frame
-from agman.retrieval.render import (
+from agman.render import (
     BOX_YELLOW,
     GREEN,
     QUERY_BLUE,
