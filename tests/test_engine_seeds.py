@@ -31,6 +31,9 @@ def test_seed_table_means_spreads_and_firsts():
     # MAP of A per seed 70, 60, 80; of B 65, 70, 75: A first in seeds 0 and 2, B in seed 1
     assert a[3] == "70.00 ± 10.00" and a[4] == "60.00-80.00" and (a[5], b[5]) == ("2", "1")
     assert a[6] == "40.00 ± 10.00 / 10.00" and b[6] == "n/a"  # B has no maps (CSN-like)
+    # a grid's switch columns follow the method
+    header, rows = seed_table(per_seed, ["a", "b"], ["A", "B"], ["x", "y"], {"ASA": ["✓", "-"]})
+    assert header[:3] == ["method", "ASA", "x"] and rows[1][:3] == ["B", "-", "70.00 ± 0.00"]
 
 
 def test_mean_sd_and_seed_parsing():

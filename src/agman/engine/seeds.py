@@ -58,22 +58,24 @@ def _pointing(metrics: dict) -> float | None:
 
 
 def seed_table(per_seed: dict[int, dict[str, dict]], names: list[str], labels: list[str],
-               attribute_names: list[str]) -> tuple[list[str], list[list]]:
+               attribute_names: list[str], switches: dict[str, list[str]] | None = None) -> tuple[list[str], list[list]]:
     """Header and rows of one grid over the seeds: ``per_seed[seed][run name]`` is that run's test
-    metrics (``EvaluationResult.to_dict``); ``names[i]`` is shown as ``labels[i]``."""
+    metrics (``EvaluationResult.to_dict``); ``names[i]`` is shown as ``labels[i]``, followed by the
+    grid's switch columns (``switches[column][i]``, e.g. ✓ / -)."""
+    switches = switches or {}
     seeds = sorted(per_seed)
     firsts = {name: 0 for name in names}
     for s in seeds:
         best = max(names, key=lambda n: per_seed[s][n]["map"])
         firsts[best] += 1
     boxed = any(_pointing(per_seed[s][n]) is not None for s in seeds for n in names)
-    header = ["method", *attribute_names, "MAP", "MAP range", f"first (of {len(seeds)})",
+    header = ["method", *switches, *attribute_names, "MAP", "MAP range", f"first (of {len(seeds)})",
               *(["pointing / box share"] if boxed else [])]
     rows = []
-    for name, label in zip(names, labels):
+    for i, (name, label) in enumerate(zip(names, labels)):
         runs = [per_seed[s][name] for s in seeds]
         maps = [100 * r["map"] for r in runs]
-        row = [label, *(mean_sd([100 * r["map_per_attribute"][a] for r in runs]) for a in attribute_names),
+        row = [label, *(values[i] for values in switches.values()), *(mean_sd([100 * r["map_per_attribute"][a] for r in runs]) for a in attribute_names),
                mean_sd(maps), f"{min(maps):.2f}-{max(maps):.2f}", str(firsts[name])]
         if boxed:
             points = [_pointing(r) for r in runs]
@@ -101,8 +103,9 @@ def run_ablation_seeds(config_path: str | Path, out_dir: str | Path, seeds: list
     texts = []
     for grid, variants in per_grid.items():
         title = f"{GRID_TITLES[grid]}, {split} split: mean ± sd over seeds {', '.join(map(str, seeds))}"
+        switches = {c: [dict(v.switches)[c] for v in variants] for c, _ in variants[0].switches}
         header, rows = seed_table(per_seed, [v.name for v in variants], [row_label(v, variants) for v in variants],
-                                  attribute_names)
+                                  attribute_names, switches)
         write_csv(out / f"ablation-seeds-{grid}.csv", header, rows)
         atomic_write_text(out / f"ablation-seeds-{grid}.md", f"# {title}\n\n{markdown_table(header, rows)}\n")
         texts.append(f"{title}\n{format_table(header, rows)}")
