@@ -101,7 +101,11 @@ def test_ablate_runs_a_grid_and_reuses_finished_runs(tmp_path, capsys):
         assert (tmp_path / "ab" / name).is_file(), name
     runs = sorted(p.name for p in (tmp_path / "ab" / "runs").iterdir())
     assert runs == ["agman", "agman-h0-c0", "agman-h0-c1", "agman-h1-c0"]
+    times = json.loads((tmp_path / "ab" / "ablation-times.json").read_text())
     assert main(args) == 0  # everything reused: nothing retrained
+    again = json.loads((tmp_path / "ab" / "ablation-times.json").read_text())
+    # a reusing call keeps what each run cost when it ran (its own wall time is the call's)
+    assert again["runs"] == times["runs"] and again["runs_seconds"] == pytest.approx(sum(times["runs"].values()))
     assert "Measured and published (DeepFashion" in capsys.readouterr().out  # the dataset kept with the metrics
     assert "done before" not in capsys.readouterr().out  # (logged, not printed)
 
