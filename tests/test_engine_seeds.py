@@ -13,7 +13,8 @@ from agman.engine.seeds import mean_sd, parse_seeds, seed_table
 def _metrics(maps: dict[str, float], pointing: float | None = None) -> dict:
     m = {"map": sum(maps.values()) / len(maps), "map_per_attribute": maps}
     if pointing is not None:
-        m["localization"] = {"available": True, "all": {"pointing": {"mean": pointing}, "box_share": {"mean": 0.1}}}
+        m["localization"] = {"available": True, "all": {"pointing": {"mean": pointing}, "box_share": {"mean": 0.1},
+                                                        "mass_in_box": {"mean": 0.2}}}
     return m
 
 

@@ -167,10 +167,8 @@ def run_ablation(
     texts = []
     for grid, variants in per_grid.items():
         rows = {row_label(v, variants): metrics[v.name] for v in variants}
-        columns = [c for c, _ in variants[0].switches]
-        extra_cols = {c: [dict(v.switches)[c] for v in variants] for c in columns}
         texts.append(write_report_tables(out, f"ablation-{grid}", rows, attribute_names,
-                                         title=f"{GRID_TITLES[grid]}, {split} split", extra=extra_cols))
+                                         title=f"{GRID_TITLES[grid]}, {split} split", extra=switch_columns(variants)))
     everything = {f"{v.name}": metrics[v.name] for v in runs}
     texts.append(write_report_tables(out, "ablation", everything, attribute_names, title=f"All runs, {split} split"))
     published = beside(dataset, everything, attribute_names)  # FashionAI, DeepFashion, Zappos50k only
@@ -184,6 +182,11 @@ def run_ablation(
     atomic_write_json(out / "ablation-times.json", {"total_seconds": total, "runs_seconds": sum(seconds.values()),
                                                     "runs": seconds})
     return AblationResult(out, metrics, "\n\n".join(texts), total, seconds, attribute_names)
+
+
+def switch_columns(variants: list[Variant]) -> dict[str, list[str]]:
+    """A grid's switch columns (e.g. hierarchical, classification): ``{column: [✓ or - per variant]}``."""
+    return {c: [dict(v.switches)[c] for v in variants] for c, _ in variants[0].switches}
 
 
 def row_label(v: Variant, variants: list[Variant]) -> str:

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.engine.ablate import GRID_TITLES, plan, row_label, run_ablation
-from agman.engine.report import format_table, markdown_table, write_csv
+from agman.engine.ablate import GRID_TITLES, plan, row_label, run_ablation, switch_columns
+from agman.engine.report import LOCALIZATION_COLUMNS, format_table, localization_cells, markdown_table, write_csv
 from agman.errors import InvalidValueError
 from agman.fileio import atomic_write_text
+
+_POINTING, _SHARE = LOCALIZATION_COLUMNS.index("pointing"), LOCALIZATION_COLUMNS.index("box share")
 
 
 @dataclass
@@ -50,15 +52,9 @@ def mean_sd(values: list[float]) -> str:
     return f"{float(np.mean(values)):.2f} ± {sd:.2f}"
 
 
-def _pointing(metrics: dict) -> float | None:
-    loc = metrics.get("localization")
-    if not loc or not loc.get("available") or not loc.get("all"):
-        return None
-    return 100 * loc["all"]["pointing"]["mean"]
-
-
 def seed_table(per_seed: dict[int, dict[str, dict]], names: list[str], labels: list[str],
-               attribute_names: list[str], switches: dict[str, list[str]] | None = None) -> tuple[list[str], list[list]]:
+               attribute_names: list[str],
+               switches: dict[str, list[str]] | None = None) -> tuple[list[str], list[list]]:
     """Header and rows of one grid over the seeds: ``per_seed[seed][run name]`` is that run's test
     metrics (``EvaluationResult.to_dict``); ``names[i]`` is shown as ``labels[i]``, followed by the
     grid's switch columns (``switches[column][i]``, e.g. ✓ / -)."""
@@ -68,20 +64,21 @@ def seed_table(per_seed: dict[int, dict[str, dict]], names: list[str], labels: l
     for s in seeds:
         best = max(names, key=lambda n: per_seed[s][n]["map"])
         firsts[best] += 1
-    boxed = any(_pointing(per_seed[s][n]) is not None for s in seeds for n in names)
+    located = any("localization" in per_seed[s][n] for s in seeds for n in names)  # as in asfr_table
     header = ["method", *switches, *attribute_names, "MAP", "MAP range", f"first (of {len(seeds)})",
-              *(["pointing / box share"] if boxed else [])]
+              *(["pointing / box share"] if located else [])]
     rows = []
     for i, (name, label) in enumerate(zip(names, labels)):
         runs = [per_seed[s][name] for s in seeds]
         maps = [100 * r["map"] for r in runs]
-        row = [label, *(values[i] for values in switches.values()), *(mean_sd([100 * r["map_per_attribute"][a] for r in runs]) for a in attribute_names),
+        row = [label, *(values[i] for values in switches.values()),
+               *(mean_sd([100 * r["map_per_attribute"][a] for r in runs]) for a in attribute_names),
                mean_sd(maps), f"{min(maps):.2f}-{max(maps):.2f}", str(firsts[name])]
-        if boxed:
-            points = [_pointing(r) for r in runs]
-            shares = [100 * r["localization"]["all"]["box_share"]["mean"] if p is not None else None
-                      for r, p in zip(runs, points)]
-            row.append("n/a" if None in points else f"{mean_sd(points)} / {float(np.mean(shares)):.2f}")
+        if located:  # "n/a" for a model without maps (CSN) or a run where nothing was scored
+            cells = [localization_cells(r.get("localization")) for r in runs]
+            points, shares = [c[_POINTING] for c in cells], [c[_SHARE] for c in cells]
+            scored = all(isinstance(p, float) and not math.isnan(p) for p in points)
+            row.append(f"{mean_sd(points)} / {float(np.mean(shares)):.2f}" if scored else "n/a")
         rows.append(row)
     return header, rows
 
@@ -103,9 +100,8 @@ def run_ablation_seeds(config_path: str | Path, out_dir: str | Path, seeds: list
     texts = []
     for grid, variants in per_grid.items():
         title = f"{GRID_TITLES[grid]}, {split} split: mean ± sd over seeds {', '.join(map(str, seeds))}"
-        switches = {c: [dict(v.switches)[c] for v in variants] for c, _ in variants[0].switches}
         header, rows = seed_table(per_seed, [v.name for v in variants], [row_label(v, variants) for v in variants],
-                                  attribute_names, switches)
+                                  attribute_names, switch_columns(variants))
         write_csv(out / f"ablation-seeds-{grid}.csv", header, rows)
         atomic_write_text(out / f"ablation-seeds-{grid}.md", f"# {title}\n\n{markdown_table(header, rows)}\n")
         texts.append(f"{title}\n{format_table(header, rows)}")
