@@ -185,3 +185,34 @@ def test_columns_feed_filters(tmp_path):
     flt = compile_filter("in_stock and title is null", cat.schema.fields())
     assert flt.mask(cols, len(cat)).tolist() == [False, False, False]
     assert compile_filter("not in_stock", cat.schema.fields()).mask(cols, len(cat)).tolist() == [False, True, False]
+
+
+def test_the_id_column_declared_as_metadata_is_stored_for_every_item(tmp_path):
+    """#19.1: ``--id-column sku --metadata sku,...`` recorded ``sku`` in the schema but stored it for
+    no item (``sku is null`` matched all); the id column's cells are stored as metadata too."""
+    cols = CatalogColumns(metadata=META, id_column="sku", id_prefix="shopA/")
+    cat = read_catalog(write(tmp_path, SHOP), ATTRS, cols)
+    assert [it.id for it in cat.items] == ["shopA/A-1", "shopA/B-2", "shopA/C-3"]
+    assert [it.metadata["sku"] for it in cat.items] == ["A-1", "B-2", "C-3"]
+    fields = cat.schema.fields()
+    assert compile_filter("sku is null", fields).mask(cat.columns(), len(cat)).tolist() == [False] * 3
+    assert compile_filter('sku == "B-2"', fields).mask(cat.columns(), len(cat)).tolist() == [False, True, False]
+    # the path column too, and the typed check applies to its cells
+    cat = read_catalog(write(tmp_path, SHOP), ATTRS, CatalogColumns(metadata={**META, "path": "string"}))
+    assert cat.items[1].metadata["path"] == "img/b.png"
+    with pytest.raises(DatasetError, match="line 2.*column 'sku'.*not a number"):
+        read_catalog(write(tmp_path, SHOP), ATTRS, CatalogColumns(metadata={**META, "sku": "number"}, id_column="sku"))
+
+
+def test_filters_on_a_string_column_without_any_value(tmp_path):
+    """#19.4: a string metadata column no item has a value for: ``==`` / ``!=`` / ``in`` / ``not in``
+    match nothing (a missing value fails every comparison) instead of a numpy error."""
+    text = SHOP.replace("path,sku,", "path,brand,sku,").replace("img/a.png,", "img/a.png,,").replace(
+        "img/b.png,", "img/b.png,,").replace("img/c.png,", "img/c.png,,")
+    cat = read_catalog(write(tmp_path, text), ATTRS, CatalogColumns(metadata={**META, "brand": "string"}))
+    fields, cols = cat.schema.fields(), cat.columns()
+    assert cols["brand"].categories == () and not cols["brand"].present.any()
+    for text, expected in [('brand == "acme"', False), ('brand != "acme"', False), ('brand in ["acme"]', False),
+                           ('brand not in ["acme", "b"]', False), ('not brand == "acme"', True),
+                           ("brand is null", True)]:
+        assert compile_filter(text, fields).mask(cols, len(cat)).tolist() == [expected] * 3, text

@@ -9,7 +9,9 @@ any other columns, each of which the catalog declares as one of
 * **metadata** -- ``name: string | number | bool``, kept as a typed payload (numbers are float64
   and finite; bools are ``true/false/yes/no/1/0``; an empty cell is a missing value);
 * the **id column** (``id_column``); without one an item's id is its ``path`` cell.  ``id_prefix``
-  is put in front of every id (two folders with the same file names get distinct ids).
+  is put in front of every id (two folders with the same file names get distinct ids).  The id or
+  path column may also be declared metadata: its cells are then stored as metadata as well (the
+  id as written, without the prefix), so filters can name it.
 
 A column that is none of these is an error (it used to become a "label" silently), and so is a
 metadata column named like an attribute.  :class:`CatalogSchema` -- the attributes and the typed
@@ -254,6 +256,8 @@ def _row_item(header, roles, row, cols: CatalogColumns, values: dict[str, set], 
                 item.path = cell
             else:
                 item_id = cell
+            if name in cols.metadata:  # declared metadata too: stored as such (filters may name it)
+                _metadata_cell(item, name, cols.metadata[name], cell, where, line)
         elif not cell:
             continue
         elif role == "label":
@@ -262,12 +266,16 @@ def _row_item(header, roles, row, cols: CatalogColumns, values: dict[str, set], 
                 raise DatasetError(f"column {name!r}: {cell!r} is not a value of this attribute ({known})", where, line)
             item.labels[name] = cell
         else:
-            try:
-                item.metadata[name] = parse_cell(cols.metadata[name], cell)
-            except ValueError as exc:
-                raise DatasetError(f"column {name!r}: {exc}", where, line) from None
+            _metadata_cell(item, name, cols.metadata[name], cell, where, line)
     item.id = cols.id_prefix + (item_id if item_id is not None else item.path)
     return item
+
+
+def _metadata_cell(item: Item, name: str, kind: str, cell: str, where: Path, line: int) -> None:
+    try:
+        item.metadata[name] = parse_cell(kind, cell)
+    except ValueError as exc:
+        raise DatasetError(f"column {name!r}: {exc}", where, line) from None
 
 
 def read_catalog(

@@ -494,9 +494,14 @@ class Column:
         values = np.fromiter((0 if c is None else c for c in cells), dtype=dtype, count=len(cells))
         return cls(field.kind, values, present)
 
+    @property
+    def coded(self) -> bool:
+        """Labels and strings: ``values`` are codes into ``categories`` (which may be empty)."""
+        return self.kind in ("label", "string")
+
     def codes(self, literals: Sequence[Literal]) -> np.ndarray:
         """The column values ``literals`` correspond to (categories: their codes; unknown ones dropped)."""
-        if self.categories:
+        if self.coded:
             index = {v: i for i, v in enumerate(self.categories)}
             return np.asarray([index[v] for v in literals if v in index], dtype=np.int32)
         return np.asarray(literals, dtype=self.values.dtype)
@@ -532,7 +537,7 @@ def evaluate(expr: Expr, columns: Mapping[str, Column], n: int) -> np.ndarray:
     if isinstance(expr, In):
         hit = np.isin(col.values, col.codes(expr.values))
         return col.present & (~hit if expr.negate else hit)
-    if col.categories:  # labels and strings: compare codes; a string no row has matches nothing
+    if col.coded:  # labels and strings: compare codes; a string no row has matches nothing
         code = col.codes([expr.value])
         equal = col.values == code[0] if len(code) else np.zeros(n, dtype=bool)
         return col.present & (equal if expr.op == "==" else ~equal)
