@@ -386,3 +386,34 @@ def test_checkpoint_load(workdir, edits, cut):
     else:  # whatever survived is what was saved: the weights hash to the recorded identity
         assert ckpt["identity"] == weights_identity(ckpt["state_dict"])
         assert torch.equal(ckpt["state_dict"]["w"], torch.arange(64, dtype=torch.float32).reshape(8, 8))
+
+
+# --------------------------------------------------------------------------- JSON request bodies (#19.5, #19.7)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@FUZZ_FAST
+@given(body=st.binary(max_size=300) | _json_values.map(lambda v: json.dumps(v).encode()),
+       cut=st.integers(0, 400), junk=st.sampled_from([b"", b"[" * 50, b"\\ud800", b'"\\udfff"', b"1" * 60, b"NaN"]))
+@example(body=b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", cut=10**6, junk=b"")
+@example(body=b'{"k": 1' + b"0" * 400 + b"}", cut=10**6, junk=b"")
+@example(body=b'"\\' * 5000, cut=10**6, junk=b"")
+def test_json_bodies_parse_or_are_a_400(body, cut, junk):
+    """Any body: a JSON value whose every string encodes as UTF-8, or an HTTPException 400 (never a
+    RecursionError, OverflowError or UnicodeEncodeError later)."""
+    from fastapi import HTTPException
+
+    from agman.service.json_body import MAX_JSON_DEPTH, nesting_depth, parse_json
+
+    raw = body[:cut] + junk + body[cut:]
+    try:
+        value = parse_json(raw)
+    except HTTPException as exc:
+        assert exc.status_code in (400, 413) and str(exc.detail).encode("utf-8")
+        return
+    json.dumps(value, ensure_ascii=False).encode("utf-8")
+    assert nesting_depth(raw) <= MAX_JSON_DEPTH

@@ -182,3 +182,88 @@ def test_the_batcher_groups_what_arrives_together_and_reports_errors_to_every_ca
     assert float(alone.submit(7).result(timeout=10)[0, 0]) == 7.0 and calls[-1] == 1
     batcher.close()
     alone.close()
+
+
+# --------------------------------------------------------------------------- issue #19
+@pytest.fixture(params=["faiss", "milvus"])
+def writable(shop, tmp_path, request):
+    """A writable server over a fresh 20-item index (with an empty string column ``brand``)."""
+    tmp, spec, ckpt = shop
+    from test_retrieval_milvus import META
+
+    images = catalog(spec, range(20))
+    images.metadata_types = {**META, "brand": "string"}
+    index = tmp_path / "idx" if request.param == "faiss" else str(tmp_path / "w.db")
+    build_index(index, images, ckpt, batch_size=8)
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0, writable=True)
+    with LiveServer(app) as srv:
+        yield request.param, srv.url, spec.split("test").paths
+    if request.param == "milvus":
+        app.state.service.retriever.store.close()
+
+
+def test_put_merges_labels_and_metadata_by_key(writable):
+    """#19.2: a PUT naming one label or one metadata key keeps the item's others; null removes one;
+    an unknown key is a 400 even when removing it."""
+    backend, url, ids = writable
+    item = ids[4]  # row 4: price, category and in_stock set, both labels
+    before = httpx.get(f"{url}/items", params={"limit": 20}).json()["items"][4]
+    assert before["id"] == item and len(before["labels"]) == 2 and len(before["metadata"]) == 3
+    r = httpx.put(f"{url}/items/{item}", json={"labels": {"attr0": "attr0_v0"}})
+    assert r.status_code == 200, r.text
+    r = httpx.put(f"{url}/items/{item}", json={"metadata": {"category": "x"}})
+    assert r.status_code == 200, r.text
+    after = next(it for it in httpx.get(f"{url}/items", params={"limit": 20}).json()["items"] if it["id"] == item)
+    assert after["labels"] == {**before["labels"], "attr0": "attr0_v0"}, backend
+    assert after["metadata"] == {**before["metadata"], "category": "x"}, backend
+    r = httpx.put(f"{url}/items/{item}", json={"metadata": {"price": None}, "labels": {"attr1": None}})
+    assert r.status_code == 200, r.text
+    after = next(it for it in httpx.get(f"{url}/items", params={"limit": 20}).json()["items"] if it["id"] == item)
+    assert "price" not in after["metadata"] and after["metadata"]["category"] == "x" and "in_stock" in after["metadata"]
+    assert after["labels"] == {"attr0": "attr0_v0"}
+    r = httpx.post(f"{url}/search", json={"item": item, "attributes": ["attr0"], "k": 20, "filter": "price is null"})
+    assert item in [h["id"] for h in r.json()["results"]]
+    r = httpx.put(f"{url}/items/{item}", json={"metadata": {"weight": None}})
+    assert r.status_code == 400 and "'weight'" in r.json()["detail"]
+
+
+def test_odd_json_ids_and_filters_are_4xx_on_both_backends(writable):
+    """#19.4-7: a filter on a string column no item has a value for, lone UTF-16 surrogates, an id
+    with a line break, a body nested 100,000 deep and a 400-digit number: 200 / 400 / 404 with a
+    message, never a 500 or 503, and the server keeps answering."""
+    backend, url, ids = writable
+    search = {"item": ids[0], "attributes": ["attr0"], "k": 20}
+    for flt in ['brand == "acme"', 'brand in ["acme"]', 'brand != "x"', 'not brand == "x"']:
+        r = httpx.post(f"{url}/search", json={**search, "filter": flt})
+        assert r.status_code == 200, (flt, r.text)
+        assert len(r.json()["results"]) == (20 if flt.startswith("not") else 0), flt
+    r = httpx.post(f"{url}/search", data={**search, "attributes": "attr0", "filter": 'brand != "x"'})
+    assert r.status_code == 200 and r.json()["results"] == []
+    surrogate = [
+        ("/search", b'{"item": "x", "attributes": ["attr0"], "filter": "category == \\"\\ud800\\""}', "post"),
+        ("/search", b'{"item": "SKU\\udc00", "attributes": ["attr0"]}', "post"),
+        (f"/items/{ids[1]}", b'{"metadata": {"category": "a\\ud800b"}}', "put"),
+        (f"/items/{ids[1]}", b'{"metadata": {"\\ud800": "a"}}', "put"),
+    ]
+    for path, body, method in surrogate:
+        r = httpx.request(method, url + path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "surrogate" in r.json()["detail"], (backend, body, r.text)
+    for bad in ["SKU\nX", "SKU\rX", "SKU\r\nX", 'a"\\\n']:
+        r = httpx.post(f"{url}/search", json={"item": bad, "attributes": ["attr0"]})
+        assert r.status_code == 404, (backend, bad, r.text)
+        r = httpx.get(f"{url}/attention", params={"attribute": "attr0", "item": bad})
+        assert r.status_code == 404, (backend, bad, r.text)
+    deep = b'{"item": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for path, method in (("/search", "post"), (f"/items/{ids[1]}", "put")):
+        r = httpx.request(method, url + path, content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "nested deeper" in r.json()["detail"], r.text
+    huge = b'{"metadata": {"price": 1' + b"0" * 399 + b"}}"
+    r = httpx.put(f"{url}/items/{ids[1]}", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "400 characters" in r.json()["detail"], r.text
+    r = httpx.put(f"{url}/items/{ids[1]}", content=b'{"metadata": {"price": 1e400}}',
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "out of range" in r.json()["detail"], r.text
+    r = httpx.put(f"{url}/items/{ids[1]}", content=b'{"metadata": {"price": NaN}}',
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert httpx.get(f"{url}/health").status_code == 200

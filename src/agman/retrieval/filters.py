@@ -547,13 +547,14 @@ def evaluate(expr: Expr, columns: Mapping[str, Column], n: int) -> np.ndarray:
 # --------------------------------------------------------------------------- Milvus translation
 def milvus_literal(value: Literal) -> str:
     """``value`` as a Milvus expression literal.  Strings are double-quoted with ``\\`` and ``"``
-    escaped and every other character as is (the escapes Milvus's parsers agree on; the language
-    has no line breaks in strings)."""
+    escaped, line breaks as ``\\n`` / ``\\r`` (a filter's strings have none, an item id may), and
+    every other character as is (the escapes Milvus's parsers agree on)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + escaped + '"'
 
 
 def to_milvus(expr: Expr, names: Mapping[str, tuple[str, str]]) -> str:

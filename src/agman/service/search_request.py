@@ -3,7 +3,6 @@ upload an image), a URL-encoded form, or a JSON object with the same fields less
 other content type is answered 415 naming these; a field of the wrong type 422, a wrong value 400."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -13,6 +12,7 @@ from starlette.datastructures import UploadFile
 
 from agman.retrieval.filters import Filter
 from agman.retrieval.query import AttributeWeights
+from agman.service.json_body import parse_json
 from agman.service.state import ServiceState
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -125,11 +125,7 @@ def media_type(request: Request) -> str:
 
 
 async def read_json(request: Request, state: ServiceState) -> SearchForm:
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
+    data = parse_json(await request.body())  # bounded depth and numbers, no lone surrogates (400)
     if not isinstance(data, dict):
         raise HTTPException(400, f"the JSON body must be an object of search fields, got {type(data).__name__}")
     if "image" in data:

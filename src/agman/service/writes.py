@@ -10,12 +10,14 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from agman.data.images import load_image
 from agman.retrieval.items import Item
+from agman.service.json_body import parse_json
 from agman.service.state import ServiceState, get_state
 
 router = APIRouter()
@@ -24,14 +26,28 @@ _write_lock = threading.Lock()  # one write at a time per process
 
 
 class ItemChange(BaseModel):
-    """What ``PUT /items/{id}`` changes; omitted fields keep their values.  ``path``: the item's image
-    file, relative to the catalog root (re-embedded either way)."""
+    """What ``PUT /items/{id}`` changes; omitted fields keep their values, and so do the labels and
+    metadata keys a change does not name (merged by key; ``null`` removes a key's value).
+    ``path``: the item's image file, relative to the catalog root (re-embedded either way)."""
 
     model_config = ConfigDict(extra="forbid")
 
     path: StrictStr | None = None
-    labels: dict[StrictStr, StrictStr] | None = None
-    metadata: dict[StrictStr, StrictStr | StrictBool | StrictInt | StrictFloat] | None = None
+    labels: dict[StrictStr, StrictStr | None] | None = None
+    metadata: dict[StrictStr, StrictStr | StrictBool | StrictInt | StrictFloat | None] | None = None
+
+
+def merged(old: dict, change: dict | None, kind: str, known) -> dict:
+    """``old`` with the keys ``change`` names set (``None``: removed); a key that is not one of
+    ``known`` is a 400 even when it is being removed."""
+    if change is None:
+        return dict(old)
+    unknown = [k for k in change if k not in known]
+    if unknown:
+        what = f"no metadata column {unknown[0]!r}" if kind == "metadata" else f"no attribute {unknown[0]!r}"
+        raise HTTPException(400, f"{what} in this catalog ({', '.join(known)})")
+    out = {**old, **change}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _writable(state: ServiceState) -> None:
@@ -69,18 +85,24 @@ async def delete_item(item_id: str, state: State):
     return done | {"items": len(state.retriever)}
 
 
-@router.put("/items/{item_id:path}", summary="Re-index a catalog item: labels, metadata, image (server --writable)")
-async def update_item(item_id: str, state: State, change: Annotated[ItemChange, Body()]):
+@router.put("/items/{item_id:path}", summary="Re-index a catalog item: labels, metadata, image (server --writable)",
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/json": {"schema": ItemChange.model_json_schema()}}}})
+async def update_item(item_id: str, state: State, request: Request):
+    """The JSON body is an :class:`ItemChange`: labels and metadata are merged into the item's by
+    key (``null`` removes one), the image is re-embedded."""
     _writable(state)
+    change = _change(await request.body())
     retriever = state.retriever
     old = retriever.item(item_id)  # 404 for an unknown id
     store = retriever.store
     path = old.path if change.path is None else _inside_root(change.path, store.catalog_root)
-    labels = old.labels if change.labels is None else change.labels
-    metadata = old.metadata if change.metadata is None else change.metadata
     from agman.retrieval.catalog import CatalogSchema
 
-    item = CatalogSchema.of(store.info).check_item(Item(item_id, path, dict(labels), dict(metadata)))
+    schema = CatalogSchema.of(store.info)
+    labels = merged(old.labels, change.labels, "labels", schema.attribute_names)
+    metadata = merged(old.metadata, change.metadata, "metadata", [name for name, _ in schema.metadata])
+    item = schema.check_item(Item(item_id, path, labels, metadata))
     picture = await run_in_threadpool(load_image, path)
     vectors = await state.batcher.embed(picture)
     row = retriever.row(item_id)
@@ -92,6 +114,15 @@ async def update_item(item_id: str, state: State, change: Annotated[ItemChange, 
 
     done = await run_in_threadpool(_apply, state, write)
     return done | {"items": len(state.retriever)}
+
+
+def _change(raw: bytes) -> ItemChange:
+    """The body as an :class:`ItemChange` (bounded JSON: 400; a field of the wrong type: 422)."""
+    data = parse_json(raw)
+    try:
+        return ItemChange.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 def _inside_root(path: str, root: str | None) -> str:
