@@ -399,3 +399,74 @@ def test_damage_under_a_running_server_is_reported(server_b, catalog):
     assert str(server_b.index) not in json.dumps(body)
     r = search(server_b.url, headers=bearer, item=catalog[1][0], attributes="attr1")
     assert r.status_code == 503 and "vectors/attr-01.f32" in r.json()["detail"]
+
+
+# --------------------------------------------------------------------------- issue #19
+def test_an_index_folder_copied_over_while_it_is_served(catalog, tmp_path):
+    """#19.3: ``cp -r rebuilt/. served/`` (files overwritten in place: truncated, then written) and a
+    vector file truncated and restored, again and again, while three clients search: the server
+    stays up (it used to die of SIGBUS reading a memory-mapped file that shrank), every answer is
+    the old or the new index's ranking or a 503 naming the damage while the folder is half copied,
+    and the new index is served once a copy is complete."""
+    from agman.retrieval.search import Retriever
+
+    tmp, ids, out = catalog
+    spec = open_dataset(tmp / "ds")
+    test = from_split(spec, "test")
+    rebuilt = tmp_path / "rebuilt"
+    build_index(rebuilt, ImageSet(test.ids[:16], test.paths[:16]), tmp / "c.pt", batch_size=8)
+    served = shutil.copytree(out, tmp_path / "served")
+    query = dict(item=ids[0], attributes="attr0", k="8")
+    rankings = {}
+    for name, folder in (("old", out), ("new", rebuilt)):
+        r = Retriever.open(folder)
+        rankings[name] = tuple(r.search_item(ids[0], "attr0", 8).ids)
+    assert rankings["old"] != rankings["new"]
+    server = Served(["--index", str(served), "--reload-seconds", "0.1"])
+    answers, stop = [], threading.Event()
+
+    def client():
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(server.url + "/search", data=query)
+                except httpx.HTTPError as exc:
+                    answers.append(("error", repr(exc)))
+                    return
+                answers.append((r.status_code, tuple(h["id"] for h in r.json()["results"])
+                                if r.status_code == 200 else r.json()["detail"]))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        vectors = served / "vectors" / "attr-00.f32"
+        for cycle in range(6):
+            source = rebuilt if cycle % 2 == 0 else out
+            subprocess.run(["cp", "-r", f"{source}/.", str(served)], check=True)
+            time.sleep(0.4)
+            for _ in range(5):  # truncate a vector file, then restore it
+                data = vectors.read_bytes()
+                with open(vectors, "r+b") as f:
+                    f.truncate(0)
+                time.sleep(0.02)
+                vectors.write_bytes(data)
+                time.sleep(0.02)
+            assert server.proc.poll() is None, "".join(server.lines[-30:])
+        subprocess.run(["cp", "-r", f"{rebuilt}/.", str(served)], check=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (answers and answers[-1] == (200, rankings["new"])):
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        alive = server.proc.poll() is None
+        server.stop()
+    assert alive, "".join(server.lines[-30:])
+    print("answers by status:", {s: sum(a[0] == s for a in answers) for s in {a[0] for a in answers}})
+    wrong = [a for a in answers if a[0] != 503 and a not in ((200, rankings["old"]), (200, rankings["new"]))]
+    assert not wrong, wrong[:5]
+    assert all("damaged" in a[1] or "changed" in a[1] for a in answers if a[0] == 503), answers
+    ok = [a[1] for a in answers if a[0] == 200]
+    assert rankings["old"] in ok and ok[-1] == rankings["new"] and len(ok) > 20, (len(ok), len(answers))

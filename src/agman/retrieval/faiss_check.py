@@ -29,6 +29,28 @@ def map_vectors(path: Path, count: int, dim: int) -> np.ndarray:
     return np.memmap(path, dtype=np.float32, mode="r", shape=(count, dim))
 
 
+def read_vectors(path: Path, count: int, dim: int) -> np.ndarray:
+    """The first ``count`` rows ``[count, D]`` of a vector file, read into memory: unlike a
+    memory map, nothing that happens to the file later (truncated, overwritten in place) can reach
+    the copy or crash the process.  A file shorter than the rows is an :class:`IndexDamagedError`."""
+    out = np.empty((count, dim), np.float32)
+    need = count * dim * 4
+    try:
+        with open(path, "rb") as f:
+            got = f.readinto(memoryview(out).cast("B")) if need else 0
+            while got and got < need:  # readinto may stop short on some files: read on
+                more = f.readinto(memoryview(out).cast("B")[got:])
+                if not more:
+                    break
+                got += more
+    except FileNotFoundError:
+        got = -1
+    if got < need:
+        found = "missing" if got < 0 else f"{got} bytes"
+        raise IndexDamagedError(f"{path}: {found}, but {count} items x {dim} dimensions x 4 bytes need {need}")
+    return out
+
+
 # --------------------------------------------------------------------------- integrity
 def folder_files(layout: IndexLayout, info: IndexInfo) -> list[tuple[Path, bool]]:
     """``(path, grows)`` of every file an index of ``info`` reads: items.jsonl and the vector files
@@ -104,11 +126,13 @@ class FolderWatch:
     """Notices the files of an open store changing under it and re-checks them.
 
     Every :meth:`check` stats the folder's files (size, mtime, inode); while nothing changed it
-    answers the last verdict.  When something changed: the vector files the store reads
-    (memory-mapped) must still hold the served rows' bytes (their recorded hash, in full; sizes only
-    for a folder without hashes), FAISS files not yet loaded likewise, and the folder as it now is
-    on disk must verify against its own ``index.json`` (sampled hashes) unless a build is running;
-    an index grown on disk is a note, not damage.  Paths are shown relative to the folder.
+    answers the last verdict.  When something changed: the vector files the store read must still
+    hold the served rows' bytes (their recorded hash, in full; sizes only for a folder without
+    hashes), FAISS files not yet loaded likewise, and the folder as it now is on disk must verify
+    against its own ``index.json`` (sampled hashes) unless a build is running; an index grown on
+    disk is a note, not damage.  A store holding copies of its vectors (not ``mmap``) is not damaged
+    by a complete new version written over its folder (``cp -r``): that is a note until the reload.
+    Paths are shown relative to the folder.
     """
 
     def __init__(self, store):
@@ -133,6 +157,7 @@ class FolderWatch:
         store, layout, info = self.store, self.store.layout, self.store.info
         health = FolderHealth()
         served = {layout.vectors(a) for a in range(len(info.attributes))}
+        reads = "" if store.mmap else " when it reloads; it serves its copy until then"
         if not info.config.exact:
             served |= {layout.faiss(a) for a in range(len(info.attributes)) if a not in store._faiss}
         for path in changed:
@@ -144,7 +169,7 @@ class FolderWatch:
             else:
                 wrong = check_file(path, record, "full", grows=path.parent.name == "vectors")
             if wrong:
-                health.damage.append(f"{layout.name(path)}: {wrong} (the server reads this file)")
+                health.damage.append(f"{layout.name(path)}: {wrong} (the server reads this file{reads})")
         if layout.progress.is_file():
             health.notes.append("an `agman index` run is writing to the folder (progress.json)")
             return health
@@ -153,6 +178,8 @@ class FolderWatch:
             problems = folder_problems(layout, on_disk, "sample", name=layout.name)
         except CatalogIndexError as exc:
             problems = [str(exc).replace(str(layout.root), "<index>")]
+        if not problems and not store.mmap:  # a complete new version on disk: the copies still serve the old one
+            health.damage = []
         health.damage += [f"on disk: {p}" for p in problems]
         if not problems and (on_disk.count, on_disk.updated) != (info.count, info.updated):
             health.notes.append(

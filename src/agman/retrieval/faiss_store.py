@@ -7,7 +7,7 @@ A folder holds::
     index.json            IndexInfo: checkpoint, attributes, metadata schema, catalog root, D, index
                           type, count (rows written), deleted rows, sizes and hashes of the files below
     items.jsonl           one Item per line, in row order (paths relative to the catalog root)
-    vectors/attr-NN.f32   exact float32 embeddings [count, D] of attribute NN (memory-mapped)
+    vectors/attr-NN.f32   exact float32 embeddings [count, D] of attribute NN (read into memory)
     faiss/attr-NN.faiss   approximate types only: the FAISS index of attribute NN (FAISS row i = row i)
     skipped.jsonl         images `agman index --on-error skip` could not read, with the reasons
     progress.json, shards/   only while a build is unfinished (see agman.retrieval.build)
@@ -17,9 +17,18 @@ unfinished answers for the items of its last completed run.  Opening checks the 
 (:func:`~agman.retrieval.faiss_check.folder_problems`: sizes always, the recorded hashes sampled or
 in full) and refuses a damaged one naming the file; a running server asks :meth:`FaissStore.health`
 whether the files changed under it.  Exact (``flat``) search is a numpy
-scan of the memory-mapped vectors — as fast as ``X @ q`` + ``argpartition`` (a FAISS
-``IndexFlatIP`` was 2.2x slower on one query and held a second copy of the vectors); approximate
-types shortlist with their FAISS index.
+scan of the vectors — as fast as ``X @ q`` + ``argpartition`` (a FAISS ``IndexFlatIP`` was 2.2x
+slower on one query and held a second copy of the vectors); approximate types shortlist with
+their FAISS index.
+
+Vector files are read into memory (all at open with ``load``, else each on first use), not
+memory-mapped: a file truncated or overwritten in place under a memory map (``cp -r rebuilt/.
+served/``) kills the process with SIGBUS at the next read of a page past the new end, which no
+check before the read can rule out.  A copy costs the vectors' bytes in RAM and their read at open
+(``bench/vector_copy.py`` measures it against the memory map; docs/retrieval.md); ``mmap=True``
+keeps the memory map for a folder nobody rewrites in place that does not fit in memory.  The files
+are stat'ed before the items are read and after the vectors are, so a store never holds a mix of
+two versions of a folder being rewritten (:class:`FolderChangedError`).
 """
 from __future__ import annotations
 
@@ -31,11 +40,19 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.retrieval.faiss_check import FolderHealth, FolderWatch, damage_message, folder_problems, map_vectors
+from agman.retrieval.faiss_check import (
+    FolderHealth,
+    FolderWatch,
+    damage_message,
+    folder_files,
+    folder_problems,
+    map_vectors,
+    read_vectors,
+)
 from agman.retrieval.faiss_index import read_faiss, search_params, similarities
 from agman.retrieval.filters import Filter
 from agman.retrieval.info import CatalogIndexError, IndexInfo, IndexLayout
-from agman.retrieval.integrity import LEVELS, IndexDamagedError
+from agman.retrieval.integrity import LEVELS, IndexDamagedError, stat_key
 from agman.retrieval.items import Item, read_items
 from agman.retrieval.ranking import exact_scores
 from agman.retrieval.store import Selection
@@ -57,9 +74,15 @@ def catalog_root(info: IndexInfo, override: str | Path | None) -> str | None:
     return info.root
 
 
+class FolderChangedError(CatalogIndexError):
+    """The index folder's files changed while a store was being opened or read (a folder being
+    rewritten in place): open it again once the writer is done."""
+
+
 class FaissStore:
-    """An index folder opened for search: items in memory, exact vectors memory-mapped, FAISS
-    indexes (approximate types) read on first use (all at once with ``load``).  ``nprobe`` /
+    """An index folder opened for search: items in memory, exact vectors read into memory (or
+    memory-mapped with ``mmap``) and FAISS indexes (approximate types) on first use, all at once
+    with ``load``.  ``nprobe`` /
     ``ef_search`` / ``rerank`` override the settings the index was built with; ``catalog`` the
     catalog root image paths resolve against.  ``verify`` is how the recorded file hashes are
     checked at open (``size``, ``sample`` or ``full``: see :mod:`agman.retrieval.integrity`); a
@@ -78,6 +101,7 @@ class FaissStore:
         catalog: str | Path | None = None,
         verify: str = "sample",
         load: bool = False,
+        mmap: bool = False,
     ):
         if verify not in LEVELS:
             raise ValueError(f"verify must be one of {', '.join(LEVELS)}, got {verify!r}")
@@ -85,9 +109,12 @@ class FaissStore:
         self.root = self.layout.root
         self.location = str(self.root)
         self._settings = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank, "catalog": catalog,
-                          "verify": verify, "load": load}
+                          "verify": verify, "load": load, "mmap": mmap}
+        self.mmap = mmap
         self._stamp = _stamp(self.layout.info)
+        info_key = stat_key(self.layout.info)
         self.info = IndexInfo.read(self.layout.info)
+        self._opened = {**self._stats(), self.layout.info: info_key}  # compared after the vectors are read
         self.config = self.info.config.tuned(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         self.catalog_root = catalog_root(self.info, catalog)
         self.count = self.info.count
@@ -118,9 +145,12 @@ class FaissStore:
         self._masks: dict = {}
         self._lock = threading.Lock()
         self._watch: FolderWatch | None = None
-        if load and not self.config.exact:
+        if load:
             for a in range(len(self.info.attributes)):
-                self.faiss_index(a)
+                if not mmap:
+                    self.vectors(a)
+                if not self.config.exact:
+                    self.faiss_index(a)
 
     @property
     def kind(self) -> str:
@@ -196,9 +226,29 @@ class FaissStore:
     def vectors(self, attribute: int, rows: np.ndarray | None = None) -> np.ndarray:
         with self._lock:
             if attribute not in self._vectors:
-                self._vectors[attribute] = map_vectors(self.layout.vectors(attribute), self.count, self.info.dim)
+                path = self.layout.vectors(attribute)
+                if self.mmap:
+                    self._vectors[attribute] = map_vectors(path, self.count, self.info.dim)
+                else:
+                    vectors = read_vectors(path, self.count, self.info.dim)
+                    self._check_unchanged()
+                    self._vectors[attribute] = vectors
             every = self._vectors[attribute]
         return every if rows is None else every[rows]
+
+    def _stats(self) -> dict:
+        return {p: stat_key(p) for p in [self.layout.info, *(p for p, _ in folder_files(self.layout, self.info))]}
+
+    def _check_unchanged(self) -> None:
+        """Raise :class:`FolderChangedError` when a file of the folder changed since this store
+        began to open: what was read may mix two versions."""
+        now = self._stats()
+        changed = sorted(self.layout.name(p) for p in now if now[p] != self._opened.get(p))
+        if changed:
+            raise FolderChangedError(
+                f"index {self.root}: {', '.join(changed)} changed since the index was opened (the folder is being "
+                "rewritten?): open it again"
+            )
 
     def similarities(
         self, attribute: int, query: np.ndarray, selection: Selection, exact: bool = True
@@ -248,6 +298,7 @@ class FaissStore:
                         f"{path} holds {index.ntotal} vectors; index.json counts {self.count}: "
                         "rerun `agman index` on this folder to finish it"
                     )
+                self._check_unchanged()
                 self._faiss[attribute] = index
             return self._faiss[attribute]
 
