@@ -170,3 +170,34 @@ def test_a_flat_index_records_and_checks_its_vector_files_only(tmp_path):
     truncate(out / "vectors/attr-01.f32", 1000)
     with pytest.raises(IndexDamagedError, match="vectors/attr-01.f32: truncated"):
         FaissStore(out)
+
+
+SEARCH_AFTER_TRUNCATION = """
+import sys
+import numpy as np
+from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.info import CatalogIndexError
+from agman.retrieval.ranking import rank
+store = FaissStore(sys.argv[1], load=True)
+open(sys.argv[1] + "/vectors/attr-00.f32", "r+b").truncate(0)
+q = np.ones(store.info.dim, np.float32) / np.sqrt(store.info.dim)
+try:
+    rows, _ = store.shortlist(0, q, 5, store.select())
+    store.vectors(0, rows)
+    print("answered")
+except CatalogIndexError as exc:
+    print("refused:", type(exc).__name__)
+"""
+
+
+def test_a_vector_file_truncated_under_an_open_store_is_an_error_not_a_crash(index):
+    """#19.3: an open HNSW store's vector file truncated in place, then the shortlist re-scored
+    from it: a clear error (the rows are read, never memory-mapped), not SIGBUS (run in a child
+    process: on a memory map the crash would take the test runner down)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SEARCH_AFTER_TRUNCATION, str(index)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip() in ("refused: IndexDamagedError", "refused: FolderChangedError"), out.stdout

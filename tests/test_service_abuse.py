@@ -464,9 +464,73 @@ def test_an_index_folder_copied_over_while_it_is_served(catalog, tmp_path):
         alive = server.proc.poll() is None
         server.stop()
     assert alive, "".join(server.lines[-30:])
-    print("answers by status:", {s: sum(a[0] == s for a in answers) for s in {a[0] for a in answers}})
     wrong = [a for a in answers if a[0] != 503 and a not in ((200, rankings["old"]), (200, rankings["new"]))]
     assert not wrong, wrong[:5]
     assert all("damaged" in a[1] or "changed" in a[1] for a in answers if a[0] == 503), answers
     ok = [a[1] for a in answers if a[0] == 200]
     assert rankings["old"] in ok and ok[-1] == rankings["new"] and len(ok) > 20, (len(ok), len(answers))
+
+
+ODD_TOKEN = 'a token; with, "odd" chars =%20+ü'  # #19.10: a space, ; , " = % + and a non-ASCII letter
+
+
+@pytest.fixture(scope="module")
+def server_c(catalog):
+    """An odd token (from the environment), the access log, and a 256 open-files limit."""
+    tmp, _, out = catalog
+    served = Served(["--index", str(out), "--access-log", "--header-timeout", str(HEADER_TIMEOUT)],
+                    env={"AGMAN_TOKEN": ODD_TOKEN}, nofile=256)
+    yield served
+    served.stop()
+
+
+def test_a_token_with_odd_characters_logs_a_browser_in(server_c):
+    """#19.10: the cookie set by ``/?token=…`` is percent-encoded and read back, whatever the token holds."""
+    with httpx.Client(base_url=server_c.url, timeout=30) as browser:
+        r = browser.get("/", params={"token": ODD_TOKEN})
+        assert r.status_code == 303, r.text
+        assert browser.get("/").status_code == 200 and browser.get("/info").status_code == 200
+        assert browser.get("/health").json()["status"] == "ok"
+    assert httpx.get(server_c.url + "/info", cookies={"agman_token": "wrong"}).status_code == 401
+
+
+def test_the_access_log_never_shows_the_token(server_c):
+    """#19.11: ``/?token=…`` (and any ``token`` query parameter) is logged with its value redacted."""
+    secret = "s3cr3t-value-that-must-not-be-logged"
+    httpx.get(server_c.url + "/", params={"token": ODD_TOKEN})
+    httpx.get(server_c.url + "/health", params={"x": "1", "token": secret})
+    time.sleep(0.5)
+    log = "".join(server_c.lines)
+    assert '"GET /?token=<redacted> HTTP/1.1" 303' in log, log[-2000:]
+    assert "/health?x=1&token=<redacted>" in log
+    from urllib.parse import quote_plus
+
+    assert secret not in log and quote_plus(ODD_TOKEN) not in log and "odd" not in log
+
+
+def test_a_connection_flood_at_the_open_files_limit(server_c):
+    """#19.9: 300 connections that never send a request against a 256 open-files limit: the server
+    accepts no more than its descriptors allow (the cap is sized from RLIMIT_NOFILE and the
+    accept burst bounded), logs the condition at most once per interval instead of a traceback per
+    failed accept, and ``/health`` keeps answering."""
+    bearer = {"Authorization": ("Bearer " + ODD_TOKEN).encode()}
+    before = len(server_c.lines)
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", server_c.port), timeout=10))
+        latencies = []
+        for _ in range(5):
+            started = time.monotonic()
+            r = httpx.get(server_c.url + "/health", headers=bearer, timeout=HEADER_TIMEOUT + 10)
+            latencies.append(time.monotonic() - started)
+            assert r.status_code == 200
+            time.sleep(0.5)
+        assert max(latencies) < HEADER_TIMEOUT + 2, latencies
+    finally:
+        for sock in idle:
+            sock.close()
+    logged = "".join(server_c.lines[before:])
+    assert logged.count("out of system resource") <= 2 and logged.count("Traceback") <= 2, logged[:3000]
+    assert len(logged) < 20_000
+    assert server_c.proc.poll() is None

@@ -267,3 +267,25 @@ def test_odd_json_ids_and_filters_are_4xx_on_both_backends(writable):
                   headers={"content-type": "application/json"})
     assert r.status_code == 400, r.text
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_health_shows_no_server_path_in_the_reload_error(shop, tmp_path):
+    """#19.12: a reload that fails (index.json replaced by junk) is reported in ``/health`` with the
+    index folder as ``<index>``, like ``problems``."""
+    import json
+    import os
+    import re
+    import shutil
+
+    tmp, _, _ = shop
+    index = shutil.copytree(tmp / "idx", tmp_path / "idx")
+    app = create_app(Retriever.open(index, load_model=True), reload_seconds=0)
+    with LiveServer(app) as srv:
+        junk = index / "index.json.new"
+        junk.write_text("{not json")
+        os.replace(junk, index / "index.json")
+        assert app.state.service.watch.check() is False
+        body = httpx.get(f"{srv.url}/health").json()
+        error = body["index"]["reload_error"]
+        assert error and "<index>" in error, body
+        assert str(tmp_path) not in json.dumps(body) and not re.search(r"(?<![\w<])/(?:\w+/)+", error), error

@@ -21,14 +21,15 @@ scan of the vectors — as fast as ``X @ q`` + ``argpartition`` (a FAISS ``Index
 slower on one query and held a second copy of the vectors); approximate types shortlist with
 their FAISS index.
 
-Vector files are read into memory (all at open with ``load``, else each on first use), not
-memory-mapped: a file truncated or overwritten in place under a memory map (``cp -r rebuilt/.
-served/``) kills the process with SIGBUS at the next read of a page past the new end, which no
-check before the read can rule out.  A copy costs the vectors' bytes in RAM and their read at open
-(``bench/vector_copy.py`` measures it against the memory map; docs/retrieval.md); ``mmap=True``
-keeps the memory map for a folder nobody rewrites in place that does not fit in memory.  The files
-are stat'ed before the items are read and after the vectors are, so a store never holds a mix of
-two versions of a folder being rewritten (:class:`FolderChangedError`).
+Vector files are read, not memory-mapped: a ``flat`` index's into memory (all at open with
+``load``, else each on first use), an approximate type's shortlisted rows with ``pread`` at each
+search (a scan keeps a copy).  Under a memory map, a file truncated or overwritten in place
+(``cp -r rebuilt/. served/``) kills the process with SIGBUS at the next read of a page past the
+new end, which no check before the read can rule out.  A copy costs the vectors' bytes in RAM and
+their read at open (``bench/vector_copy.py`` measures it against the memory map;
+docs/retrieval.md); ``mmap=True`` keeps the memory map for a folder nobody rewrites in place.
+The files are stat'ed before the items are read and after the vectors are, so a store never
+holds a mix of two versions of a folder being rewritten (:class:`FolderChangedError`).
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ class FaissStore:
         self._watch: FolderWatch | None = None
         if load:
             for a in range(len(self.info.attributes)):
-                if not mmap:
+                if self.config.exact and not mmap:
                     self.vectors(a)
                 if not self.config.exact:
                     self.faiss_index(a)
@@ -224,6 +225,11 @@ class FaissStore:
 
     # ------------------------------------------------------------------ vectors
     def vectors(self, attribute: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """Attribute ``attribute``'s stored vectors of ``rows`` (all rows when None).  An approximate
+        type's rows (the shortlist it re-scores) are read from the file, unless every row has been
+        read already (a scan); every other read keeps the whole file's copy."""
+        if rows is not None and not self.config.exact and not self.mmap and attribute not in self._vectors:
+            return self._read_rows(attribute, np.asarray(rows, dtype=np.int64))
         with self._lock:
             if attribute not in self._vectors:
                 path = self.layout.vectors(attribute)
@@ -235,6 +241,24 @@ class FaissStore:
                     self._vectors[attribute] = vectors
             every = self._vectors[attribute]
         return every if rows is None else every[rows]
+
+    def _read_rows(self, attribute: int, rows: np.ndarray) -> np.ndarray:
+        """``rows`` of a vector file read with ``pread`` (no copy of the file kept: an approximate
+        index is meant to need less memory than its vectors), checked unchanged afterwards."""
+        d = self.info.dim
+        out = np.empty((len(rows), d), np.float32)
+        path = self.layout.vectors(attribute)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
+            raise IndexError(f"rows outside 0..{self.count - 1}")
+        with open(path, "rb") as f:
+            fd = f.fileno()
+            for i, r in enumerate(rows):
+                data = os.pread(fd, 4 * d, int(r) * 4 * d)
+                if len(data) < 4 * d:
+                    raise IndexDamagedError(f"{path}: truncated at row {int(r)} (the folder is being rewritten?)")
+                out[i] = np.frombuffer(data, np.float32)
+        self._check_unchanged()
+        return out
 
     def _stats(self) -> dict:
         return {p: stat_key(p) for p in [self.layout.info, *(p for p, _ in folder_files(self.layout, self.info))]}

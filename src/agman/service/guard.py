@@ -4,7 +4,7 @@ in progress, and the headers every answer carries.  (The allowed ``Host`` names 
 from __future__ import annotations
 
 import hmac
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote
 
 from fastapi.responses import JSONResponse, RedirectResponse
 
@@ -14,8 +14,8 @@ MIN_TOKEN_LENGTH = 16
 
 class TokenAuth:
     """Every request must carry the token: ``Authorization: Bearer <token>``, or the cookie a
-    browser gets by opening ``/?token=<token>`` once (HttpOnly, SameSite=Strict; the page then
-    works unchanged).  401 otherwise."""
+    browser gets by opening ``/?token=<token>`` once (HttpOnly, SameSite=Strict, the token
+    percent-encoded; the page then works unchanged).  401 otherwise."""
 
     def __init__(self, app, token: str):
         self.app = app
@@ -43,8 +43,8 @@ class TokenAuth:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if scope["path"] == "/" and scope["method"] == "GET" and self._valid(query.get("token", [None])[0]):
             response = RedirectResponse("/", status_code=303)
-            response.set_cookie(TOKEN_COOKIE, self.token.decode(), httponly=True, samesite="strict",
-                                secure=scope.get("scheme") == "https")
+            response.set_cookie(TOKEN_COOKIE, quote(self.token.decode(), safe=""), httponly=True,
+                                samesite="strict", secure=scope.get("scheme") == "https")
             await response(scope, receive, send)
             return
         await JSONResponse(
@@ -56,10 +56,12 @@ class TokenAuth:
 
 
 def _cookie(header: bytes, name: str) -> str | None:
+    """The value of cookie ``name``, percent-decoded (the token is percent-encoded in it: a space,
+    ``;``, ``,`` or ``"`` would otherwise be quoted by one side and not understood by the other)."""
     for part in header.decode("latin-1").split(";"):
         key, sep, value = part.strip().partition("=")
         if sep and key == name:
-            return value
+            return unquote(value)
     return None
 
 

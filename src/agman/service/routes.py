@@ -70,7 +70,7 @@ def health(state: State):
         "index_type": retriever.store.config.kind,
         "model": retriever.info.model_name,
         "checkpoint": retriever.info.checkpoint.identity,
-        "index": state.watch.status(),
+        "index": {k: state.public(v) if isinstance(v, str) else v for k, v in state.watch.status().items()},
         "batches": {"forward_passes": state.batcher.batches, "images": state.batcher.images,
                     "seconds": round(state.batcher.seconds, 3), "cpu_seconds": round(state.batcher.cpu_seconds, 3)},
     }

@@ -8,15 +8,25 @@ every connection ``header_timeout`` seconds to send its request head (from conne
 end of the previous response), and keeps at most ``max_connections`` open: past that, the
 connection idle the longest is closed to make room (a new one is refused only when every
 connection is busy with a request).
+
+At the open-files limit: ``max_connections`` is lowered to what ``RLIMIT_NOFILE`` allows
+(:func:`connection_budget`), and so is the number of connections accepted in one event-loop turn
+(asyncio accepts up to the listen backlog at once, before any of them can be closed to make room:
+a flood of connections took every descriptor).  A failed ``accept()`` is logged once per
+``ACCEPT_LOG_SECONDS`` with a count (:class:`AcceptErrorLog`), not once per try with a traceback.
+The access log never shows a token (:class:`RedactSecrets`).
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import errno
 import ipaddress
 import logging
+import re
 import resource
 import socket
+import time
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -26,7 +36,9 @@ from agman.service.limits import LOG_LEVELS, ServiceLimits
 log = logging.getLogger(__name__)
 
 LOCAL_NAMES = ["localhost", "127.0.0.1", "[::1]"]  # an IPv6 Host header keeps its brackets
-FD_RESERVE = 64  # descriptors kept for the process's own files (libraries, mapped index files, logs)
+FD_RESERVE = 64  # descriptors kept for the process's own files (libraries, index files, logs)
+ACCEPT_LOG_SECONDS = 10.0  # a failing accept() is logged at most once per this many seconds
+SECRET_PARAMETER = re.compile(r"(?i)([?&](?:token|access_token)=)[^&#\s]*")
 
 
 class ListenError(AgmanError):
@@ -99,9 +111,8 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def connection_budget(limits: ServiceLimits) -> int:
-    """``limits.max_connections``, lowered to what the open-files limit allows (each connection may
-    hold a second descriptor for a spooled upload); the soft limit is raised to the hard one first."""
+def open_files_limit() -> int:
+    """The process's open-files limit, its soft limit raised to the hard one first when allowed."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         try:
@@ -109,8 +120,22 @@ def connection_budget(limits: ServiceLimits) -> int:
             soft = hard
         except (ValueError, OSError):
             pass
-    room = soft if soft != resource.RLIM_INFINITY else 1 << 20
-    allowed = (room - FD_RESERVE) // 2
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def accept_burst(max_connections: int) -> int:
+    """How many connections asyncio may accept in one event-loop turn (uvicorn's ``backlog``, also
+    the listen queue): a quarter of the connection cap, so that the cap, one burst and the one
+    before it (whose dropped connections close a turn later) fit in the descriptors the cap leaves."""
+    return max(4, min(2048, max_connections // 4))
+
+
+def connection_budget(limits: ServiceLimits) -> int:
+    """``limits.max_connections``, lowered to what the open-files limit allows (each connection may
+    hold a second descriptor for a spooled upload, and :func:`accept_burst` more may be accepted
+    before the idle ones are closed); the soft limit is raised to the hard one first."""
+    soft = open_files_limit()
+    allowed = (soft - FD_RESERVE) // 2
     if allowed < 8:
         raise AgmanError(f"the open-files limit ({soft}) leaves no room for connections; raise it (ulimit -n)")
     if limits.max_connections > allowed:
@@ -173,6 +198,47 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+class AcceptErrorLog:
+    """The event loop's exception handler: "socket.accept() out of system resource" (no descriptor
+    left for a new connection) logged once per ``interval`` seconds, one line with how often it
+    happened meanwhile; anything else goes to asyncio's default handler."""
+
+    def __init__(self, interval: float = ACCEPT_LOG_SECONDS):
+        self.interval = interval
+        self.last = float("-inf")
+        self.suppressed = 0
+
+    def __call__(self, loop, context: dict) -> None:
+        if not str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        exc = context.get("exception")
+        log.error(
+            "cannot accept new connections: %s (open-files limit %d; %d more failed accepts in the last %.0f s); "
+            "connections are refused until some close; raise the limit (ulimit -n) or lower --max-connections",
+            getattr(exc, "strerror", None) or exc, resource.getrlimit(resource.RLIMIT_NOFILE)[0], self.suppressed,
+            min(now - self.last, self.interval),
+        )
+        self.last, self.suppressed = now, 0
+
+
+class RedactSecrets(logging.Filter):
+    """Access-log lines with the values of secret query parameters (``?token=…``) replaced by
+    ``<redacted>``: a browser's first ``/?token=`` request must not leave the token in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(SECRET_PARAMETER.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                                for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = SECRET_PARAMETER.sub(r"\1<redacted>", record.msg)
+        return True
+
+
 def protocol_class(limits: ServiceLimits, max_connections: int) -> type[GuardedH11Protocol]:
     return type("ServerProtocol", (GuardedH11Protocol,),
                 {"header_timeout": limits.header_timeout, "max_connections": max_connections})
@@ -200,9 +266,11 @@ def server_config(app, sock: socket.socket, limits: ServiceLimits, forwarded_all
 
     if log_level not in LOG_LEVELS:
         raise UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    max_connections = connection_budget(limits)
     config = uvicorn.Config(
         app,
-        http=protocol_class(limits, connection_budget(limits)),
+        http=protocol_class(limits, max_connections),
+        backlog=accept_burst(max_connections),
         timeout_keep_alive=int(max(1, round(limits.keep_alive))),
         log_config=log_config(log_level),
         log_level=log_level,
@@ -210,15 +278,28 @@ def server_config(app, sock: socket.socket, limits: ServiceLimits, forwarded_all
         lifespan="off",
         forwarded_allow_ips=forwarded_allow_ips,
     )
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in access.filters):
+        access.addFilter(RedactSecrets())
     if access_log:  # uvicorn has set each of its loggers to log_level
-        logging.getLogger("uvicorn.access").setLevel(access_level(log_level))
+        access.setLevel(access_level(log_level))
     return config
+
+
+def _guarded_server(config):
+    """A uvicorn Server whose event loop logs failed accepts through :class:`AcceptErrorLog`."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
+            await super().startup(sockets=sockets)
+
+    return Server(config)
 
 
 def serve(app, sock: socket.socket, limits: ServiceLimits, forwarded_allow_ips: str | None = None,
           log_level: str = "warning", access_log: bool = False) -> None:
     """Serve ``app`` on the listening ``sock`` until interrupted; ``log_level`` one of
     :data:`LOG_LEVELS`, ``access_log`` one line per request."""
-    import uvicorn
-
-    uvicorn.Server(server_config(app, sock, limits, forwarded_allow_ips, log_level, access_log)).run(sockets=[sock])
+    _guarded_server(server_config(app, sock, limits, forwarded_allow_ips, log_level, access_log)).run(sockets=[sock])
