@@ -183,3 +183,59 @@ def test_index_rejects_a_path_that_is_neither_folder_nor_csv(tmp_path, capsys):
     rc, _, err = run(capsys, "index", "--checkpoint", tmp_path / "none.pt", "--images", spec_root, "--split", "test",
                      "--out", tmp_path / "o")
     assert rc == 2 and "checkpoint not found" in err
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_counts_what_it_commits(catalog, capsys, tmp_path, monkeypatch):
+    """#19.8: disk full while ``agman index --add`` commits: one line naming the file that could
+    not be written, exit 1, nothing committed; the rerun finishes and says how many it added."""
+    import errno
+    import os
+    import shutil
+
+    from agman.retrieval import faiss_writer
+
+    tmp, _spec, ck_a, _, out = catalog
+    index = shutil.copytree(out, tmp_path / "index")
+    before = (index / "index.json").read_bytes()
+    calls = []
+
+    class FullDisk:
+        """``os`` as the index writer sees it, on a disk that fills up after items.jsonl."""
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def fsync(self, fd):
+            calls.append(fd)
+            if len(calls) == 2:  # items.jsonl went through; the first vector file does not
+                raise OSError(errno.ENOSPC, "No space left on device")
+            os.fsync(fd)
+
+    monkeypatch.setattr(faiss_writer, "os", FullDisk())
+    argv = ["index", "--checkpoint", ck_a, "--images", tmp / "ds", "--split", "valid", "--out", index, "--add",
+            "--no-progress"]
+    rc, stdout, err = run(capsys, *argv)
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"could not write {index / 'vectors' / 'attr-00.f32'}: No space left on device" in err
+    assert (index / "index.json").read_bytes() == before  # nothing committed
+    monkeypatch.setattr(faiss_writer, "os", os)
+    rc, stdout, err = run(capsys, *argv)
+    assert rc == 0 and ": 30 items; added 10, already indexed 0" in stdout, stdout
+
+
+def test_a_full_stdout_is_one_line(catalog):
+    """#19.8: ``agman search ... --json > /dev/full``: one line saying the output could not be
+    written, exit 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, spec, _, _, out = catalog
+    item = spec.split("test").paths[0]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "agman", "search", "--index", str(out), "--item", item,
+                               "-a", "attr0", "--json"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ}, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == "agman: error: could not write the output (stdout): No space left on device", \
+        done.stderr

@@ -7,6 +7,7 @@ calls one function of the layer below, and formats the answer.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -92,12 +93,68 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    stdout, sys.stdout = sys.stdout, _Output(sys.stdout)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a full disk under `> file` is reported like any error
+        return code
     except AgmanError as exc:  # the one place errors become messages; anything else is a bug
         print(f"agman: error: {exc}", file=sys.stderr)
+        if isinstance(exc, OutputError):
+            _drop_output(stdout)
         return exc.exit_code
+    except OSError as exc:  # a write the machine refused (disk full, quota, I/O error): not a bug
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        print(f"agman: error: could not write {exc.filename or 'a file'}: {exc.strerror}", file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout = stdout
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+"""``OSError`` numbers of a write the machine refused, reported in one line (exit 1)."""
+
+
+class OutputError(AgmanError):
+    """The command's output could not be written to stdout (``> file`` on a full disk)."""
+
+
+class _Output:
+    """``sys.stdout`` while a command runs: a write the machine refuses becomes an
+    :class:`OutputError` (one line, exit 1) rather than a traceback."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _output_error(exc: OSError) -> Exception:
+    if exc.errno not in WRITE_ERRORS:
+        return exc
+    return OutputError(f"could not write the output (stdout): {exc.strerror}")
+
+
+def _drop_output(stream) -> None:
+    """Send what ``stream`` (stdout) still buffers to ``/dev/null``: the interpreter's flush at exit
+    would fail again, with a traceback."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (captured)
+        pass

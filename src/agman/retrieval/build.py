@@ -397,7 +397,9 @@ def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, up
     counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0}
     planned, replaces = work.read_plan() if work.unfinished else ([], [])
     prog = Progress.read(work.progress_path) if work.unfinished else Progress(0, batch_size, 0)
-    if prog.first_row is not None:  # the commit began: finish it before planning more
+    if prog.first_row is not None:  # the commit began: finish it (what this call commits) before planning more
+        counts["added"] = sum(r is None for r in replaces)
+        counts["updated"] = len(replaces) - counts["added"]
         return counts
     counts["resumed"] = sum(s.count for s in work.all_shards())
     if images is not None:

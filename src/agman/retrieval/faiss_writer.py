@@ -8,6 +8,7 @@ no FAISS index has to remove anything); an updated item is a fresh row, its old 
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,23 @@ from agman.retrieval.store import Blocks, Rows
 
 class IndexBusyError(CatalogIndexError):
     """Another process is writing to the index folder."""
+
+
+class IndexWriteError(CatalogIndexError):
+    """A file of the index folder could not be written (disk full, quota, I/O error): nothing was
+    committed, the rerun of the same command finishes the write."""
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn an ``OSError`` while writing ``path`` into an :class:`IndexWriteError` naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise IndexWriteError(
+            f"could not write {path}: {exc.strerror or exc}; nothing was committed (index.json is unchanged): "
+            "make room and rerun the same command to finish"
+        ) from None
 
 
 def lock_folder(root: Path):
@@ -101,13 +119,19 @@ class FaissWriter:
         if first_row != info.count:
             raise CatalogIndexError(f"{self.layout.info} counts {info.count} rows; the build planned row {first_row}")
         total = info.count + len(items)
-        _append_items(self.layout.items, info.count, items, info.root)
-        append_rows(self.layout, info, total, blocks)
-        gone = [r for r in replaces if r is not None] + [first_row + i for i in skipped]
-        info.count = total
-        info.deleted = sorted(set(info.deleted) | set(gone))
-        record_files(self.layout, info)
-        self._write_info()
+        old_count, old_deleted, old_files, old_faiss = info.count, list(info.deleted), info.files, dict(info.faiss)
+        try:
+            with writing(self.layout.items):
+                _append_items(self.layout.items, info.count, items, info.root)
+            append_rows(self.layout, info, total, blocks)
+            gone = [r for r in replaces if r is not None] + [first_row + i for i in skipped]
+            info.count = total
+            info.deleted = sorted(set(info.deleted) | set(gone))
+            record_files(self.layout, info)
+            self._write_info()
+        except BaseException:  # nothing committed: this writer's info says what index.json says
+            info.count, info.deleted, info.files, info.faiss = old_count, old_deleted, old_files, old_faiss
+            raise
 
     def delete(self, ids: Sequence[str]) -> int:
         ids = list(dict.fromkeys(ids))
@@ -126,7 +150,8 @@ class FaissWriter:
 
     def _write_info(self) -> None:
         self.info.updated = now()
-        self.info.write(self.layout.info)
+        with writing(self.layout.info):
+            self.info.write(self.layout.info)
 
 
 def _append_items(path: Path, keep: int, items: Sequence[Item], root: str | None) -> None:
@@ -160,14 +185,15 @@ def append_rows(layout: IndexLayout, info: IndexInfo, total: int, blocks: Blocks
     config = info.config
     for a in range(len(info.attributes)):
         vpath = layout.vectors(a)
-        vpath.parent.mkdir(parents=True, exist_ok=True)
-        with open(vpath, "ab") as f:
-            f.truncate(old * d * 4)
-        with open(vpath, "ab") as f:
-            for block in blocks():
-                f.write(np.ascontiguousarray(block[:, a, :], dtype=np.float32).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
+        with writing(vpath):
+            vpath.parent.mkdir(parents=True, exist_ok=True)
+            with open(vpath, "ab") as f:
+                f.truncate(old * d * 4)
+            with open(vpath, "ab") as f:
+                for block in blocks():
+                    f.write(np.ascontiguousarray(block[:, a, :], dtype=np.float32).tobytes())
+                f.flush()
+                os.fsync(f.fileno())
         if config.exact:  # the vector file is the index (an older agman also wrote a FAISS copy)
             info.faiss.pop(a, None)
             layout.faiss(a).unlink(missing_ok=True)
@@ -188,6 +214,7 @@ def append_rows(layout: IndexLayout, info: IndexInfo, total: int, blocks: Blocks
             made = FaissFile(factory_string(config, d, total)[0], total)
         else:
             fill_faiss_index(index, vectors[old:])
-        write_faiss(fpath, index)
+        with writing(fpath):
+            write_faiss(fpath, index)
         info.faiss[a] = made or FaissFile("", old)
         del vectors
