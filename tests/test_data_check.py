@@ -171,3 +171,13 @@ def test_schema_rejects_what_it_should():
            "splits": {}, "problems": [], "notes": []}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, documented_schema())
+
+
+def test_an_evaluation_split_with_an_empty_query_list_is_a_problem(asen_root, capsys):
+    """#19.14: a test split whose query list is empty passed the check ("no problems found") while
+    `agman eval` refuses it: it is reported (``no-queries``, exit 1)."""
+    (asen_root / "query_test.txt").write_text("")
+    code, report = check_json(capsys, asen_root)
+    assert code == 1 and report["ok"] is False
+    found = [p for p in report["problems"] if p["kind"] == "no-queries"]
+    assert len(found) == 1 and found[0]["split"] == "test" and "agman eval" in found[0]["message"]

@@ -1,7 +1,8 @@
 """`agman data check`: counts per split/attribute/value and every problem found in a dataset.
 
 Problems: missing, unreadable or over-limit images; values with a single image in a split (no
-relevant partner / no anchor-positive pair); queries whose attribute has no candidate; a train split
+relevant partner / no anchor-positive pair); queries whose attribute has no candidate; an evaluation
+split with no queries or no candidates (and no triplet lists: ``agman eval`` refuses it); a train split
 that cannot form a single triplet (e.g. no labels at all — ``agman train`` refuses it); and whatever
 the reader skipped (``spec.warnings``).  Malformed files (bad lines, indices out of range) are raised
 by the reader itself as :class:`DatasetError` when the dataset is opened.
@@ -29,6 +30,7 @@ PROBLEM_KINDS = (
     "image-too-large",
     "single-image-value",
     "queries-without-candidates",
+    "no-queries",
     "no-triplets",
     "reader",
 )
@@ -224,6 +226,13 @@ def check_dataset(
                         f"{name}: value {v} of attribute {attr} has only one image (expected at least 2)",
                         split=name,
                     ))
+        if name != "train" and not (len(split.queries) and len(split.candidates)) and not split.triplets:
+            report.problems.append(Problem(
+                "no-queries",
+                f"{name}: {len(split.queries)} queries and {len(split.candidates)} candidates, and no triplet lists: "
+                "nothing to evaluate (`agman eval` refuses this split)",
+                split=name,
+            ))
         if len(split.queries):
             cand_attrs = set(np.unique(split.candidates[:, 1]).tolist())
             for a in np.unique(split.queries[:, 1]).tolist():
