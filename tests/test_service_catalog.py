@@ -289,3 +289,25 @@ def test_health_shows_no_server_path_in_the_reload_error(shop, tmp_path):
         error = body["index"]["reload_error"]
         assert error and "<index>" in error, body
         assert str(tmp_path) not in json.dumps(body) and not re.search(r"(?<![\w<])/(?:\w+/)+", error), error
+
+
+def test_image_urls_of_ids_with_dot_segments_resolve_to_the_item(shop, tmp_path):
+    """#19.17: an item id holding ``../`` (or ``%2F``) gets an image URL that a browser resolving it
+    (dot segments removed, as ``urljoin`` does) still sends to that item."""
+    from urllib.parse import urljoin
+
+    from agman.retrieval.sources import ImageSet, from_split
+
+    tmp, spec, ckpt = shop
+    ids = ["../up/x.png", "a/../../b.png", "shop/%2F../c d.png", "plain.png"]
+    build_index(tmp_path / "idx", ImageSet(ids, from_split(spec, "test").paths[:4]), ckpt, batch_size=8)
+    with LiveServer(create_app(Retriever.open(tmp_path / "idx", load_model=True), reload_seconds=0)) as srv:
+        listed = httpx.get(f"{srv.url}/items").json()["items"]
+        assert [it["id"] for it in listed] == ids
+        for it in listed:
+            url = urljoin(srv.url + "/", it["image_url"])  # what the page's <img src> loads
+            r = httpx.get(url)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png", (it["id"], url)
+        hits = httpx.post(f"{srv.url}/search", json={"item": ids[0], "attributes": ["attr0"], "k": 4}).json()
+        for h in hits["results"]:
+            assert httpx.get(urljoin(srv.url + "/", h["image_url"])).status_code == 200, h["image_url"]

@@ -49,7 +49,10 @@ def png_response(image: Image.Image) -> Response:
 
 
 def item_url(item_id: str) -> str:
-    return f"/items/{quote(item_id, safe='/')}/image"
+    """The image URL of an item: its id percent-encoded, its ``/`` too when it has a ``.`` or
+    ``..`` segment (a browser resolving ``/items/../x/image`` would step up the path)."""
+    dots = any(part in (".", "..") for part in item_id.split("/"))
+    return f"/items/{quote(item_id, safe='' if dots else '/')}/image"
 
 
 def attention_url(attribute: str, *, item: str | None = None, query: str | None = None) -> str:
