@@ -205,9 +205,25 @@ def test_round_trips_add_update_delete_on_both_backends(built, tmp_path):
     assert same(k=120, filter="in_stock and price is null and category is null").ids.count(ids[60]) == 1
     same(k=117)
 
-    # deleted items come back as fresh rows with --add
+    # #19.16: a delete sticks: --add of a source that still holds them leaves them out (tombstones
+    # in the index's description, on both backends); include_deleted adds them back as fresh rows
+    def tombstones():
+        from agman.retrieval.info import IndexInfo
+        from agman.retrieval.milvus_client import INFO_KEY
+
+        milvus = r["milvus"].store.conn.properties()[INFO_KEY]
+        return IndexInfo.read(paths["faiss"] / "index.json").removed, IndexInfo.parse(milvus, "milvus").removed
+
+    assert tombstones() == (sorted(top), sorted(top))
     for out in paths.values():
-        assert build_index(out, catalog(spec, [ids.index(i) for i in top]), ckpt, add=True).added == 3
+        summary = build_index(out, catalog(spec, [ids.index(i) for i in top]), ckpt, add=True)
+        assert (summary.added, summary.deleted_skipped, summary.count) == (0, 3, 117)
+    r["faiss"].refresh()
+    assert len(r["faiss"]) == len(r["milvus"]) == 117
+    for out in paths.values():
+        summary = build_index(out, catalog(spec, [ids.index(i) for i in top]), ckpt, add=True, include_deleted=True)
+        assert (summary.added, summary.deleted_skipped) == (3, 0)
+    assert tombstones() == ([], [])
     r["faiss"].refresh()
     back = same(k=120)
     assert len(back.hits) == 120 and sorted(h.row for h in back.hits if h.id in top) == [122, 123, 124]

@@ -166,7 +166,10 @@ def register(subparsers) -> None:
     change.add_argument("--update", action="store_true",
                         help="re-index the items of --images that the index holds (unknown ids are an error; "
                         "with --add, new ones are added too)")
-    change.add_argument("--delete", nargs="+", metavar="ID", help="remove these items (unknown ids are an error)")
+    change.add_argument("--delete", nargs="+", metavar="ID",
+                        help="remove these items (unknown ids are an error); a later --add does not bring them back")
+    change.add_argument("--include-deleted", action="store_true",
+                        help="with --add: also add again the items deleted earlier (--delete, DELETE /items/{id})")
     catalog = idx.add_argument_group("catalog CSV columns")
     catalog.add_argument(
         "--metadata", action="append", metavar="NAME[:TYPE],...",
@@ -334,6 +337,7 @@ def run_index(args: argparse.Namespace) -> int:
             config = IndexConfig(kind=args.index_type, **given)
         summary = build_index(
             target, images, model=model, info=info, config=config, add=args.add, update=args.update,
+            include_deleted=args.include_deleted,
             batch_size=args.batch_size, shard_size=args.shard_size, workers=args.workers, device=str(ctx.device),
             progress=not args.no_progress, on_error=args.on_error, root=args.root, work=args.work, distributed=ctx,
         )
@@ -349,6 +353,9 @@ def run_index(args: argparse.Namespace) -> int:
     unreadable = f"; {summary.unreadable} unreadable images skipped (skipped.jsonl)" if summary.unreadable else ""
     ranks = f" on {ctx.world_size} processes" if ctx.world_size > 1 else ""
     updated = f"updated {summary.updated}, " if summary.updated else ""
+    if summary.deleted_skipped:
+        unreadable += (f"; {summary.deleted_skipped} deleted earlier and left out (--include-deleted adds them "
+                       "again)")
     print(
         f"index {summary.location} ({summary.index_type}): {summary.count} items; added {summary.added}, "
         f"{updated}already indexed {summary.skipped}, embedded {summary.embedded} now{ranks}{speed}{resumed}"
@@ -387,7 +394,8 @@ def run_delete(args: argparse.Namespace, target) -> int:
     writer = open_writer(target)
     try:
         deleted = writer.delete(args.delete)
-        print(f"index {writer.location}: deleted {deleted} items; {writer.searchable()} remain")
+        print(f"index {writer.location}: deleted {deleted} items; {writer.searchable()} remain (`--add` leaves "
+              "them out; --include-deleted adds them again)")
     finally:
         writer.close()
     return 0

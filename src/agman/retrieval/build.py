@@ -62,6 +62,7 @@ class BuildSummary:
     updated: int = 0
     unreadable: int = 0
     location: str = ""
+    deleted_skipped: int = 0  # source items deleted earlier (--delete / DELETE) and not added again
 
     @property
     def images_per_second(self) -> float:
@@ -167,18 +168,20 @@ class Work:
 
 
 def plan_items(
-    live: dict[str, tuple[int, Item]], stored_paths: set[str], new: ImageSet, *, add: bool, update: bool
-) -> tuple[list[Item], list[int | None], int]:
+    live: dict[str, tuple[int, Item]], stored_paths: set[str], new: ImageSet, *, add: bool, update: bool,
+    removed: set[str] | frozenset = frozenset(),
+) -> tuple[list[Item], list[int | None], int, int]:
     """What to write for source ``new``, given its ids' ``live`` (searchable) items (``{id: (row,
     item)}``) and which of its paths are ``stored_paths`` of searchable items: ``(items, replaces,
-    already there)``.
+    already there, left out as deleted)``.
 
-    New ids (and ids whose item was deleted) are added when ``add``; a stored id is re-indexed
+    New ids are added when ``add``, except the ``removed`` ones (deleted on purpose: a delete
+    sticks; ids whose rows were replaced or skipped as unreadable are added again); a stored id is re-indexed
     (its row replaced) when ``update``, else counted as already there.  Without ``update`` an image
     already stored under another id is the same item (not added again), and an id stored for
     another file is an error.  With ``update`` alone an id that is not stored is an
     :class:`UnknownItemError` (nothing is planned)."""
-    items, replaces, there = [], [], 0
+    items, replaces, there, gone = [], [], 0, 0
     unknown = []
     seen_paths = {os.path.normpath(p) for p in stored_paths}
     for item_id, path, labels, metadata in zip(new.ids, new.paths, new.labels, new.metadata):
@@ -198,6 +201,8 @@ def plan_items(
             there += 1
         elif not add:
             unknown.append(item_id)
+        elif item_id in removed:
+            gone += 1
         elif norm in seen_paths:
             there += 1
         else:
@@ -207,7 +212,7 @@ def plan_items(
     if unknown:
         raise UnknownItemError.of(unknown, "the index", "--update re-indexes stored items (add new ones with --add); "
                                   "nothing was changed")
-    return items, replaces, there
+    return items, replaces, there, gone
 
 
 def batch_runs(todo: list[int], world: int, rank: int) -> list[tuple[int, int]]:
@@ -273,6 +278,7 @@ def build_index(
     config: IndexConfig | None = None,
     add: bool = False,
     update: bool = False,
+    include_deleted: bool = False,
     batch_size: int = 32,
     shard_size: int = 1024,
     workers: int = 0,
@@ -291,7 +297,8 @@ def build_index(
     loaded ``model`` with its ``info`` (``CheckpointInfo``).  ``config`` picks the index type for a
     new index; for an existing one it must be omitted or of the same type.  An unfinished build is
     resumed; a finished index only changes with ``add`` (new items) and/or ``update`` (stored items
-    re-embedded; an unknown id is an error).  ``on_error``: ``stop`` at an unreadable image (it is
+    re-embedded; an unknown id is an error); an id deleted earlier (``delete``, the service's
+    DELETE) is not added again unless ``include_deleted``.  ``on_error``: ``stop`` at an unreadable image (it is
     named), or ``skip`` it and list it in ``skipped.jsonl``.  ``root``: the catalog root image paths
     are stored relative to (a new index; default the source's folder).  ``work``: the work folder
     of a Milvus build.  ``distributed``: an ``engine.distributed.DistributedContext`` (torchrun):
@@ -316,12 +323,13 @@ def build_index(
     plan_error = None
     writer: CatalogWriter | None = None
     work: Work | None = None
-    counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0}
+    counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0, "gone": 0}
     if ctx.is_main:
         try:
             dim = int(model.embedding_dim)
             writer, work = open_for_build(out, info, dim, config, meta, catalog_root, add or update, work)
-            counts = _plan(writer, work, images, add=add, update=update, batch_size=batch_size, shard_size=shard_size)
+            counts = _plan(writer, work, images, add=add, update=update, batch_size=batch_size, shard_size=shard_size,
+                           include_deleted=include_deleted)
         except BaseException as exc:  # every rank must hear that the plan failed, not wait for it
             plan_error = exc
     try:
@@ -347,7 +355,7 @@ def build_index(
                 "written so far are kept: rerun the same command to continue"
             )
         summary = BuildSummary(Path(str(out)), 0, counts["added"], counts["there"], counts["resumed"], embedded,
-                               0.0, "", embed_seconds, counts["updated"])
+                               0.0, "", embed_seconds, counts["updated"], deleted_skipped=counts["gone"])
         if ctx.is_main:
             try:
                 if work.unfinished:
@@ -392,9 +400,10 @@ def _broadcast_text(text: str, ctx) -> str:
     return box[0]
 
 
-def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, update, batch_size, shard_size) -> dict:
+def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, update, batch_size, shard_size,
+          include_deleted=False) -> dict:
     """Rank 0: extend the work folder's plan with what ``images`` asks for."""
-    counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0}
+    counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0, "gone": 0}
     planned, replaces = work.read_plan() if work.unfinished else ([], [])
     prog = Progress.read(work.progress_path) if work.unfinished else Progress(0, batch_size, 0)
     if prog.first_row is not None:  # the commit began: finish it (what this call commits) before planning more
@@ -404,7 +413,9 @@ def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, up
     counts["resumed"] = sum(s.count for s in work.all_shards())
     if images is not None:
         live, stored_paths = writer.known(images.ids, images.paths)
-        new, rows_replaced, there = plan_items(live, stored_paths, images, add=add or not update, update=update)
+        removed = frozenset() if include_deleted else frozenset(writer.info.removed)
+        new, rows_replaced, there, counts["gone"] = plan_items(live, stored_paths, images, add=add or not update,
+                                                               update=update, removed=removed)
         planned_ids = {it.id for it in planned}
         fresh = [(it, r) for it, r in zip(new, rows_replaced) if it.id not in planned_ids]
         counts["there"] = there

@@ -33,7 +33,7 @@ from agman.retrieval.info import (
 )
 from agman.retrieval.items import Item, read_items
 from agman.retrieval.query import UnknownItemError
-from agman.retrieval.store import Blocks, Rows
+from agman.retrieval.store import Blocks, Rows, readded
 
 
 class IndexBusyError(CatalogIndexError):
@@ -120,6 +120,7 @@ class FaissWriter:
             raise CatalogIndexError(f"{self.layout.info} counts {info.count} rows; the build planned row {first_row}")
         total = info.count + len(items)
         old_count, old_deleted, old_files, old_faiss = info.count, list(info.deleted), info.files, dict(info.faiss)
+        old_removed = list(info.removed)
         try:
             with writing(self.layout.items):
                 _append_items(self.layout.items, info.count, items, info.root)
@@ -127,10 +128,12 @@ class FaissWriter:
             gone = [r for r in replaces if r is not None] + [first_row + i for i in skipped]
             info.count = total
             info.deleted = sorted(set(info.deleted) | set(gone))
+            info.removed = readded(info.removed, items)
             record_files(self.layout, info)
             self._write_info()
         except BaseException:  # nothing committed: this writer's info says what index.json says
             info.count, info.deleted, info.files, info.faiss = old_count, old_deleted, old_files, old_faiss
+            info.removed = old_removed
             raise
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -140,6 +143,7 @@ class FaissWriter:
         if missing:
             raise UnknownItemError.of(missing, f"index {self.layout.root}", "nothing was deleted")
         self.info.deleted = sorted(set(self.info.deleted) | set(live.values()))
+        self.info.removed = sorted(set(self.info.removed) | set(live))  # `--add` does not bring them back
         self._write_info()
         return len(live)
 

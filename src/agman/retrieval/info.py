@@ -10,6 +10,7 @@
      "metadata": {"<column>": "string" | "number" | "bool", ...},
      "root": "/catalog/root" | null, "dim": D, "index": {IndexConfig fields},
      "count": rows written, "deleted": [rows no longer searchable],
+     "removed": [ids deleted with --delete / DELETE: `agman index --add` does not add them again],
      "faiss": {"<attribute>": {"factory", "trained_on"}},
      "files": {"<relative path>": {"size", "hash", "sample"}}, "created", "updated"}
 
@@ -181,6 +182,7 @@ class IndexInfo:
     metadata: dict[str, Literal["string", "number", "bool"]] = field(default_factory=dict)
     root: str | None = None
     deleted: list[Annotated[int, Field(ge=0)]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # tombstones: ids deleted on purpose
 
     def __post_init__(self):
         stray = sorted(a for a in self.faiss if not 0 <= a < len(self.attributes))

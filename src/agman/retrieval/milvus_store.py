@@ -41,7 +41,7 @@ from agman.retrieval.milvus_client import (
 )
 from agman.retrieval.query import UnknownItemError
 from agman.retrieval.ranking import exact_scores
-from agman.retrieval.store import Blocks, Rows, Selection
+from agman.retrieval.store import Blocks, Rows, Selection, readded
 
 
 def _utf8_len(text: str) -> int:
@@ -300,6 +300,7 @@ class MilvusStore:
         self._delete_rows([r for r in replaces if r is not None])
         self.conn.call("flush", "flush", self.conn.name)
         self.info.count = max(self.info.count, first_row + len(items))
+        self.info.removed = readded(self.info.removed, items)
         self.conn.set_properties(**{INFO_KEY: self.info.to_json()})
 
     def _check(self, items: Sequence[Item]) -> None:
@@ -348,6 +349,8 @@ class MilvusStore:
         missing = [i for i in ids if i not in live]
         if missing:
             raise UnknownItemError.of(missing, self.location, "nothing was deleted")
+        self.info.removed = sorted(set(self.info.removed) | set(live))  # `--add` does not bring them back
+        self.conn.set_properties(**{INFO_KEY: self.info.to_json()})
         self._delete_rows(list(live.values()))
         self.conn.call("flush", "flush", self.conn.name)
         return len(live)

@@ -39,6 +39,13 @@ Rows = Sequence["int | None"]
 """Per item, the row it replaces, or None."""
 
 
+def readded(removed: list[str], items: Sequence[Item]) -> list[str]:
+    """A writer's tombstones (``IndexInfo.removed``: ids deleted on purpose, which ``--add`` leaves
+    out) less the ids of ``items``, written again."""
+    written = {it.id for it in items}
+    return [i for i in removed if i not in written]
+
+
 @dataclass(frozen=True)
 class Selection:
     """The rows one search may rank, in the store's terms: ``rows`` (ascending; None = every
