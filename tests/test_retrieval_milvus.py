@@ -348,3 +348,68 @@ def test_catalog_pages_are_stable_and_in_row_order_on_both_backends(built):
         paged = [it.id for start in range(0, len(listing), 7) for it in retriever.items(start, 7)]
         assert paged == listing
     assert [it.id for it in milvus.items()] == [it.id for it in faiss.items()]
+
+
+def listening_tcp_sockets() -> set[str]:
+    """Inodes of the TCP sockets this process listens on (any address)."""
+    import os
+
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        listening |= {p[9] for p in (line.split() for line in lines) if p[3] == "0A"}
+    own = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            own.add(link[8:-1])
+    return listening & own
+
+
+def test_milvus_lite_listens_on_a_private_unix_socket_not_a_tcp_port(tmp_path):
+    """#19.13: opening a Milvus Lite file opens no TCP port (pymilvus's default: an unauthenticated
+    127.0.0.1 port any local process could use to bypass --token); its server listens on a unix
+    socket in a folder only this user can enter."""
+    import os
+    import stat
+
+    from agman.retrieval.milvus_lite import LOOPBACK, lite_uri
+
+    before = listening_tcp_sockets()
+    path = str(tmp_path / "private.db")
+    target = MilvusTarget(path)
+    conn = target.connect()
+    try:
+        conn.list_collections()
+        assert listening_tcp_sockets() - before == set()
+        uri = lite_uri(path)
+        assert uri.startswith("unix:") and os.path.abspath(path) not in LOOPBACK
+        folder = os.path.dirname(uri.removeprefix("unix:"))
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700 and os.stat(folder).st_uid == os.getuid()
+    finally:
+        conn.close()
+
+
+def test_a_served_lite_file_truncated_on_disk_is_damage(built, tmp_path):
+    """#19.15: a Milvus Lite data file truncated under the open store: ``health()`` names it (the
+    service's /health answers 503 and searches 503), instead of ok until the next start."""
+    _, spec, ckpt, _, _ = built
+    path = str(tmp_path / "served.db")
+    build_index(path, catalog(spec, range(30)), ckpt, batch_size=16)
+    retriever = Retriever.open(path)
+    try:
+        assert retriever.store.health().ok
+        data = sorted((tmp_path / "served.db" / "collections").rglob("*.parquet"), key=lambda p: -p.stat().st_size)
+        assert data, "no Parquet data file written"
+        data[0].write_bytes(data[0].read_bytes()[: data[0].stat().st_size // 2])
+        health = retriever.store.health()
+        assert not health.ok and any("truncated" in d and d.endswith(")") for d in health.damage), health
+        assert all(str(tmp_path) not in d for d in health.damage)
+    finally:
+        retriever.store.close()

@@ -534,3 +534,18 @@ def test_a_connection_flood_at_the_open_files_limit(server_c):
     assert logged.count("out of system resource") <= 2 and logged.count("Traceback") <= 2, logged[:3000]
     assert len(logged) < 20_000
     assert server_c.proc.poll() is None
+
+
+def test_writable_over_milvus_lite_needs_an_explicit_flag_and_help_says_what_the_token_guards(catalog, capsys,
+                                                                                              tmp_path):
+    """#19.13: Milvus Lite's database server has no authentication (agman puts it on a unix socket
+    in a private folder): ``--writable`` over a Lite file is refused without
+    ``--insecure-lite-writable``, and ``serve --help`` says what the token does and does not protect."""
+    tmp, _, _ = catalog
+    rc, out, err = agman_main(capsys, "serve", "--index", tmp_path / "shop.db", "--checkpoint", tmp / "c.pt",
+                              "--writable", "--port", "0")
+    assert rc == 2 and "--insecure-lite-writable" in err and "serving" not in out, err
+    rc, out, _ = agman_main(capsys, "serve", "--help")
+    text = " ".join(out.split())
+    assert rc == 0 and "protects the HTTP service" in text and "does not protect the index itself" in text
+    assert "any process of this user can reach" in text and "--insecure-lite-writable" in text

@@ -42,7 +42,10 @@ def register(subparsers) -> None:
         help="serve an index over HTTP: POST /search, GET /attention, the web page at /, docs at /docs",
         description="Load the index and its checkpoint once, then serve searches by uploaded image or "
         "catalog item, attention heatmaps and a web page.  Every limit is described in docs/retrieval.md "
-        "(Limits and security).",
+        "(Limits and security).  The token (--token / $AGMAN_TOKEN) protects the HTTP service: every route, "
+        "and the writes of --writable.  It does not protect the index itself: the index folder's files, a "
+        "Milvus server (its own credentials), or a Milvus Lite file's database server (a unix socket in a "
+        "private folder that processes of the same user can reach).",
     )
     add_index_location(p)
     p.add_argument("--host", default="127.0.0.1",
@@ -59,6 +62,9 @@ def register(subparsers) -> None:
                          "serve them without a restart (default 2; 0: never)")
     catalog.add_argument("--writable", action="store_true",
                          help="allow DELETE /items/{id} and PUT /items/{id} (re-index an item) through the service")
+    catalog.add_argument("--insecure-lite-writable", action="store_true",
+                         help="allow --writable over a Milvus Lite file: its database server (a unix socket in a "
+                         "private folder) answers any process of this user without the token")
     add_search_tuning(p)
     logs = p.add_argument_group("logging")
     logs.add_argument("--access-log", action="store_true",
@@ -74,8 +80,10 @@ def register(subparsers) -> None:
                             help=f"{what} (default {default:g})")
     guard = p.add_argument_group("serving beyond localhost")
     guard.add_argument("--token", default=None,
-                       help=f"bearer token every request must carry (default: ${TOKEN_ENV}, which keeps it out of "
-                       "the process list); required for a non-loopback --host")
+                       help=f"bearer token every HTTP request must carry (default: ${TOKEN_ENV}, which keeps it out "
+                       "of the process list); required for a non-loopback --host.  It guards this HTTP service "
+                       "only: not the index files, not a Milvus server (its own --uri credentials), not Milvus "
+                       "Lite's database server, which any process of this user can reach")
     guard.add_argument("--insecure-no-token", action="store_true",
                        help="serve a non-loopback --host without a token (a trusted network, or a proxy that "
                        "authenticates)")
@@ -87,6 +95,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_serve)
 
 
+def check_lite_writable(args: argparse.Namespace) -> None:
+    """Refuse ``--writable`` over a Milvus Lite file unless ``--insecure-lite-writable``: whatever
+    the token says, the catalog can be changed through Milvus Lite's own server."""
+    from agman.cli import CLIError
+    from agman.retrieval.milvus_client import is_milvus_uri
+
+    lite = is_milvus_uri(args.index) and "://" not in str(args.index)
+    if lite and args.writable and not args.insecure_lite_writable:
+        raise CLIError(
+            f"--writable over the Milvus Lite file {args.index}: Milvus Lite's database server has no authentication "
+            "(agman puts it on a unix socket in a private folder, so processes of this user can reach it), so "
+            "--token cannot guard writes to this catalog; pass --insecure-lite-writable if that is acceptable, or "
+            "serve a Milvus server (--index http://host:19530) for a writable shared catalog"
+        )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from agman.cli import CLIError
     from agman.cli.retrieval import open_retriever
@@ -96,6 +120,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_exposure(args.host, token, args.insecure_no_token)
+    check_lite_writable(args)
     limits = ServiceLimits(**{name: round(getattr(args, name) * unit) if unit > 1 else getattr(args, name)
                               for _, name, unit, _ in SERVE_OPTIONS})
     if args.reload_seconds < 0:

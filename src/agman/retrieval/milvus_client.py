@@ -106,10 +106,18 @@ class MilvusTarget:
     def connect(self):
         """A ``MilvusClient``; :class:`MilvusUnreachableError` naming the URI after at most ``timeout`` s."""
         module = pymilvus()
+        uri = self.uri
         if self.lite and not Path(self.uri).resolve().parent.is_dir():
             raise NotFoundError(f"Milvus Lite file {self.uri}: folder {Path(self.uri).resolve().parent} does not exist")
         try:
-            return module.MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout)
+            if self.lite:  # on a private unix socket, not an open loopback port (agman.retrieval.milvus_lite)
+                from agman.retrieval.milvus_lite import LiteLockedError, lite_uri
+
+                try:
+                    uri = lite_uri(self.uri)
+                except LiteLockedError as exc:
+                    raise module.MilvusException(message=str(exc)) from None
+            return module.MilvusClient(uri=uri, token=self.token or "", timeout=self.timeout)
         except module.MilvusException as exc:
             hint = ""
             if self.lite:

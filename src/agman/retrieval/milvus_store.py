@@ -124,6 +124,17 @@ class MilvusStore:
         """None: every write is visible to the next search (consistency level Strong)."""
         return None
 
+    def health(self):
+        """A served Milvus Lite file's health (its data files truncated or missing on disk are
+        damage: :class:`~agman.retrieval.milvus_lite.LiteWatch`); None for a server."""
+        if not self.target.lite:
+            return None
+        if getattr(self, "_watch", None) is None:
+            from agman.retrieval.milvus_lite import LiteWatch
+
+            self._watch = LiteWatch(self.target.uri, self.target.collection)
+        return self._watch.check()
+
     def close(self) -> None:
         self.conn.close()
 
