@@ -411,5 +411,14 @@ def test_a_served_lite_file_truncated_on_disk_is_damage(built, tmp_path):
         health = retriever.store.health()
         assert not health.ok and any("truncated" in d and d.endswith(")") for d in health.damage), health
         assert all(str(tmp_path) not in d for d in health.damage)
+        from fastapi.testclient import TestClient
+
+        from agman.service.app import create_app
+
+        with TestClient(create_app(retriever, reload_seconds=0)) as client:
+            r = client.get("/health")
+            assert r.status_code == 503 and r.json()["status"] == "damaged", r.text
+            r = client.post("/search", json={"item": spec.split("test").paths[0], "attributes": ["attr0"]})
+            assert r.status_code == 503 and "damaged" in r.json()["detail"]
     finally:
         retriever.store.close()
