@@ -409,3 +409,25 @@ def test_numbers_keep_their_value_in_milvus_expressions():
         text = to_milvus(Compare("price", "==", v), {"price": ("p", "p_set")})
         assert float(text.split("== ")[-1].rstrip(")")) == v
         assert math.isfinite(float(text.split("== ")[-1].rstrip(")")))
+
+
+# --------------------------------------------------------------------------- #19.4: a string column with no values
+_vendor = st.builds(lambda form, negate, values, op, value: (
+    IsNull("vendor", negate) if form == "null" else In("vendor", tuple(values), negate) if form == "in"
+    else Compare("vendor", op, value)),
+    st.sampled_from(["null", "in", "cmp"]), st.booleans(), st.lists(st.sampled_from(TRICKY), min_size=1, max_size=3),
+    st.sampled_from(["==", "!="]), st.sampled_from(TRICKY))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(st.one_of(_vendor, atoms()), lambda inner: st.one_of(
+    inner.map(Not), st.lists(inner, min_size=2, max_size=3).map(lambda xs: And(tuple(xs))),
+    st.lists(inner, min_size=2, max_size=3).map(lambda xs: Or(tuple(xs)))), max_leaves=6))
+def test_a_string_column_no_item_has_a_value_for_evaluates_like_the_reference(expr):
+    """A string metadata column without a single value (no categories) takes every comparison: a
+    missing value fails them all (it used to raise numpy's UFuncNoLoopError / ValueError)."""
+    fields = {**FIELDS, "vendor": Field("vendor", "string")}
+    rows = [{**r, "vendor": None} for r in ROWS]
+    cols = {name: Column.build(f, [r[name] for r in rows]) for name, f in fields.items()}
+    flt = compile_filter(text_of(expr), fields)
+    assert flt.mask(cols, len(rows)).tolist() == [reference(expr, r) for r in rows]
