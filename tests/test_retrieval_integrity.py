@@ -179,8 +179,10 @@ from agman.retrieval.faiss_store import FaissStore
 from agman.retrieval.info import CatalogIndexError
 from agman.retrieval.ranking import rank
 store = FaissStore(sys.argv[1], load=True)
-open(sys.argv[1] + "/vectors/attr-00.f32", "r+b").truncate(0)
 q = np.ones(store.info.dim, np.float32) / np.sqrt(store.info.dim)
+rows, _ = store.shortlist(0, q, 5, store.select())
+store.vectors(0, rows)  # read once while the file is whole (a memory map would be made here)
+open(sys.argv[1] + "/vectors/attr-00.f32", "r+b").truncate(0)
 try:
     rows, _ = store.shortlist(0, q, 5, store.select())
     store.vectors(0, rows)
