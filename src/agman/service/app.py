@@ -17,7 +17,8 @@ loaded and checked against the index at start-up) and serves (routes in :mod:`ag
 ``GET  /queries/{id}/image``  an uploaded query image (kept for a while after its search)
 ``GET  /attention``         heatmap PNG: ``attribute`` + ``item`` or ``query`` [+ ``alpha``]
 ``DELETE /items/{id}``      remove an item (``--writable`` servers; unknown id 404)
-``PUT  /items/{id}``        re-index an item: JSON ``{"path", "labels", "metadata"}`` (``--writable``)
+``PUT  /items/{id}``        re-index an item: JSON ``{"path", "labels", "metadata"}``, labels and
+                            metadata merged by key (``null`` removes one) (``--writable``)
 ``GET  /docs``, ``/redoc``   OpenAPI documentation from local assets (:mod:`agman.service.docs`)
 ``GET  /openapi.json``      the OpenAPI schema
 ==========================  ==============================================================

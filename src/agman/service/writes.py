@@ -1,5 +1,6 @@
-"""Changing the catalog through the service (only when started ``--writable``): delete an item,
-re-index one (new labels, metadata or image file).  Unknown ids answer 404, a read-only server 403,
+"""Changing the catalog through the service (only when started ``--writable``): delete an item
+(a tombstone: ``agman index --add`` does not bring it back), re-index one (labels and metadata
+merged by key, or a new image file).  Unknown ids answer 404, a read-only server 403,
 an index another process is writing 409.  The FAISS folder is written under its lock, then reopened
 (the index watch); a Milvus collection is written through the served store.
 """
