@@ -155,6 +155,39 @@ def test_a_running_store_notices_damage_and_updates(built, index):
     assert all(str(index) not in d for d in health.damage)  # folder-relative names only
 
 
+def test_a_loaded_flat_store_is_only_degraded_by_damage_on_disk(tmp_path):
+    """#19.3: a ``flat`` store with its vectors in memory reads no file per search, so a vector
+    file truncated on disk is ``degraded`` (named, folder-relative), not damage, and the store
+    answers as before; a complete new version written over it is a note.  The same folder opened
+    without ``load`` still reads the file it has not read yet: damage."""
+    spec, ckpt, out = build_tiny_index(tmp_path)
+    loaded, lazy = FaissStore(out, load=True), FaissStore(out)
+    assert loaded.health().ok and lazy.health().ok  # the watches start (a server's first request)
+    assert loaded.files_read_per_search() == set()
+    assert lazy.files_read_per_search() == {out / "vectors/attr-00.f32", out / "vectors/attr-01.f32"}
+    lazy.vectors(0)
+    assert lazy.files_read_per_search() == {out / "vectors/attr-01.f32"}
+    q = np.ones(loaded.info.dim, np.float32) / np.sqrt(loaded.info.dim)
+    before = loaded.shortlist(1, q, 5, loaded.select())
+    whole = (out / "vectors/attr-01.f32").read_bytes()
+    truncate(out / "vectors/attr-01.f32", 64)
+    health = loaded.health()
+    assert health.ok and health.damage == []
+    assert any(d.startswith("vectors/attr-01.f32: truncated") and "in-memory copy" in d for d in health.degraded)
+    assert any(d.startswith("on disk: vectors/attr-01.f32: truncated") for d in health.degraded)
+    assert all(str(out) not in d for d in health.degraded) and "in-memory copy" in health.notes[-1]
+    after = loaded.shortlist(1, q, 5, loaded.select())
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    lazy_health = lazy.health()
+    assert not lazy_health.ok and any(d.startswith("vectors/attr-01.f32: truncated") and "reads this file" in d
+                                      for d in lazy_health.damage)
+    (out / "vectors/attr-01.f32").write_bytes(whole)  # restored: nothing wrong any more
+    assert loaded.health().ok and loaded.health().degraded == []
+    build_index(out, from_split(spec, "valid"), ckpt, add=True)  # a complete new version: a note
+    health = loaded.health()
+    assert health.ok and health.degraded == [] and "updated (40 items)" in health.notes[0]
+
+
 def test_an_interrupted_commit_says_to_rerun_the_build(index):
     (index / "progress.json").write_text(json.dumps({"embedded": 30, "shards": [], "planned": 30}))
     truncate(index / "faiss/attr-00.faiss", 100)

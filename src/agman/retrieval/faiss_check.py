@@ -111,11 +111,15 @@ def damage_message(layout: IndexLayout, problems: list[str]) -> str:
 
 @dataclass
 class FolderHealth:
-    """What ``FaissStore.health`` found: ``damage`` (files that no longer match what is served or
-    recorded) and ``notes`` (an update on disk the server does not serve yet, a build in progress)."""
+    """What ``FaissStore.health`` found: ``damage`` (files a search reads that no longer match what
+    is served or recorded: searches answer 503), ``degraded`` (the folder on disk is damaged or half
+    written, but the store answers from its in-memory copy of the version it loaded, which nothing
+    on disk can reach) and ``notes`` (an update on disk the server does not serve yet, a build in
+    progress)."""
 
     damage: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -130,9 +134,12 @@ class FolderWatch:
     hold the served rows' bytes (their recorded hash, in full; sizes only for a folder without
     hashes), FAISS files not yet loaded likewise, and the folder as it now is on disk must verify
     against its own ``index.json`` (sampled hashes) unless a build is running; an index grown on
-    disk is a note, not damage.  A store holding copies of its vectors (not ``mmap``) is not damaged
-    by a complete new version written over its folder (``cp -r``): that is a note until the reload.
-    Paths are shown relative to the folder.
+    disk is a note, not damage.  What is wrong is damage only where a search still reads the file
+    (:meth:`FaissStore.files_read_per_search`: memory-mapped vectors, an approximate type's rows,
+    anything not loaded yet) or, for the folder as a whole, where a search reads any file.  A store
+    that reads none (a loaded ``flat`` index: items and vectors in memory) is only ``degraded`` by
+    a damaged or half-written folder, and a complete new version written over it (``cp -r``) is a
+    note until the reload.  Paths are shown relative to the folder.
     """
 
     def __init__(self, store):
@@ -157,9 +164,9 @@ class FolderWatch:
         store, layout, info = self.store, self.store.layout, self.store.info
         health = FolderHealth()
         served = {layout.vectors(a) for a in range(len(info.attributes))}
-        reads = "" if store.mmap else " when it reloads; it serves its copy until then"
         if not info.config.exact:
             served |= {layout.faiss(a) for a in range(len(info.attributes)) if a not in store._faiss}
+        reads = store.files_read_per_search()
         for path in changed:
             if path not in served or not info.count:
                 continue
@@ -168,8 +175,10 @@ class FolderWatch:
                 wrong = _size_needed(path, info)
             else:
                 wrong = check_file(path, record, "full", grows=path.parent.name == "vectors")
-            if wrong:
-                health.damage.append(f"{layout.name(path)}: {wrong} (the server reads this file{reads})")
+            if wrong and path in reads:
+                health.damage.append(f"{layout.name(path)}: {wrong} (the server reads this file at each search)")
+            elif wrong:
+                health.degraded.append(f"{layout.name(path)}: {wrong} (the server answers from its in-memory copy)")
         if layout.progress.is_file():
             health.notes.append("an `agman index` run is writing to the folder (progress.json)")
             return health
@@ -178,9 +187,14 @@ class FolderWatch:
             problems = folder_problems(layout, on_disk, "sample", name=layout.name)
         except CatalogIndexError as exc:
             problems = [str(exc).replace(str(layout.root), "<index>")]
-        if not problems and not store.mmap:  # a complete new version on disk: the copies still serve the old one
-            health.damage = []
-        health.damage += [f"on disk: {p}" for p in problems]
+        if not problems:  # a complete new version on disk: an in-memory copy still serves the old one
+            health.degraded = []
+        (health.damage if reads else health.degraded).extend(f"on disk: {p}" for p in problems)
+        if health.degraded:
+            health.notes.append(
+                "searches answer from the server's in-memory copy of the version it loaded (index.serving); it "
+                "takes up the folder once a complete, self-consistent version is on disk"
+            )
         if not problems and (on_disk.count, on_disk.updated) != (info.count, info.updated):
             health.notes.append(
                 f"the index on disk was updated ({on_disk.searchable} items): the server takes it up at its next "

@@ -326,6 +326,18 @@ class FaissStore:
                 self._faiss[attribute] = index
             return self._faiss[attribute]
 
+    def files_read_per_search(self) -> set[Path]:
+        """The folder's files a search still reads: memory-mapped vector files, an approximate
+        type's vector files (the rows it re-scores are read with ``pread``), FAISS and vector files
+        not read yet.  Empty for a loaded ``flat`` index: it answers from memory alone, whatever
+        happens to the folder."""
+        attributes = range(len(self.info.attributes))
+        with self._lock:
+            files = {self.layout.vectors(a) for a in attributes if self.mmap or a not in self._vectors}
+            if not self.config.exact:
+                files |= {self.layout.faiss(a) for a in attributes if a not in self._faiss}
+        return files if self.count else set()
+
     def health(self) -> FolderHealth:
         """Whether the folder's files changed under this open store, and if so whether it is damaged
         (cheap while nothing changed: one ``stat`` per file; see :class:`FolderWatch`)."""

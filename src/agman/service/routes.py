@@ -64,16 +64,20 @@ def attention_url(attribute: str, *, item: str | None = None, query: str | None 
 # --------------------------------------------------------------------------- status
 @router.get("/health", summary="Liveness, what is loaded, and whether the index files are sound")
 def health(state: State):
-    """``status``: ``ok``, or ``damaged`` (answered 503) when the index files changed under the
-    server and no longer hold what it serves or what index.json records (``problems`` says which)."""
+    """``status``: ``ok``; ``damaged`` (answered 503, like searches) when index files a search reads
+    changed under the server and no longer hold what it serves or what index.json records;
+    ``degraded`` (200) when the folder on disk is damaged or half written but searches answer from
+    the in-memory copy of the version in ``index.serving``.  ``problems`` says what is wrong."""
     retriever = state.retriever
+    info = retriever.info
     body = {
         "status": "ok",
         "items": len(retriever),
         "index_type": retriever.store.config.kind,
         "model": retriever.info.model_name,
         "checkpoint": retriever.info.checkpoint.identity,
-        "index": {k: state.public(v) if isinstance(v, str) else v for k, v in state.watch.status().items()},
+        "index": {**{k: state.public(v) if isinstance(v, str) else v for k, v in state.watch.status().items()},
+                  "serving": {"created": info.created, "updated": info.updated, "count": info.count}},
         "batches": {"forward_passes": state.batcher.batches, "images": state.batcher.images,
                     "seconds": round(state.batcher.seconds, 3), "cpu_seconds": round(state.batcher.cpu_seconds, 3)},
     }
@@ -81,8 +85,10 @@ def health(state: State):
     if folder is not None:
         body["notes"] = [state.public(n) for n in folder.notes]
         if not folder.ok:
-            body.update(status="damaged", problems=[state.public(d) for d in folder.damage])
+            body.update(status="damaged", problems=[state.public(d) for d in folder.damage + folder.degraded])
             return JSONResponse(body, status_code=503)
+        if folder.degraded:
+            body.update(status="degraded", problems=[state.public(d) for d in folder.degraded])
     return body
 
 

@@ -148,7 +148,8 @@ class ServiceState:
         return health() if callable(health) else None
 
     def require_sound_index(self) -> None:
-        """503 while the index files are damaged under the running server."""
+        """503 while index files a search reads are damaged under the running server (a store
+        answering from memory alone is only ``degraded`` by a damaged folder: it keeps answering)."""
         health = self.index_health()
         if health is not None and not health.ok:
             raise HTTPException(503, "the index is damaged: " + "; ".join(health.damage))
