@@ -146,7 +146,8 @@ class FolderWatch:
         self.store = store
         layout = store.layout
         self.paths = [layout.info, layout.progress] + [p for p, _ in folder_files(layout, store.info)]
-        self.seen = {p: stat_key(p) for p in self.paths}
+        opened = store._opened  # the files as the store read them: any change since is rechecked
+        self.seen = {p: opened[p] if p in opened else stat_key(p) for p in self.paths}
         self.verdict = FolderHealth()
         self._lock = threading.Lock()
 
