@@ -5,7 +5,8 @@ a few hundred requests).
 
 Which test covers which numbered case of issue #12:
   1 memory per upload      test_large_uploads_do_not_grow_memory
-  4 damaged indexes        test_a_damaged_index_refuses_to_start, test_damage_under_a_running_server_is_reported
+  4 damaged indexes        test_a_damaged_index_refuses_to_start, test_damage_under_a_running_server_is_reported,
+                           test_damage_to_files_a_search_reads_is_a_503
                            (every damage at open: tests/test_retrieval_integrity.py)
   5 chunked uploads        test_a_chunked_upload_over_the_limit_is_refused_while_it_streams
   6 connections           test_idle_and_slow_connections_are_closed_and_health_still_answers,
@@ -38,13 +39,14 @@ import numpy as np
 import pytest
 from conftest import make_asen, write_image
 from PIL import Image
-from test_retrieval_index import tiny_checkpoint
-from test_service_api import png_bytes
+from test_retrieval_index import build_tiny_index, tiny_checkpoint
+from test_service_api import LiveServer, png_bytes
 
 from agman.cli import main
 from agman.data.layouts import open_dataset
 from agman.retrieval.build import build_index
 from agman.retrieval.sources import ImageSet, from_split
+from agman.service.app import create_app
 
 TOKEN = "s3cret-token-for-the-abuse-test-0123456789"
 UPLOAD_MB = 1  # server A's upload limit (small, so the chunked case sends little)
@@ -387,18 +389,45 @@ def test_idle_and_slow_connections_are_closed_and_health_still_answers(server_b)
 
 
 def test_damage_under_a_running_server_is_reported(server_b, catalog):
-    """#12.4: a vector file truncated while the server runs: /health says damaged (503) naming the
-    file (relative to the index), searches answer 503 instead of wrong results or a crash."""
+    """#12.4, #19.3: a vector file truncated while the server runs a ``flat`` index: ``/health`` says
+    ``degraded`` naming the file (relative to the index) and which version it serves, and searches
+    keep answering from the vectors it read into memory — the same ranking as before, never a
+    wrong result or a crash.  (An index whose searches read the files: the next test.)"""
     bearer = {"Authorization": f"Bearer {TOKEN}"}
+    before = search(server_b.url, headers=bearer, item=catalog[1][0], attributes="attr1")
+    assert before.status_code == 200
     vectors = server_b.index / "vectors" / "attr-01.f32"
     vectors.write_bytes(vectors.read_bytes()[:64])
     r = httpx.get(server_b.url + "/health", headers=bearer)
     body = r.json()
-    assert r.status_code == 503 and body["status"] == "damaged"
-    assert any(p.startswith("vectors/attr-01.f32: truncated") for p in body["problems"]), body
+    assert r.status_code == 200 and body["status"] == "degraded", body
+    assert any(p.startswith("vectors/attr-01.f32: truncated") and "in-memory copy" in p for p in body["problems"])
+    assert any(p.startswith("on disk: vectors/attr-01.f32: truncated") for p in body["problems"]), body
+    served = json.loads((server_b.index / "index.json").read_text())
+    assert body["index"]["serving"] == {"created": served["created"], "updated": served["updated"],
+                                        "count": served["count"]}
     assert str(server_b.index) not in json.dumps(body)
     r = search(server_b.url, headers=bearer, item=catalog[1][0], attributes="attr1")
-    assert r.status_code == 503 and "vectors/attr-01.f32" in r.json()["detail"]
+    assert r.status_code == 200 and r.json()["results"] == before.json()["results"]
+
+
+def test_damage_to_files_a_search_reads_is_a_503(tmp_path):
+    """#12.4, #19.3: an approximate (HNSW) index reads the rows it re-scores from its vector files
+    at each search: one truncated under the server is damage — ``/health`` 503 ``damaged`` naming
+    the file, searches 503 naming it — not a wrong result or a crash."""
+    spec, _, index = build_tiny_index(tmp_path, kind="hnsw")
+    item = from_split(spec, "test").ids[0]
+    with LiveServer(create_app(index, reload_seconds=0)) as srv:  # as `agman serve`: every file read, verified
+        assert search(srv.url, item=item, attributes="attr1").status_code == 200
+        vectors = index / "vectors" / "attr-01.f32"
+        vectors.write_bytes(vectors.read_bytes()[:64])
+        r = httpx.get(srv.url + "/health")
+        body = r.json()
+        assert r.status_code == 503 and body["status"] == "damaged", body
+        assert any(p.startswith("vectors/attr-01.f32: truncated") and "reads this file" in p for p in body["problems"])
+        assert str(index) not in json.dumps(body)
+        r = search(srv.url, item=item, attributes="attr1")
+        assert r.status_code == 503 and "vectors/attr-01.f32" in r.json()["detail"]
 
 
 # --------------------------------------------------------------------------- issue #19
@@ -406,8 +435,9 @@ def test_an_index_folder_copied_over_while_it_is_served(catalog, tmp_path):
     """#19.3: ``cp -r rebuilt/. served/`` (files overwritten in place: truncated, then written) and a
     vector file truncated and restored, again and again, while three clients search: the server
     stays up (it used to die of SIGBUS reading a memory-mapped file that shrank), every answer is
-    the old or the new index's ranking or a 503 naming the damage while the folder is half copied,
-    and the new index is served once a copy is complete."""
+    200 with the old or the new index's ranking — the ``flat`` index answers from its in-memory
+    copy while the folder is half copied, which ``/health`` reports as ``degraded`` (200) — and
+    the new index is served once a copy is complete."""
     from agman.retrieval.search import Retriever
 
     tmp, ids, out = catalog
@@ -423,7 +453,7 @@ def test_an_index_folder_copied_over_while_it_is_served(catalog, tmp_path):
         rankings[name] = tuple(r.search_item(ids[0], "attr0", 8).ids)
     assert rankings["old"] != rankings["new"]
     server = Served(["--index", str(served), "--reload-seconds", "0.1"])
-    answers, stop = [], threading.Event()
+    answers, stop, degraded = [], threading.Event(), []
 
     def client():
         with httpx.Client(timeout=30) as http:
@@ -449,6 +479,8 @@ def test_an_index_folder_copied_over_while_it_is_served(catalog, tmp_path):
                 data = vectors.read_bytes()
                 with open(vectors, "r+b") as f:
                     f.truncate(0)
+                health = httpx.get(server.url + "/health", timeout=30)  # asked while the file is empty
+                degraded.append((health.status_code, health.json()["status"], health.json().get("problems", [])))
                 time.sleep(0.02)
                 vectors.write_bytes(data)
                 time.sleep(0.02)
@@ -464,11 +496,13 @@ def test_an_index_folder_copied_over_while_it_is_served(catalog, tmp_path):
         alive = server.proc.poll() is None
         server.stop()
     assert alive, "".join(server.lines[-30:])
-    wrong = [a for a in answers if a[0] != 503 and a not in ((200, rankings["old"]), (200, rankings["new"]))]
-    assert not wrong, wrong[:5]
-    assert all("damaged" in a[1] or "changed" in a[1] for a in answers if a[0] == 503), answers
-    ok = [a[1] for a in answers if a[0] == 200]
-    assert rankings["old"] in ok and ok[-1] == rankings["new"] and len(ok) > 20, (len(ok), len(answers))
+    wrong = [a for a in answers if a not in ((200, rankings["old"]), (200, rankings["new"]))]
+    assert not wrong, (len(wrong), len(answers), wrong[:5])
+    ok = [a[1] for a in answers]
+    assert rankings["old"] in ok and ok[-1] == rankings["new"] and len(ok) > 20, len(ok)
+    assert len(degraded) == 30 and all(code == 200 and status == "degraded" for code, status, _ in degraded), degraded
+    assert all(any(p.startswith("on disk: vectors/attr-00.f32: truncated") for p in problems)
+               for _, _, problems in degraded), degraded
 
 
 ODD_TOKEN = 'a token; with, "odd" chars =%20+ü'  # #19.10: a space, ; , " = % + and a non-ASCII letter
