@@ -26,8 +26,9 @@ loaded and checked against the index at start-up) and serves (routes in :mod:`ag
 Bad input answers 4xx with ``{"detail": message}``: not an image or truncated (400), over the
 byte or pixel limit (413), unknown attribute / bad weight / bad k (400), unknown item or query
 (404), malformed ``filter`` (400 naming the position), model without attention (409); no message
-names a server path (``ServiceState.public``).  A damaged index answers 503 (and ``/health`` says
-what is damaged), an unreachable Milvus 503.  Uploads are embedded in dynamic batches on one thread
+names a server path (``ServiceState.public``).  Index files a search reads damaged under the
+server answer 503 (and ``/health`` says what is damaged); a loaded flat index answers from memory
+over a damaged folder (``/health``: ``degraded``); an unreachable Milvus 503.  Uploads are embedded in dynamic batches on one thread
 (:mod:`agman.service.batcher`), attention maps on the model thread; searches and file responses run
 concurrently in the thread pool.  The index is reopened when ``agman index`` changes it
 (:mod:`agman.service.watch`).
