@@ -29,8 +29,8 @@ byte or pixel limit (413), unknown attribute / bad weight / bad k (400), unknown
 names a server path (``ServiceState.public``).  Index files a search reads damaged under the
 server answer 503 (and ``/health`` says what is damaged); a loaded flat index answers from memory
 over a damaged folder (``/health``: ``degraded``); an unreachable Milvus 503.  Uploads are embedded
-in dynamic batches on one thread (:mod:`agman.service.batcher`), attention maps on the model thread; searches and file responses run
-concurrently in the thread pool.  The index is reopened when ``agman index`` changes it
+in dynamic batches on one thread (:mod:`agman.service.batcher`), attention maps on the model
+thread; searches and file responses run concurrently in the thread pool.  The index is reopened when ``agman index`` changes it
 (:mod:`agman.service.watch`).
 
 Guards, outermost first: security headers, the allowed ``Host`` names (``allowed_hosts``), the
