@@ -30,8 +30,8 @@ names a server path (``ServiceState.public``).  Index files a search reads damag
 server answer 503 (and ``/health`` says what is damaged); a loaded flat index answers from memory
 over a damaged folder (``/health``: ``degraded``); an unreachable Milvus 503.  Uploads are embedded
 in dynamic batches on one thread (:mod:`agman.service.batcher`), attention maps on the model
-thread; searches and file responses run concurrently in the thread pool.  The index is reopened when ``agman index`` changes it
-(:mod:`agman.service.watch`).
+thread; searches and file responses run concurrently in the thread pool.  The index is reopened
+when ``agman index`` changes it (:mod:`agman.service.watch`).
 
 Guards, outermost first: security headers, the allowed ``Host`` names (``allowed_hosts``), the
 bearer token (``token``), the number of requests in progress, the body limit and deadline
