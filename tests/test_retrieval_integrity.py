@@ -155,6 +155,35 @@ def test_a_running_store_notices_damage_and_updates(built, index):
     assert all(str(index) not in d for d in health.damage)  # folder-relative names only
 
 
+def test_an_append_under_an_open_approximate_store_keeps_its_rows_readable(built, index):
+    """#19.3: ``--add`` appends to the vector files in place, and the rows an open HNSW store
+    re-scores are still the ones it opened: its searches answer as before (they raised
+    FolderChangedError until the reload).  A vector file rewritten in place or replaced is still
+    refused, never read as a mix of two versions."""
+    spec, ckpt, _ = built
+    store = FaissStore(index, load=True)
+    q = np.ones(store.info.dim, np.float32) / np.sqrt(store.info.dim)
+    rows, sims = store.shortlist(1, q, 5, store.select())
+    vectors = store.vectors(1, rows)
+    path = index / "vectors/attr-01.f32"
+    inode = path.stat().st_ino
+    build_index(index, from_split(spec, "valid"), ckpt, add=True)
+    assert path.stat().st_ino == inode and store.reopened() is not None  # grown in place, committed
+    again, again_sims = store.shortlist(1, q, 5, store.select())
+    assert np.array_equal(again, rows) and np.array_equal(again_sims, sims)
+    assert np.array_equal(store.vectors(1, again), vectors) and store.health().ok
+    whole = path.read_bytes()
+    with open(path, "r+b") as f:  # the first row rewritten in place: same inode, same size
+        f.write(np.full(store.info.dim, 0.5, np.float32).tobytes())
+    with pytest.raises(CatalogIndexError, match="attr-01.f32 changed since the index was opened"):
+        store.vectors(1, rows)
+    (index / "new.f32").write_bytes(whole)
+    (index / "new.f32").replace(path)  # the same bytes in another file (another inode)
+    with pytest.raises(CatalogIndexError, match="replaced by another file"):
+        store.vectors(1, rows)
+    assert np.array_equal(store.vectors(0, rows), FaissStore(index).vectors(0, rows))  # attr-00: untouched rows
+
+
 def test_a_loaded_flat_store_is_only_degraded_by_damage_on_disk(tmp_path):
     """#19.3: a ``flat`` store with its vectors in memory reads no file per search, so a vector
     file truncated on disk is ``degraded`` (named, folder-relative), not damage, and the store

@@ -430,6 +430,37 @@ def test_damage_to_files_a_search_reads_is_a_503(tmp_path):
         assert r.status_code == 503 and "vectors/attr-01.f32" in r.json()["detail"]
 
 
+def test_an_approximate_index_answers_the_version_it_serves_right_after_an_add(tmp_path, capsys):
+    """#19.3: ``agman index --add`` appends to the vector files an HNSW index re-scores its
+    shortlist from (in place: the served rows' bytes stay as they were), so a search right after
+    it answers 200 with the served version's ranking (it was 503 "changed since the index was
+    opened" until the next reload) and ``/health`` says ok; after the reload, the new version's."""
+    from agman.retrieval.search import Retriever
+
+    spec, ckpt, index = build_tiny_index(tmp_path, kind="hnsw")
+    item = from_split(spec, "test").ids[0]
+    query = dict(item=item, attributes="attr1", k="40")
+    old = tuple(Retriever.open(index).search_item(item, "attr1", 40).ids)
+    app = create_app(index, reload_seconds=0)  # reloaded below, when the test says
+    with LiveServer(app) as srv:
+        r = search(srv.url, **query)
+        assert r.status_code == 200 and tuple(h["id"] for h in r.json()["results"]) == old
+        rc, _, err = agman_main(capsys, "index", "--checkpoint", ckpt, "--images", tmp_path / "ds", "--split", "valid",
+                                "--out", index, "--add", "--no-progress")
+        assert rc == 0, err
+        new = tuple(Retriever.open(index).search_item(item, "attr1", 40).ids)
+        assert new != old and len(new) > len(old)
+        for _ in range(3):
+            r = search(srv.url, **query)
+            assert r.status_code == 200, r.json()
+            assert tuple(h["id"] for h in r.json()["results"]) == old
+        health = httpx.get(srv.url + "/health").json()
+        assert health["status"] == "ok" and "updated (40 items)" in " ".join(health.get("notes", [])), health
+        assert app.state.service.watch.check()  # the reload
+        r = search(srv.url, **query)
+        assert r.status_code == 200 and tuple(h["id"] for h in r.json()["results"]) == new
+
+
 # --------------------------------------------------------------------------- issue #19
 def test_an_index_folder_copied_over_while_it_is_served(catalog, tmp_path):
     """#19.3: ``cp -r rebuilt/. served/`` (files overwritten in place: truncated, then written) and a

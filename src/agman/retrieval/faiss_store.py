@@ -29,7 +29,9 @@ new end, which no check before the read can rule out.  A copy costs the vectors'
 their read at open (``bench/vector_copy.py`` measures it against the memory map;
 docs/retrieval.md); ``mmap=True`` keeps the memory map for a folder nobody rewrites in place.
 The files are stat'ed before the items are read and after the vectors are, so a store never
-holds a mix of two versions of a folder being rewritten (:class:`FolderChangedError`).
+holds a mix of two versions of a folder being rewritten (:class:`FolderChangedError`); an
+approximate type's row reads need only its rows intact, so an append (``agman index --add``) does
+not stop its searches before the reload.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from agman.retrieval.faiss_check import (
 from agman.retrieval.faiss_index import read_faiss, search_params, similarities
 from agman.retrieval.filters import Filter
 from agman.retrieval.info import CatalogIndexError, IndexInfo, IndexLayout
-from agman.retrieval.integrity import LEVELS, IndexDamagedError, stat_key
+from agman.retrieval.integrity import LEVELS, IndexDamagedError, check_file, stat_key
 from agman.retrieval.items import Item, read_items
 from agman.retrieval.ranking import exact_scores
 from agman.retrieval.store import Selection
@@ -145,6 +147,8 @@ class FaissStore:
         self._columns = None
         self._masks: dict = {}
         self._lock = threading.Lock()
+        self._intact: dict[Path, tuple] = {}  # vector files grown since open, their known rows checked intact
+        self._intact_lock = threading.Lock()
         self._watch: FolderWatch | None = None
         if load:
             for a in range(len(self.info.attributes)):
@@ -244,21 +248,62 @@ class FaissStore:
 
     def _read_rows(self, attribute: int, rows: np.ndarray) -> np.ndarray:
         """``rows`` of a vector file read with ``pread`` (no copy of the file kept: an approximate
-        index is meant to need less memory than its vectors), checked unchanged afterwards."""
+        index is meant to need less memory than its vectors), from a file whose known rows are
+        checked intact before the read (:meth:`_known_rows_intact`) and unchanged after it."""
         d = self.info.dim
         out = np.empty((len(rows), d), np.float32)
         path = self.layout.vectors(attribute)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.count):
             raise IndexError(f"rows outside 0..{self.count - 1}")
-        with open(path, "rb") as f:
-            fd = f.fileno()
-            for i, r in enumerate(rows):
-                data = os.pread(fd, 4 * d, int(r) * 4 * d)
-                if len(data) < 4 * d:
-                    raise IndexDamagedError(f"{path}: truncated at row {int(r)} (the folder is being rewritten?)")
-                out[i] = np.frombuffer(data, np.float32)
-        self._check_unchanged()
-        return out
+        for _ in range(3):  # a file written during the read (an append) is checked again and read again
+            before = self._known_rows_intact(path)
+            with open(path, "rb") as f:
+                fd = f.fileno()
+                for i, r in enumerate(rows):
+                    data = os.pread(fd, 4 * d, int(r) * 4 * d)
+                    if len(data) < 4 * d:
+                        raise IndexDamagedError(f"{path}: truncated at row {int(r)} (the folder is being rewritten?)")
+                    out[i] = np.frombuffer(data, np.float32)
+            if stat_key(path) == before:
+                return out
+        raise FolderChangedError(f"index {self.root}: {self.layout.name(path)} kept changing while it was read: "
+                                 "open it again")
+
+    def _known_rows_intact(self, path: Path) -> tuple:
+        """The stat key of vector file ``path`` once its first ``count`` rows are known to be the
+        ones this store opened.  ``agman index --add`` appends to a vector file in place (same
+        inode, the rows before it untouched), so a file that grew is checked, once per change,
+        against the hash of those rows recorded at open (in full for a store opened with
+        ``verify="full"``, else sampled); a replaced, shrunk or rewritten file raises, as does any
+        change to a file without a recorded hash."""
+        now, opened = stat_key(path), self._opened.get(path)
+        if now is not None and (now == opened or now == self._intact.get(path)):
+            return now
+        with self._intact_lock:
+            now = stat_key(path)
+            if now is not None and now == self._intact.get(path):  # checked by another thread meanwhile
+                return now
+            name = self.layout.name(path)
+            record = self.info.files.get(name)
+            if now is None:
+                raise IndexDamagedError(damage_message(self.layout, [f"{path}: missing"]))
+            if now[0] < self.count * self.info.dim * 4:
+                raise IndexDamagedError(damage_message(self.layout, [f"{path}: truncated: {now[0]} bytes"]))
+            if opened is None or now[2:] != opened[2:]:
+                wrong = "replaced by another file"
+            elif record is None:
+                wrong = "index.json records no hash to check its rows against"
+            else:
+                wrong = check_file(path, record, "full" if self.verified == "full" else "sample", grows=True)
+                if wrong is None and stat_key(path) != now:
+                    wrong = "written while it was checked"
+            if wrong:
+                raise FolderChangedError(
+                    f"index {self.root}: {name} changed since the index was opened ({wrong}; the folder is "
+                    "being rewritten?): open it again"
+                )
+            self._intact[path] = now
+            return now
 
     def _stats(self) -> dict:
         return {p: stat_key(p) for p in [self.layout.info, *(p for p, _ in folder_files(self.layout, self.info))]}
