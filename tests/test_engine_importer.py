@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_asen
 
 from agman.cli import main
+from agman.data.spec import Attribute
 from agman.engine.checkpoint import load_checkpoint, load_model
 from agman.engine.importer import ImportFormatError, ImportReadError, import_released
-from agman.data.spec import Attribute
-from tests.conftest import make_asen
 
 # --------------------------------------------------------------------------- released layer lists
 
