@@ -426,6 +426,29 @@ def test_agman_eval_of_an_imported_checkpoint_gives_the_released_loops_map(tmp_p
     spec = open_dataset(root)
     theirs = released_eval_map(released_agman_forward, state, spec, "test", 64)
     assert 0 < theirs < 1 and ours == pytest.approx(theirs, abs=1e-9)
+    # the imported checkpoint indexes, searches and draws attention like any agman checkpoint
+    index, image = tmp_path / "index", root / spec.split("test").paths[3]
+    assert main(["index", "--checkpoint", str(tmp_path / "imported.pt"), "--images", str(root), "--split", "test",
+                 "--out", str(index), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(index), "--image", str(image), "-a", "attr2", "--k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["id"] == spec.split("test").paths[3]
+    assert main(["attention", "--index", str(index), "--image", str(image), "-a", "attr1",
+                 "--out", str(tmp_path / "att.png")]) == 0 and (tmp_path / "att.png").stat().st_size > 0
+
+
+def test_import_json_lists_every_placement_and_a_forced_wrong_format_is_named(tmp_path, capsys):
+    state = random_state(released_csn(2), seed=10)
+    src = save_released(tmp_path / "c.pth.tar", state, key="best_prec1", parallel=True)
+    (tmp_path / "meta.json").write_text(json.dumps({"ATTRIBUTES": ["heel", "closure"],
+                                                    "ATTRIBUTES_NUM": {"heel": 3, "closure": 2}}))
+    args = ["import", str(src), "--meta", str(tmp_path / "meta.json"), "--out", str(tmp_path / "o.pt")]
+    assert main(args + ["--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["format"] == "csn" and body["stripped_module_prefix"] is True
+    assert set(body["placed"]) == set(state) and body["attributes"] == ["heel", "closure"]
+    assert main(args + ["--format", "asen-v2"]) == 2
+    assert "is not in the asen-v2 format: it lacks embeddingnet.attr_embedding.weight" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- bad input

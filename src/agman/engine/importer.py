@@ -253,7 +253,7 @@ def detect_format(state: dict[str, torch.Tensor], path: Path, wanted: str | None
         if not fits(FORMATS[wanted]):
             missing = [FORMATS[wanted].prefix + k for k in FORMATS[wanted].signature
                        if FORMATS[wanted].prefix + k not in state]
-            raise ImportFormatError(f"{path} is not a {wanted} checkpoint: it lacks {', '.join(missing[:6])} "
+            raise ImportFormatError(f"{path} is not in the {wanted} format: it lacks {', '.join(missing[:6])} "
                                     f"({_describe({'state_dict': state})})")
         return FORMATS[wanted]
     found = [f for f in FORMATS.values() if fits(f)]

@@ -62,8 +62,15 @@ class OnnxModel:
         self.n_attributes = len(self.attributes)
         self.embedding_dim = int(self.session.get_outputs()[0].shape[-1])
 
-    # the parts of the AttributeModel interface that embedding and serving use
+    # the parts of the AttributeModel interface that embedding, evaluation and serving use
+    training = False
+
     def eval(self) -> OnnxModel:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        if mode:
+            raise UsageError("an ONNX export runs inference only")
         return self
 
     def to(self, device) -> OnnxModel:
