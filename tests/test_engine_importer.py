@@ -30,6 +30,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_asen
+from test_cli_json import validate
 
 from agman.cli import main
 from agman.data.spec import Attribute
@@ -445,6 +446,7 @@ def test_import_json_lists_every_placement_and_a_forced_wrong_format_is_named(tm
     args = ["import", str(src), "--meta", str(tmp_path / "meta.json"), "--out", str(tmp_path / "o.pt")]
     assert main(args + ["--json"]) == 0
     body = json.loads(capsys.readouterr().out)
+    validate(body, "model-card.md", "import")
     assert body["format"] == "csn" and body["stripped_module_prefix"] is True
     assert set(body["placed"]) == set(state) and body["attributes"] == ["heel", "closure"]
     assert main(args + ["--format", "asen-v2"]) == 2

@@ -8,26 +8,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_asen
+from test_retrieval_cli import run
 from test_retrieval_index import INPUT_SIZE, tiny_checkpoint
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from agman.cli import main  # noqa: E402
 from agman.data.layouts import open_dataset  # noqa: E402
 from agman.engine.checkpoint import load_model, save_checkpoint  # noqa: E402
 from agman.engine.onnx_export import META_IDENTITY, export_onnx  # noqa: E402
 from agman.engine.onnx_runtime import OnnxExportError, OnnxModel  # noqa: E402
 from agman.models.registry import build_model  # noqa: E402
-
-
-def run(capsys, *argv):
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
