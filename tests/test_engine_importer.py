@@ -449,7 +449,8 @@ def test_import_json_lists_every_placement_and_a_forced_wrong_format_is_named(tm
     validate(body, "model-card.md", "import")
     assert body["format"] == "csn" and body["stripped_module_prefix"] is True
     assert set(body["placed"]) == set(state) and body["attributes"] == ["heel", "closure"]
-    assert main(args + ["--format", "asen-v2"]) == 2
+    assert main(args) == 2 and "already exists; pass --force" in capsys.readouterr().err
+    assert main(args + ["--format", "asen-v2", "--force"]) == 2
     assert "is not in the asen-v2 format: it lacks embeddingnet.attr_embedding.weight" in capsys.readouterr().err
 
 

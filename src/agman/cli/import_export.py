@@ -33,6 +33,7 @@ def register(subparsers) -> None:
                      "zappos50k, synthetic; default: --dataset when it is one of them, else fashionai / "
                      "zappos50k for CSN)")
     imp.add_argument("--input-size", type=int, help="input size in pixels (default: the preset's, 224; CSN 112)")
+    imp.add_argument("--force", action="store_true", help="replace --out if it exists")
     imp.add_argument("--json", action="store_true", help="print what was placed as JSON")
     imp.set_defaults(func=run_import)
 
@@ -54,7 +55,16 @@ def register(subparsers) -> None:
                      help="with --int8: a folder of catalog images or a catalog CSV to calibrate on")
     exp.add_argument("--calibration-images", type=int, default=64, help="images drawn for calibration (default 64)")
     exp.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    exp.add_argument("--force", action="store_true", help="replace --out / --int8 if they exist")
     exp.set_defaults(func=run_export)
+
+
+def _refuse_existing(args: argparse.Namespace, *paths) -> None:
+    from agman.errors import AlreadyExistsError
+
+    for path in paths:
+        if path is not None and Path(path).exists() and not args.force:
+            raise AlreadyExistsError(f"{path} already exists; pass --force to replace it")
 
 
 def _attributes(args: argparse.Namespace):
@@ -76,6 +86,7 @@ def run_import(args: argparse.Namespace) -> int:
     from agman.engine.compose import datasets
     from agman.engine.importer import import_released
 
+    _refuse_existing(args, args.out)
     attributes, data = _attributes(args)
     preset = args.preset or (args.dataset.lower() if args.dataset and args.dataset.lower() in datasets() else None)
     report = import_released(args.released, attributes, args.out, format=args.format, dataset=preset, data=data,
@@ -107,6 +118,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise CLIError("--calibration calibrates the --int8 copy; give --int8 PATH too")
     if args.int8 and not args.calibration:
         raise CLIError("--int8 needs --calibration IMAGES (a folder or catalog CSV to calibrate on)")
+    _refuse_existing(args, args.out, args.int8)
     out = export_onnx(args.checkpoint, args.out, attention=args.attention, opset=args.opset)
     print(f"wrote {out} (fp32; inputs 'images' [B, 3, S, S], outputs 'embeddings' [B, A, D]"
           + (", 'attention' [B, A, h, w]" if args.attention else "") + ")")
