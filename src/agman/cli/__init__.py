@@ -18,7 +18,7 @@ import sys
 from agman.errors import AgmanError, UsageError
 
 # Sub-command modules, in the order they are listed by --help.
-COMMAND_MODULES = ("data", "models", "train", "demo", "retrieval", "serve")
+COMMAND_MODULES = ("data", "models", "train", "demo", "retrieval", "serve", "import_export")
 
 
 class CLIError(UsageError):

@@ -57,6 +57,31 @@ def add_model_options(parser: argparse.ArgumentParser, checkpoint: bool = True) 
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
 
 
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """``--runtime torch|onnx`` and ``--onnx FILE``: embed with PyTorch or with ONNX Runtime on the CPU."""
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                        help="embed with PyTorch (default) or with ONNX Runtime on the CPU (an agman export of the "
+                        "same checkpoint: agman export --format onnx)")
+    parser.add_argument("--onnx", metavar="FILE", help="with --runtime onnx: the export (default: the checkpoint's "
+                        "path with .onnx)")
+
+
+def runtime_model(args: argparse.Namespace, checkpoint):
+    """``(model, CheckpointInfo)`` for ``--runtime``: the checkpoint's model, or its ONNX export run by
+    ONNX Runtime (refused when the export was made from another checkpoint)."""
+    from agman.engine.checkpoint import info_from, load_checkpoint, load_model
+
+    if getattr(args, "runtime", "torch") != "onnx":
+        if getattr(args, "onnx", None):
+            raise CLIError("--onnx is read with --runtime onnx")
+        return load_model(checkpoint, device=args.device)
+    from agman.engine.onnx_runtime import OnnxModel
+
+    info = info_from(load_checkpoint(checkpoint), checkpoint)
+    model = OnnxModel(args.onnx or Path(checkpoint).with_suffix(".onnx"), identity=info.identity)
+    return model.to(args.device), info
+
+
 def add_search_tuning(parser: argparse.ArgumentParser) -> None:
     """The index's search-time settings: stored by `agman index`, overridden by search/serve/compare."""
     from agman.retrieval.info import IndexConfig
@@ -198,6 +223,7 @@ def register(subparsers) -> None:
     idx.add_argument("--shard-size", type=positive_int, default=1024, help="images per resumable shard (default 1024)")
     idx.add_argument("--workers", type=int, default=0, help="image-loading worker processes (default 0)")
     add_model_options(idx, checkpoint=False)  # --checkpoint is declared above
+    add_runtime_options(idx)
     idx.add_argument("--no-progress", action="store_true", help="no progress bar")
     idx.add_argument("--json", action="store_true",
                      help="print the summary as JSON (schema agman/index/1, docs/retrieval.md)")
@@ -329,7 +355,10 @@ def run_index(args: argparse.Namespace) -> int:
 
     ctx = init_distributed(args.device)
     try:
-        model, info = load_model(args.checkpoint, device=ctx.device)
+        if args.runtime == "onnx":
+            model, info = runtime_model(args, args.checkpoint)
+        else:
+            model, info = load_model(args.checkpoint, device=ctx.device)
         images = image_set_from_args(args, info.attributes)
         config = None
         if args.index_type:  # a new index's type and settings (an existing index keeps its own)

@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     from agman.cli.retrieval import (
         add_index_location,
         add_model_options,
+        add_runtime_options,
         add_search_tuning,
         add_verify_option,
         positive_int,
@@ -52,6 +53,7 @@ def register(subparsers) -> None:
                    help="address to listen on (default 127.0.0.1; any other needs a token or --insecure-no-token)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0: any free port)")
     add_model_options(p)
+    add_runtime_options(p)
     add_verify_option(p, "full")
     p.add_argument("--threads", type=positive_int,
                    help="torch threads for the model (default: torch's, one per core); 1 keeps a busy machine's "
@@ -131,7 +133,12 @@ def run_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     sock = listen(args.host, args.port)  # first: a busy port fails at once, before loading or announcing
     try:
-        retriever = open_retriever(args, load_model=True, load_index=True)  # a damaged index stops here
+        onnx = args.runtime == "onnx"
+        retriever = open_retriever(args, load_model=not onnx, load_index=True)  # a damaged index stops here
+        if onnx:  # the ONNX export of the index's checkpoint embeds the queries
+            from agman.cli.retrieval import runtime_model
+
+            retriever.set_model(*runtime_model(args, args.checkpoint or retriever.info.checkpoint.path))
         allowed = None if "*" in args.allowed_host else default_allowed_hosts(args.host, args.allowed_host)
         app = create_app(retriever, limits=limits, token=token, allowed_hosts=allowed,
                          reload_seconds=args.reload_seconds, writable=args.writable)

@@ -17,12 +17,13 @@ class ASENetV2(AttributeModel):
     product, spatial softmax; the c3-channel layer3 features are weighted and sum-pooled.  ACA:
     embedding -> FC -> ReLU, concatenated with the pooled vector -> FC(c3+c'->c') -> ReLU ->
     FC(c'->c3) -> sigmoid mask.  One attribute table is shared by ASA and ACA.  The output size is
-    c3 (1024 on ResNet-50, the published setting); another ``embedding_dim`` adds a final FC.
+    c3 (1024 on ResNet-50, the published setting); another ``embedding_dim`` adds a final FC, and so does
+    ``output_fc`` at any size (later versions of the released code end with ``feature_fc``, 1024 -> 1024).
     """
 
     name = "asenet-v2"
     description = "ASENet_V2 (Ma et al. 2020): layer3, attribute-aware spatial + channel attention"
-    DEFAULTS = {"backbone": "resnet50", "embedding_dim": None, "attention_dim": 512}
+    DEFAULTS = {"backbone": "resnet50", "embedding_dim": None, "attention_dim": 512, "output_fc": False}
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__(n_attributes, pretrained, **options)
@@ -34,7 +35,8 @@ class ASENetV2(AttributeModel):
                        scaled=False, embedding=shared)
         self.aca = ACA(c3, self.n_attributes, attribute_dim=width, hidden=width,
                        attribute_activation="relu", scaled=False, embedding=shared)
-        self.projection = nn.Linear(c3, self.embedding_dim) if self.embedding_dim != c3 else None
+        final_fc = self.embedding_dim != c3 or self.config["output_fc"]
+        self.projection = nn.Linear(c3, self.embedding_dim) if final_fc else None
         self._load_backbone(self.trunk)
 
     def encode(self, images: Tensor, with_logits: bool = True):
