@@ -118,10 +118,12 @@ class MilvusStore:
         config = info.config.tuned(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         store = cls(conn, info, config, catalog)
         conn.call("load the collection", "load_collection", conn.name)
+        # one Strong read: what was committed before this open is visible to the cheaper reads after it
+        conn.call("count items", "query", conn.name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return store
 
     def reopened(self) -> None:
-        """None: every write is visible to the next search (consistency level Strong)."""
+        """None: this process's writes are visible to its next search (consistency Session or Strong)."""
         return None
 
     def close(self) -> None:
@@ -171,6 +173,7 @@ class MilvusStore:
         it = self.conn.client.query_iterator(
             self.conn.name, batch_size=FETCH_BATCH, output_fields=["row"], limit=-1 if limit is None else int(limit),
             partition_names=[_partition(self.n_attributes - 1)], timeout=self.target.request_timeout,
+            consistency_level=self.target.consistency,
         )
         rows = []
         while batch := it.next():
@@ -246,7 +249,7 @@ class MilvusStore:
         it = self.conn.client.query_iterator(
             self.conn.name, batch_size=FETCH_BATCH, filter=selection.expression or "",
             output_fields=["row", "vector"], partition_names=[_partition(attribute)],
-            timeout=self.target.request_timeout,
+            timeout=self.target.request_timeout, consistency_level=self.target.consistency,
         )
         rows, sims = [], []
         while batch := it.next():
