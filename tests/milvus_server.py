@@ -60,6 +60,7 @@ class MilvusServer:
         self.data = Path(data)
         self.authorization = authorization
         self.proc: subprocess.Popen | None = None
+        self.ports: list[int] = []  # chosen at the first start, kept by a restart
         self.port = 0
 
     @property
@@ -71,8 +72,8 @@ class MilvusServer:
         if exe is None:
             raise FileNotFoundError("milvus-server not found: pip install 'milvus>=2.3,<=2.3.5'")
         self.data.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(len(PORT_OPTIONS) + 2)
-        etcd, peer, rest = ports[0], ports[1], ports[2:]
+        self.ports = self.ports or free_ports(len(PORT_OPTIONS) + 2)
+        etcd, peer, rest = self.ports[0], self.ports[1], self.ports[2:]
         etcd_config = self.data / "etcd-embed.yaml"
         etcd_config.write_text(
             f"listen-client-urls: http://127.0.0.1:{etcd}\nadvertise-client-urls: http://127.0.0.1:{etcd}\n"

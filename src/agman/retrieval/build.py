@@ -22,6 +22,7 @@ A run with a checkpoint whose weight identity differs from the index's is refuse
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -164,6 +165,8 @@ class Work:
     def clear(self) -> None:
         self.progress_path.unlink(missing_ok=True)
         shutil.rmtree(self.shards, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a Milvus build's own folder, now empty (an index folder is not)
+            self.layout.root.rmdir()
 
 
 def plan_items(
@@ -315,12 +318,12 @@ def build_index(
 
     plan_error = None
     writer: CatalogWriter | None = None
-    work: Work | None = None
+    work_folder, work = work, None  # ``work`` names the folder; ``work`` becomes its Work once opened
     counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0}
     if ctx.is_main:
         try:
             dim = int(model.embedding_dim)
-            writer, work = open_for_build(out, info, dim, config, meta, catalog_root, add or update, work)
+            writer, work = open_for_build(out, info, dim, config, meta, catalog_root, add or update, work_folder)
             counts = _plan(writer, work, images, add=add, update=update, batch_size=batch_size, shard_size=shard_size)
         except BaseException as exc:  # every rank must hear that the plan failed, not wait for it
             plan_error = exc

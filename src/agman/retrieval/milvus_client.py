@@ -27,7 +27,9 @@ built by another checkpoint is refused the same way) and the next free row (``ag
 """
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,9 @@ def pymilvus():
         import pymilvus as module
     except ImportError:
         raise MilvusError("the Milvus backend needs pymilvus: pip install 'agman[milvus]'") from None
+    # pymilvus logs every failed call at ERROR with a traceback; agman raises it as a MilvusError
+    # naming the URI and the operation instead (one line, no traceback)
+    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
     return module
 
 
@@ -134,9 +139,18 @@ class MilvusTarget:
         module = pymilvus()
         if self.lite and not Path(self.uri).resolve().parent.is_dir():
             raise NotFoundError(f"Milvus Lite file {self.uri}: folder {Path(self.uri).resolve().parent} does not exist")
+        import grpc
+
         try:
             return module.MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout)
-        except module.MilvusException as exc:
+        except (module.MilvusException, grpc.RpcError) as exc:
+            cause = exc if isinstance(exc, grpc.RpcError) else (exc.__cause__ or exc.__context__)
+            if isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNAUTHENTICATED:
+                given = "the credentials given were refused" if self.token else "no credentials were given"
+                raise MilvusError(
+                    f"Milvus at {self.uri} requires authentication and {given} ({cause.details()}): pass "
+                    f"user:password with --milvus-token or ${TOKEN_ENV}"
+                ) from None
             hint = ""
             if self.lite:
                 hint = (
@@ -160,14 +174,41 @@ class Connection:
     def call(self, what: str, method: str, *args, **kwargs):
         """``client.<method>(*args, timeout=..., **kwargs)``; a Milvus failure becomes a
         :class:`MilvusError` naming the URI and ``what`` was being done."""
-        module = pymilvus()
         if method in READS:
             kwargs.setdefault("consistency_level", self.target.consistency)
-        try:
+        with self.failures(what):
             return getattr(self.client, method)(*args, timeout=self.target.request_timeout, **kwargs)
-        except module.MilvusException as exc:
+
+    @contextmanager
+    def failures(self, what: str):
+        """Milvus's refusals and gRPC's failures (a server that stopped answering raises gRPC's
+        DEADLINE_EXCEEDED / UNAVAILABLE past pymilvus) become a :class:`MilvusError` naming the URI."""
+        import grpc
+
+        try:
+            yield
+        except pymilvus().MilvusException as exc:
             message = getattr(exc, "message", exc)
             raise MilvusError(f"Milvus at {self.target.uri}: could not {what}: {message}") from None
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                message = f"no answer within {self.target.request_timeout:g} s"
+            else:
+                message = f"{getattr(code, 'name', 'gRPC error')}: {exc.details() if callable(getattr(exc, 'details', None)) else exc}"
+            raise MilvusError(f"Milvus at {self.target.uri}: could not {what}: {message}") from None
+
+    def iterate(self, what: str, **kwargs):
+        """The batches of a ``query_iterator`` over the collection (failures named as by :meth:`call`)."""
+        kwargs.setdefault("consistency_level", self.target.consistency)
+        with self.failures(what):
+            it = self.client.query_iterator(self.name, batch_size=FETCH_BATCH, timeout=self.target.request_timeout,
+                                            **kwargs)
+            try:
+                while batch := it.next():
+                    yield batch
+            finally:
+                it.close()
 
     def properties(self) -> dict:
         return self.call("describe the collection", "describe_collection", self.name).get("properties") or {}

@@ -170,15 +170,10 @@ class MilvusStore:
         """Every stored row, ascending (a scan of the collection); with ``limit`` only that many,
         the first the query iterator hands out — it walks primary keys (``row × A + attribute``)
         upwards, so the lowest rows: pages of ``Retriever.items`` are stable (tested on Milvus Lite)."""
-        it = self.conn.client.query_iterator(
-            self.conn.name, batch_size=FETCH_BATCH, output_fields=["row"], limit=-1 if limit is None else int(limit),
-            partition_names=[_partition(self.n_attributes - 1)], timeout=self.target.request_timeout,
-            consistency_level=self.target.consistency,
-        )
         rows = []
-        while batch := it.next():
+        for batch in self.conn.iterate("list items", output_fields=["row"], limit=-1 if limit is None else int(limit),
+                                       partition_names=[_partition(self.n_attributes - 1)]):
             rows += [e["row"] for e in batch]
-        it.close()
         return np.sort(np.asarray(rows, dtype=np.int64))
 
     def items_of(self, rows: Sequence[int]) -> list[Item]:
@@ -246,16 +241,11 @@ class MilvusStore:
     def similarities(
         self, attribute: int, query: np.ndarray, selection: Selection, exact: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        it = self.conn.client.query_iterator(
-            self.conn.name, batch_size=FETCH_BATCH, filter=selection.expression or "",
-            output_fields=["row", "vector"], partition_names=[_partition(attribute)],
-            timeout=self.target.request_timeout, consistency_level=self.target.consistency,
-        )
         rows, sims = [], []
-        while batch := it.next():
+        for batch in self.conn.iterate("scan items", filter=selection.expression or "",
+                                       output_fields=["row", "vector"], partition_names=[_partition(attribute)]):
             rows.append(np.asarray([e["row"] for e in batch], dtype=np.int64))
             sims.append(exact_scores(np.asarray([e["vector"] for e in batch], np.float32), query))
-        it.close()
         r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         s = np.concatenate(sims) if sims else np.zeros(0, np.float32)
         order = np.argsort(r, kind="stable")
