@@ -273,26 +273,38 @@ class MilvusStore:
         """Write ``items`` as rows ``first_row ..`` (upserts by primary key: a rerun after a crash
         writes the same entities again), then delete the entities of the rows they replace."""
         self._check(items)
+        i = 0
+        for block in blocks():
+            self.write_block(items, i, block, skipped, first_row)
+            i += len(block)
+        if i != len(items):
+            raise CatalogIndexError(f"{len(items)} items to write to {self.location}, but {i} embeddings")
+        self.finish(len(items), replaces, first_row)
+
+    def write_block(self, items: Sequence[Item], start: int, block: np.ndarray, skipped: Iterable[int],
+                    first_row: int) -> None:
+        """Upsert plan positions ``start ..`` (embeddings ``block [n, A, D]``) as rows ``first_row +
+        position``, but the ``skipped`` positions — the part of a commit one torchrun rank writes."""
+        if not np.isfinite(block).all():
+            raise InvalidValueError(f"embeddings of rows {first_row + start}.. hold NaN or infinite values")
+        self._check(items[start : start + len(block)])
         skipped = set(skipped)
         per_batch = max(1, WRITE_BATCH_BYTES // (4 * self.dim + 512))
         pending: list[tuple[int, Item, np.ndarray]] = []
-        i = 0
-        for block in blocks():
-            if not np.isfinite(block).all():
-                raise InvalidValueError(f"embeddings of rows {first_row + i}.. hold NaN or infinite values")
-            for vectors in block:
-                if i not in skipped:
-                    pending.append((first_row + i, items[i], vectors))
-                i += 1
-                if len(pending) >= per_batch:
-                    self._upsert(pending)
-                    pending = []
-        if i != len(items):
-            raise CatalogIndexError(f"{len(items)} items to write to {self.location}, but {i} embeddings")
+        for j, vectors in enumerate(block):
+            if start + j not in skipped:
+                pending.append((first_row + start + j, items[start + j], vectors))
+            if len(pending) >= per_batch:
+                self._upsert(pending)
+                pending = []
         self._upsert(pending)
+
+    def finish(self, n: int, replaces: Rows, first_row: int) -> None:
+        """After the rows ``first_row ..`` of ``n`` planned items are written: delete the rows they
+        replace, flush, and record the new row count in the collection's description."""
         self._delete_rows([r for r in replaces if r is not None])
         self.conn.call("flush", "flush", self.conn.name)
-        self.info.count = max(self.info.count, first_row + len(items))
+        self.info.count = max(self.info.count, first_row + n)
         self.conn.set_properties(**{INFO_KEY: self.info.to_json()})
 
     def _check(self, items: Sequence[Item]) -> None:
