@@ -36,7 +36,7 @@ pytest.importorskip("pymilvus")
 from agman.retrieval.milvus_client import MilvusTarget  # noqa: E402
 from agman.retrieval.milvus_store import MilvusStore  # noqa: E402
 
-N_TEST = 96
+N_TEST = 48
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_a_server_frozen_during_the_commit_fails_the_run_and_the_rerun_completes
     _, root, ckpt = data
     name, work = fresh("frozen"), tmp_path / "work"
     cmd = index_cmd(milvus_server.uri, name, root, ckpt, work)
-    first = subprocess.Popen(cmd + ["--milvus-timeout", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(cmd + ["--milvus-timeout", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     progress = work / "progress.json"
 
     def committing():

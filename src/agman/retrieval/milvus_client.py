@@ -195,7 +195,8 @@ class Connection:
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 message = f"no answer within {self.target.request_timeout:g} s"
             else:
-                message = f"{getattr(code, 'name', 'gRPC error')}: {exc.details() if callable(getattr(exc, 'details', None)) else exc}"
+                details = exc.details() if callable(getattr(exc, "details", None)) else exc
+                message = f"{getattr(code, 'name', 'gRPC error')}: {details}"
             raise MilvusError(f"Milvus at {self.target.uri}: could not {what}: {message}") from None
 
     def iterate(self, what: str, **kwargs):
