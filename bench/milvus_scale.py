@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--uri", help="a running Milvus server (default: start milvus-server here)")
     ap.add_argument("--server-pid", type=int, help="with --uri: the server's pid, for its RSS")
     ap.add_argument("--hybrid-uri", help="Milvus with hybrid_search (default: a Milvus Lite file in the temp dir)")
-    ap.add_argument("--hybrid-items", type=int, default=100_000, help="items in the hybrid_search comparison")
+    ap.add_argument("--hybrid-items", type=int, default=100_000, help="items in the hybrid_search comparison (0: skip it)")
     ap.add_argument("--work", help="scratch folder (default: a temp dir, removed after)")
     args = ap.parse_args(argv)
     import pymilvus
@@ -225,7 +225,7 @@ def main(argv=None) -> dict:
         del opened
         gc.collect()
 
-        if args.attributes >= 2:
+        if args.attributes >= 2 and args.hybrid_items > 0:
             n = min(args.hybrid_items, args.items)
             weights = [1.0, 2.0] + [1.0] * (args.attributes - 2)
             started = time.perf_counter()
