@@ -64,12 +64,13 @@ def write_faiss(folder: Path, vectors: np.ndarray, items: list[Item], kind: str 
     return time.perf_counter() - started
 
 
-def write_milvus(target, vectors: np.ndarray, items: list[Item], batch: int = 10_000, report=print) -> float:
-    """Write the catalog as a Milvus collection (FLAT) in commits of ``batch`` items; seconds taken."""
+def write_milvus(target, vectors: np.ndarray, items: list[Item], batch: int = 10_000, report=print,
+                 kind: str = "flat") -> float:
+    """Write the catalog as a Milvus collection (index ``kind``) in commits of ``batch`` items; seconds taken."""
     from agman.retrieval.milvus_store import MilvusStore
 
     started = time.perf_counter()
-    store = MilvusStore.create(target, info_for(vectors.shape[1], vectors.shape[2]))
+    store = MilvusStore.create(target, info_for(vectors.shape[1], vectors.shape[2], kind))
     for lo in range(0, len(items), batch):
         chunk = items[lo : lo + batch]
         first = store.reserve(len(chunk))

@@ -113,3 +113,21 @@ def csn_root(tmp_path):
 @pytest.fixture
 def catalog_csv(tmp_path):
     return make_csv(tmp_path / "cat")
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """One real Milvus standalone server (``milvus-server`` from PyPI ``milvus`` 2.3.x) for the whole
+    session, on free ports in a temporary folder (tests/milvus_server.py).  Skipped when the package
+    is not installed — except under ``CI=true``, where that is a failure."""
+    from milvus_server import MilvusServer, executable
+
+    pytest.importorskip("pymilvus")
+    if executable() is None:
+        message = "milvus-server not installed (pip install 'milvus>=2.3,<=2.3.5', in agman's test extra)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server")).start()
+    yield server
+    server.stop()

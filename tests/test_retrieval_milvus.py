@@ -1,13 +1,19 @@
-"""The Milvus backend on Milvus Lite behind the same Retriever as the FAISS folder: the same rankings
+"""The Milvus backend behind the same Retriever as the FAISS folder, on Milvus Lite and on a real
+Milvus standalone server (``milvus-server``, the session fixture in conftest.py): the same rankings
 (ids and scores) as FAISS flat, with and without filters, single- and multi-attribute; add / update /
-delete round trips on both backends; checkpoint identity; a Milvus that does not answer."""
+delete round trips on both backends; checkpoint identity; catalog paging; a Milvus that does not
+answer."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +32,6 @@ from agman.retrieval.sources import ImageSet, from_split
 from agman.retrieval.targets import open_writer
 
 pytest.importorskip("pymilvus")
-pytest.importorskip("milvus_lite")
 
 from agman.retrieval.milvus_client import MilvusError, MilvusTarget, MilvusUnreachableError  # noqa: E402
 from agman.retrieval.milvus_store import MilvusStore  # noqa: E402
@@ -56,19 +61,53 @@ def catalog(spec, rows=None) -> ImageSet:
     )
 
 
+_names = itertools.count()
+
+
+@dataclass
+class Milvus:
+    """Where a test's Milvus collections go: Milvus Lite files, or collections on the real server."""
+
+    kind: str
+    uri: str | None = None  # the server's
+    token: str | None = None
+
+    def target(self, folder: Path, name: str) -> MilvusTarget:
+        """A fresh collection: ``folder/name.db`` on Lite, a uniquely named collection on the server."""
+        if self.kind == "lite":
+            return MilvusTarget(str(folder / f"{name}.db"))
+        return MilvusTarget(self.uri, f"{name}_{next(_names)}_{uuid.uuid4().hex[:8]}", token=self.token)
+
+
+@pytest.fixture(scope="module", params=["lite", "server"])
+def milvus_kind(request) -> Milvus:
+    """Milvus Lite (the embedded file) and a Milvus 2.3 standalone server."""
+    if request.param == "lite":
+        pytest.importorskip("milvus_lite")
+        return Milvus("lite")
+    return Milvus("server", request.getfixturevalue("milvus_server").uri)
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, milvus_kind):
     """The same 120 real images with metadata, embedded by a tiny real model into a FAISS flat folder
-    and a Milvus Lite collection (FLAT) by the same builder."""
+    and a Milvus collection (FLAT) by the same builder."""
     tmp = tmp_path_factory.mktemp("backends")
     spec = open_dataset(make_asen(tmp / "ds", n_per_split=(12, 10, 120), values=(3, 2)))
     ckpt = tiny_checkpoint(tmp / "ckpt.pt", spec.attributes)
     build_index(tmp / "faiss", catalog(spec), ckpt, batch_size=16)
-    build_index(str(tmp / "catalog.db"), catalog(spec), ckpt, batch_size=16)
+    target = milvus_kind.target(tmp, "catalog")
+    build_index(target, catalog(spec), ckpt, batch_size=16, work=tmp / "work")
     faiss = Retriever.open(tmp / "faiss")
-    milvus = Retriever.open(str(tmp / "catalog.db"))
-    yield tmp, spec, ckpt, faiss, milvus
+    milvus = Retriever.open(target)
+    yield tmp, spec, ckpt, faiss, milvus, milvus_kind
     milvus.store.close()
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """A build into a server keeps its shards in ./agman-work-<collection>: here, not the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 def assert_same(f, m):
@@ -92,7 +131,7 @@ WEIGHTS = [{"attr0": 1.0}, {"attr1": 1.0}, {"attr0": 1.0, "attr1": 2.5}, {"attr0
 
 
 def test_same_rankings_as_faiss_flat_with_and_without_filters(built):
-    _, _, _, faiss, milvus = built
+    _, _, _, faiss, milvus, _ = built
     rng = np.random.default_rng(0)
     queries = [(faiss.item_vectors(row), row) for row in (0, 17, 55, 119)]
     off = faiss.item_vectors(3) + 0.2 * rng.standard_normal((2, 32)).astype(np.float32)
@@ -113,7 +152,7 @@ def test_same_rankings_as_faiss_flat_with_and_without_filters(built):
 
 
 def test_item_queries_annotated_only_and_k_above_the_matching_items(built):
-    _, spec, _, faiss, milvus = built
+    _, spec, _, faiss, milvus, _ = built
     item = spec.split("test").paths[9]
     for weights in WEIGHTS:
         assert_same(faiss.search_item(item, weights, 15, annotated_only=True, exclude_self=True),
@@ -128,7 +167,7 @@ def test_item_queries_annotated_only_and_k_above_the_matching_items(built):
 def test_shortlists_grow_and_the_limit_falls_back_to_a_scan(built):
     """Milvus ranks through per-attribute shortlists (the threshold algorithm): started tiny they
     grow until the bound holds; past Milvus's limit an exact scan answers — the same top k."""
-    _, _, _, faiss, milvus = built
+    _, _, _, faiss, milvus, _ = built
     store = milvus.store
     query = faiss.item_vectors(30)
     for weights in WEIGHTS:
@@ -149,8 +188,8 @@ def test_shortlists_grow_and_the_limit_falls_back_to_a_scan(built):
 
 def test_round_trips_add_update_delete_on_both_backends(built, tmp_path):
     """The same changes on a FAISS folder and a Milvus collection keep their rankings equal."""
-    _, spec, ckpt, _, _ = built
-    paths = {"faiss": tmp_path / "faiss", "milvus": str(tmp_path / "rt.db")}
+    _, spec, ckpt, _, _, kind = built
+    paths = {"faiss": tmp_path / "faiss", "milvus": kind.target(tmp_path, "rt")}
     for out in paths.values():
         build_index(out, catalog(spec, range(80)), ckpt, batch_size=16)
     r = {name: Retriever.open(out) for name, out in paths.items()}
@@ -231,15 +270,15 @@ def test_round_trips_add_update_delete_on_both_backends(built, tmp_path):
 
 
 def test_an_interrupted_milvus_commit_is_completed_by_running_it_again(built, tmp_path, monkeypatch):
-    _, spec, ckpt, faiss, _ = built
-    uri = str(tmp_path / "crash.db")
+    _, spec, ckpt, faiss, _, kind = built
+    uri = kind.target(tmp_path, "crash")
     calls = []
     real = MilvusStore._upsert
 
     def flaky(self, pending):
         calls.append(len(pending))
         if len(calls) == 1:
-            raise MilvusError(f"Milvus at {uri}: could not write items: connection reset")
+            raise MilvusError(f"Milvus at {uri.uri}: could not write items: connection reset")
         return real(self, pending)
 
     monkeypatch.setattr(MilvusStore, "_upsert", flaky)
@@ -254,33 +293,34 @@ def test_an_interrupted_milvus_commit_is_completed_by_running_it_again(built, tm
 
 
 def test_collections_of_another_checkpoint_and_foreign_ones_are_refused(built, tmp_path):
-    tmp, spec, ckpt, _, milvus = built
+    tmp, spec, ckpt, _, milvus, kind = built
     other = tiny_checkpoint(tmp_path / "other.pt", spec.attributes, seed=1)
-    uri = str(tmp_path / "id.db")
+    uri = kind.target(tmp_path, "id")
     build_index(uri, catalog(spec, range(3)), ckpt)
     with pytest.raises(IndexMismatchError, match="identity"):
         build_index(uri, catalog(spec, range(5)), other, add=True)
-    with pytest.raises(IndexExistsError, match="already has a collection 'catalog'"):
+    with pytest.raises(IndexExistsError, match=f"already has a collection '{uri.collection}'"):
         build_index(uri, catalog(spec, range(5)), ckpt)
     r = Retriever.open(uri, checkpoint=other)
     with pytest.raises(IndexMismatchError, match="identity"):
         r.search(spec.root / spec.split("test").paths[0], "attr0")
     with pytest.raises(IndexNotFoundError, match="no collection 'other'"):
-        Retriever.open(uri, collection="other")
+        Retriever.open(replace(uri, collection="other"))
     client = r.store.conn.client
     schema = client.create_schema(auto_id=False)
     schema.add_field("pk", __import__("pymilvus").DataType.INT64, is_primary=True)
     schema.add_field("v", __import__("pymilvus").DataType.FLOAT_VECTOR, dim=2)
-    client.create_collection("foreign", schema=schema)
+    foreign = replace(uri, collection=uri.collection + "_foreign")
+    client.create_collection(foreign.collection, schema=schema)
     r.store.close()
     with pytest.raises(CatalogIndexError, match="not made by agman"):
-        Retriever.open(uri, collection="foreign")
+        Retriever.open(foreign)
     with pytest.raises(InvalidValueError, match="collection name"):
-        Retriever.open(uri, collection="no-dashes")
+        Retriever.open(uri.uri, collection="no-dashes")
 
 
 def test_bad_queries_are_clear_errors(built):
-    _, spec, _, _, milvus = built
+    _, spec, _, _, milvus, _ = built
     item = spec.split("test").paths[0]
     with pytest.raises(FilterSyntaxError, match="column 8"):
         milvus.search_item(item, "attr0", 5, filter="price <")
@@ -341,7 +381,7 @@ def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
 def test_catalog_pages_are_stable_and_in_row_order_on_both_backends(built):
     """`Retriever.items(start, limit)` (the service's GET /items paging): every page of either
     backend is the slice of the whole listing, so paging shows each item once, in row order."""
-    _, _, _, faiss, milvus = built
+    _, _, _, faiss, milvus, _ = built
     for retriever in (faiss, milvus):
         listing = [it.id for it in retriever.items()]
         assert len(listing) == len(retriever)

@@ -105,10 +105,48 @@ def add_index_location(parser: argparse.ArgumentParser, repeat: bool = False) ->
         + (" (repeat: one per checkpoint)" if repeat else ""),
     )
     parser.add_argument("--collection", help="Milvus collection (default 'catalog')")
+    add_milvus_access(parser)
     parser.add_argument(
         "--root", help="catalog root the index's image paths are relative to (default: the one recorded at build "
         "time; for an index moved or copied to another machine)",
     )
+
+
+SEARCH_TIMEOUT = 30.0  # seconds a Milvus call of a search may take
+MILVUS_WRITE_TIMEOUT = 600.0  # ... of agman index (a flush of a big batch is slow)
+
+
+def add_milvus_access(parser, request_timeout: float = SEARCH_TIMEOUT) -> None:
+    """``--milvus-token``, ``--consistency`` and ``--milvus-timeout``: how a Milvus server is logged
+    into and read, and how long one call may take (``request_timeout`` by default)."""
+    from agman.cli.serve import positive_number
+    from agman.retrieval.milvus_client import CONSISTENCY_ENV, CONSISTENCY_LEVELS, DEFAULT_CONSISTENCY, TOKEN_ENV
+
+    parser.add_argument(
+        "--milvus-timeout", type=positive_number, default=request_timeout, metavar="SECONDS",
+        help=f"seconds one Milvus call may take before it fails (default {request_timeout:g}): a search answers 503 "
+        "naming Milvus rather than wait for a server that stopped answering",
+    )
+    parser.add_argument(
+        "--milvus-token", metavar="USER:PASSWORD",
+        help=f"Milvus credentials, user:password or an API key (default ${TOKEN_ENV}, which keeps them out of the "
+        "process list); never logged or stored",
+    )
+    parser.add_argument(
+        "--consistency", choices=CONSISTENCY_LEVELS,
+        help=f"Milvus read consistency (default ${CONSISTENCY_ENV} or {DEFAULT_CONSISTENCY}: this process's writes "
+        "and everything committed before it opened the collection; Strong: every other process's writes at once, "
+        "each read waiting for the server's next time tick)",
+    )
+
+
+def milvus_target(args: argparse.Namespace, uri: str, collection: str | None):
+    """The ``MilvusTarget`` of ``uri`` with the command's collection, token and consistency level."""
+    from agman.retrieval.milvus_client import MilvusTarget
+
+    return MilvusTarget(uri, collection or "catalog", token=getattr(args, "milvus_token", None),
+                        consistency=getattr(args, "consistency", None),
+                        request_timeout=getattr(args, "milvus_timeout", SEARCH_TIMEOUT))
 
 
 def add_verify_option(parser: argparse.ArgumentParser, default: str) -> None:
@@ -131,11 +169,16 @@ def open_retriever(
     model options, search settings, ``--root`` and ``--verify`` level; ``load_index`` reads every
     FAISS file now."""
     from agman.retrieval.info import IndexConfig
+    from agman.retrieval.milvus_client import is_milvus_uri
     from agman.retrieval.search import Retriever, open_store
 
+    index = index_dir or args.index
+    collection = getattr(args, "collection", None)
+    if is_milvus_uri(index):
+        index, collection = milvus_target(args, str(index), collection), None
     store = open_store(
-        index_dir or args.index,
-        collection=getattr(args, "collection", None),
+        index,
+        collection=collection,
         root=getattr(args, "root", None),
         verify=getattr(args, "verify", "sample"),
         load=load_index,
@@ -186,6 +229,7 @@ def register(subparsers) -> None:
     where.add_argument("--collection", default="catalog", help="Milvus collection (default 'catalog')")
     where.add_argument("--work", help="Milvus: folder for the resumable embedding shards (default beside the .db "
                        "file, or ./agman-work-<collection>)")
+    add_milvus_access(where, request_timeout=MILVUS_WRITE_TIMEOUT)
     change = idx.add_argument_group("changing an index")
     change.add_argument("--add", action="store_true", help="add the images not yet in an existing index")
     change.add_argument("--update", action="store_true",
@@ -332,11 +376,9 @@ def index_target(args: argparse.Namespace):
     """The folder or Milvus collection ``agman index`` writes: ``--out DIR`` or ``--uri`` (milvus)."""
     milvus = args.backend == "milvus" or (args.backend is None and args.uri is not None)
     if milvus:
-        from agman.retrieval.milvus_client import MilvusTarget
-
         if args.uri is None or args.out is not None:
             raise CLIError("--backend milvus writes to --uri (catalog.db or http://host:19530), not --out")
-        return MilvusTarget(args.uri, args.collection)
+        return milvus_target(args, args.uri, args.collection)
     if args.out is None or args.uri is not None:
         raise CLIError("give --out INDEX_FOLDER (FAISS files), or --backend milvus --uri URI")
     return args.out

@@ -16,12 +16,16 @@ the FAISS folder or the Milvus collection behind a :class:`~agman.retrieval.stor
    are those of a one-process run, so the embeddings are the same bits;
 3. **commit** (rank 0): the shards are appended to the store in plan order as fresh rows, the rows
    they replace and the images that could not be read (``on_error="skip"``: listed with their
-   reasons in ``skipped.jsonl``) are made unsearchable, the work folder is removed.
+   reasons in ``skipped.jsonl``) are made unsearchable, the work folder is removed.  Into a Milvus
+   server under torchrun, every rank upserts its own shards straight into the collection (rows
+   reserved by rank 0 first; each shard written is recorded, so a rerun writes only the rest) and
+   rank 0 only deletes the replaced rows and commits the description — no vector travels to rank 0.
 
 A run with a checkpoint whose weight identity differs from the index's is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -165,6 +169,8 @@ class Work:
     def clear(self) -> None:
         self.progress_path.unlink(missing_ok=True)
         shutil.rmtree(self.shards, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a Milvus build's own folder, now empty (an index folder is not)
+            self.layout.root.rmdir()
 
 
 def plan_items(
@@ -322,12 +328,12 @@ def build_index(
 
     plan_error = None
     writer: CatalogWriter | None = None
-    work: Work | None = None
+    work_folder, work = work, None  # ``work`` names the folder; ``work`` becomes its Work once opened
     counts = {"there": 0, "added": 0, "updated": 0, "resumed": 0, "gone": 0}
     if ctx.is_main:
         try:
             dim = int(model.embedding_dim)
-            writer, work = open_for_build(out, info, dim, config, meta, catalog_root, add or update, work)
+            writer, work = open_for_build(out, info, dim, config, meta, catalog_root, add or update, work_folder)
             counts = _plan(writer, work, images, add=add, update=update, batch_size=batch_size, shard_size=shard_size,
                            include_deleted=include_deleted)
         except BaseException as exc:  # every rank must hear that the plan failed, not wait for it
@@ -356,10 +362,13 @@ def build_index(
             )
         summary = BuildSummary(Path(str(out)), 0, counts["added"], counts["there"], counts["resumed"], embedded,
                                0.0, "", embed_seconds, counts["updated"], deleted_skipped=counts["gone"])
+        parallel = ctx.enabled and work.unfinished and _milvus_server(out) is not None
+        if parallel:  # every rank upserts its own shards; rank 0 then only commits the description
+            _write_in_parallel(out, writer, work, ctx)
         if ctx.is_main:
             try:
                 if work.unfinished:
-                    summary.unreadable = _commit(writer, work)
+                    summary.unreadable = _commit(writer, work, written=parallel)
                 summary.count = writer.searchable()
                 summary.index_type = writer.info.config.kind
                 summary.location = writer.location
@@ -483,8 +492,72 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
     return writer.written, time.perf_counter() - started
 
 
-def _commit(writer: CatalogWriter, work: Work) -> int:
-    """Rank 0: append every shard to the store in plan order; returns how many images were unreadable."""
+def _milvus_server(out):
+    """The ``MilvusTarget`` of ``out`` when it is a Milvus server (several processes can write to
+    it; a Milvus Lite file takes one), else None."""
+    from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
+
+    if not isinstance(out, MilvusTarget):
+        out = MilvusTarget(str(out)) if is_milvus_uri(out) else None
+    return None if out is None or out.lite else out
+
+
+def _reserve(writer: CatalogWriter, work: Work) -> int:
+    """Rank 0: the first row of the plan's rows, taken from the store once and kept in progress.json."""
+    prog = Progress.read(work.progress_path)
+    if prog.first_row is None:
+        prog.first_row = writer.reserve(prog.planned)
+        prog.write(work.progress_path)
+    return prog.first_row
+
+
+def _write_in_parallel(out, writer, work: Work, ctx) -> None:
+    """Every rank: upsert the shards of every ``world``-th rank file (its own in a run of the same
+    size) into the Milvus server as rows ``first_row + position``, recording each shard written
+    (``shards/written-NNN.json``) so a rerun, on any number of ranks, writes only the rest."""
+    from agman.retrieval.milvus_store import MilvusStore
+
+    failure, first_row = None, ""
+    if ctx.is_main:
+        try:
+            first_row = str(_reserve(writer, work))
+        except Exception as exc:
+            failure = exc
+    first_row = _broadcast_text(first_row, ctx)
+    if first_row:
+        try:
+            items, _ = work.read_plan()
+            store = MilvusStore.open(_milvus_server(out))
+            try:
+                rank_files = sorted(work.shards.glob("rank-*.json"))
+                for path in rank_files[ctx.rank :: ctx.world_size]:
+                    _write_rank_shards(store, work, int(path.stem.split("-")[1]), items, int(first_row))
+            finally:
+                store.close()
+        except Exception as exc:
+            failure = exc
+    if not _all_ranks_ok(failure is None and bool(first_row), ctx):
+        raise failure or CatalogIndexError(
+            "another process of this torchrun failed while writing to Milvus (its error is in its output); the "
+            "shards written so far are recorded: rerun the same command to continue"
+        )
+
+
+def _write_rank_shards(store, work: Work, rank: int, items: list[Item], first_row: int) -> None:
+    record = work.shards / f"written-{rank:03d}.json"
+    done = set(json.loads(record.read_text(encoding="utf-8"))) if record.is_file() else set()
+    for shard in work.shards_of(rank):
+        if shard.file in done:
+            continue
+        block = np.load(work.shards / shard.file, mmap_mode="r")
+        store.write_block(items, shard.start, block, [int(p) for p in shard.failed], first_row)
+        done.add(shard.file)
+        atomic_write_text(record, json.dumps(sorted(done)))
+
+
+def _commit(writer: CatalogWriter, work: Work, written: bool = False) -> int:
+    """Rank 0: append every shard to the store in plan order (``written``: the ranks upserted them
+    already — only finish the commit); returns how many images were unreadable."""
     prog = Progress.read(work.progress_path)
     items, replaces = work.read_plan()
     shards = work.all_shards()
@@ -498,9 +571,7 @@ def _commit(writer: CatalogWriter, work: Work) -> int:
             "rerun `agman index` to embed it"
         )
     skipped = {int(p): reason for s in shards for p, reason in s.failed.items()}
-    if prog.first_row is None:
-        prog.first_row = writer.reserve(prog.planned)
-        prog.write(work.progress_path)
+    prog.first_row = _reserve(writer, work)
 
     def blocks():
         end = 0  # shards of several runs may overlap where a rank re-embedded a batch: take each position once
@@ -511,7 +582,10 @@ def _commit(writer: CatalogWriter, work: Work) -> int:
             yield block[max(0, end - s.start) : s.count]
             end = s.start + s.count
 
-    writer.commit(items, blocks, replaces, sorted(skipped), prog.first_row)
+    if written:
+        writer.finish(items, replaces, prog.first_row)
+    else:
+        writer.commit(items, blocks, replaces, sorted(skipped), prog.first_row)
     if skipped:
         _record_skipped(writer, work, items, skipped)
     work.clear()

@@ -118,10 +118,12 @@ class MilvusStore:
         config = info.config.tuned(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         store = cls(conn, info, config, catalog)
         conn.call("load the collection", "load_collection", conn.name)
+        # one Strong read: what was committed before this open is visible to the cheaper reads after it
+        conn.call("count items", "query", conn.name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return store
 
     def reopened(self) -> None:
-        """None: every write is visible to the next search (consistency level Strong)."""
+        """None: this process's writes are visible to its next search (consistency Session or Strong)."""
         return None
 
     def health(self):
@@ -179,14 +181,10 @@ class MilvusStore:
         """Every stored row, ascending (a scan of the collection); with ``limit`` only that many,
         the first the query iterator hands out — it walks primary keys (``row × A + attribute``)
         upwards, so the lowest rows: pages of ``Retriever.items`` are stable (tested on Milvus Lite)."""
-        it = self.conn.client.query_iterator(
-            self.conn.name, batch_size=FETCH_BATCH, output_fields=["row"], limit=-1 if limit is None else int(limit),
-            partition_names=[_partition(self.n_attributes - 1)], timeout=self.target.request_timeout,
-        )
         rows = []
-        while batch := it.next():
+        for batch in self.conn.iterate("list items", output_fields=["row"], limit=-1 if limit is None else int(limit),
+                                       partition_names=[_partition(self.n_attributes - 1)]):
             rows += [e["row"] for e in batch]
-        it.close()
         return np.sort(np.asarray(rows, dtype=np.int64))
 
     def items_of(self, rows: Sequence[int]) -> list[Item]:
@@ -254,16 +252,11 @@ class MilvusStore:
     def similarities(
         self, attribute: int, query: np.ndarray, selection: Selection, exact: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        it = self.conn.client.query_iterator(
-            self.conn.name, batch_size=FETCH_BATCH, filter=selection.expression or "",
-            output_fields=["row", "vector"], partition_names=[_partition(attribute)],
-            timeout=self.target.request_timeout,
-        )
         rows, sims = [], []
-        while batch := it.next():
+        for batch in self.conn.iterate("scan items", filter=selection.expression or "",
+                                       output_fields=["row", "vector"], partition_names=[_partition(attribute)]):
             rows.append(np.asarray([e["row"] for e in batch], dtype=np.int64))
             sims.append(exact_scores(np.asarray([e["vector"] for e in batch], np.float32), query))
-        it.close()
         r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         s = np.concatenate(sims) if sims else np.zeros(0, np.float32)
         order = np.argsort(r, kind="stable")
@@ -291,23 +284,35 @@ class MilvusStore:
         """Write ``items`` as rows ``first_row ..`` (upserts by primary key: a rerun after a crash
         writes the same entities again), then delete the entities of the rows they replace."""
         self._check(items)
+        i = 0
+        for block in blocks():
+            self.write_block(items, i, block, skipped, first_row)
+            i += len(block)
+        if i != len(items):
+            raise CatalogIndexError(f"{len(items)} items to write to {self.location}, but {i} embeddings")
+        self.finish(items, replaces, first_row)
+
+    def write_block(self, items: Sequence[Item], start: int, block: np.ndarray, skipped: Iterable[int],
+                    first_row: int) -> None:
+        """Upsert plan positions ``start ..`` (embeddings ``block [n, A, D]``) as rows ``first_row +
+        position``, but the ``skipped`` positions — the part of a commit one torchrun rank writes."""
+        if not np.isfinite(block).all():
+            raise InvalidValueError(f"embeddings of rows {first_row + start}.. hold NaN or infinite values")
+        self._check(items[start : start + len(block)])
         skipped = set(skipped)
         per_batch = max(1, WRITE_BATCH_BYTES // (4 * self.dim + 512))
         pending: list[tuple[int, Item, np.ndarray]] = []
-        i = 0
-        for block in blocks():
-            if not np.isfinite(block).all():
-                raise InvalidValueError(f"embeddings of rows {first_row + i}.. hold NaN or infinite values")
-            for vectors in block:
-                if i not in skipped:
-                    pending.append((first_row + i, items[i], vectors))
-                i += 1
-                if len(pending) >= per_batch:
-                    self._upsert(pending)
-                    pending = []
-        if i != len(items):
-            raise CatalogIndexError(f"{len(items)} items to write to {self.location}, but {i} embeddings")
+        for j, vectors in enumerate(block):
+            if start + j not in skipped:
+                pending.append((first_row + start + j, items[start + j], vectors))
+            if len(pending) >= per_batch:
+                self._upsert(pending)
+                pending = []
         self._upsert(pending)
+
+    def finish(self, items: Sequence[Item], replaces: Rows, first_row: int) -> None:
+        """After the rows ``first_row ..`` of the planned ``items`` are written: delete the rows they
+        replace, flush, and record the new row count in the collection's description."""
         self._delete_rows([r for r in replaces if r is not None])
         self.conn.call("flush", "flush", self.conn.name)
         self.info.count = max(self.info.count, first_row + len(items))
