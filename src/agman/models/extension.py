@@ -54,25 +54,30 @@ def _excluded(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name.startswith(p) for p in prefixes)
 
 
-def _digest(h, name: str, t: Tensor) -> None:
-    h.update(name.encode())
-    h.update(str(t.dtype).encode())
-    h.update(str(tuple(t.shape)).encode())
+def _digest(t: Tensor) -> bytes:
+    """SHA-256 of one tensor's dtype, shape and bytes."""
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.digest()
 
 
-def _identity(entries: dict[str, Tensor]) -> str:
-    """SHA-256 (16 hex digits) of ``entries`` in name order: name, dtype, shape, bytes."""
+def _identity(entries: dict[str, Tensor], cache: dict[int, tuple[Tensor, bytes]]) -> str:
+    """SHA-256 (16 hex digits) over ``entries`` in name order: each name and its tensor's digest
+    (``cache``, keyed by the tensor object and holding it, lets shared tensors be hashed once)."""
     h = hashlib.sha256()
     for name in sorted(entries):
-        _digest(h, name, entries[name])
+        t = entries[name]
+        if id(t) not in cache:
+            cache[id(t)] = (t, _digest(t))
+        h.update(name.encode())
+        h.update(cache[id(t)][1])
     return h.hexdigest()[:16]
 
 
-def _plain_entries(model: AttributeModel, parts: AttributeParts, row: int) -> dict[str, Tensor]:
+def _plain_entries(state: dict[str, Tensor], parts: AttributeParts, row: int) -> dict[str, Tensor]:
     """The tensors producing attribute ``row``'s embedding in a plain model: shared parts whole, tables' row."""
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
         if _excluded(name, parts.not_embedding):
             continue
         out[name] = t[row:row + 1] if name in parts.tables else t
@@ -259,11 +264,12 @@ class ExtendedModel(AttributeModel):
         return torch.cat(parts, dim=1)
 
     # -- identity ------------------------------------------------------------------------------
-    def attribute_entries(self, index: int) -> dict[str, Tensor]:
-        """The tensors producing attribute ``index``'s embedding (base names; a branch's replace the base's)."""
+    def attribute_entries(self, index: int, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The tensors producing attribute ``index``'s embedding (base names; a branch's replace the base's);
+        ``state``: the base's state dict."""
         if index < self.n_base:
-            return _plain_entries(self.base, self.parts, index)
-        entries = _plain_entries(self.base, self.parts, 0)
+            return _plain_entries(state, self.parts, index)
+        entries = _plain_entries(state, self.parts, 0)
         for name in self.parts.tables:
             entries.pop(name, None)
         for name, tensor in self.branches[index - self.n_base].overrides().items():
@@ -297,10 +303,13 @@ def _where(chosen: Tensor, new: ModelOutput, old: ModelOutput) -> ModelOutput:
 def attribute_identities(model: AttributeModel) -> list[str]:
     """Each attribute's weight identity: a hash of exactly the tensors that produce its embedding (the
     shared parts whole, its own table rows), equal in a parent and in every child for an old attribute."""
+    cache: dict[int, tuple[Tensor, bytes]] = {}
     if isinstance(model, ExtendedModel):
-        return [_identity(model.attribute_entries(i)) for i in range(model.n_attributes)]
+        state = model.base.state_dict()
+        return [_identity(model.attribute_entries(i, state), cache) for i in range(model.n_attributes)]
     parts = attribute_parts(model)
-    return [_identity(_plain_entries(model, parts, i)) for i in range(model.n_attributes)]
+    state = model.state_dict()
+    return [_identity(_plain_entries(state, parts, i), cache) for i in range(model.n_attributes)]
 
 
 class NewAttributes(AttributeModel):
