@@ -181,6 +181,10 @@ class IndexInfo:
     metadata: dict[str, Literal["string", "number", "bool"]] = field(default_factory=dict)
     root: str | None = None
     deleted: list[Annotated[int, Field(ge=0)]] = field(default_factory=list)
+    # written by `agman index --extend` (retrieval/extend.py): each attribute's weight identity, and the
+    # identities of the earlier checkpoints whose vectors the index's older attributes keep
+    attribute_identities: dict[str, str] = field(default_factory=dict)
+    lineage: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         stray = sorted(a for a in self.faiss if not 0 <= a < len(self.attributes))
