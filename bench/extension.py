@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ HELD_OUT = ("sleeve_length", "neckline_design", "pant_length")
 
 def config(out: Path, root: Path, seed: int, args, *, synthetic: bool, extension: bool = False):
     over = [f"output.dir={out}", f"data.root={root}", f"train.seed={seed}", "output.progress=false",
-            "output.tensorboard=false", f"model.name={args.model}"]
+            "output.tensorboard=false", f"model.name={args.model}", f"train.amp={args.amp}",
+            f"train.channels_last={'true' if args.amp != 'none' else 'false'}"]
     over += ([f"data.synthetic.images={args.images}", "data.synthetic.mode=fashionai"] if synthetic
              else ["data.synthetic=null"])
     if extension:
@@ -78,8 +80,11 @@ def main() -> int:
     ap.add_argument("--ext-epochs", type=int, default=2)
     ap.add_argument("--ext-triplets", type=int, default=800)
     ap.add_argument("--ext-lr", type=float, default=1e-3)
+    ap.add_argument("--amp", default="none", help="train.amp (the preset's bf16 is slow on a CPU without bf16 "
+                                                  "instructions, as on the machine measured)")
     ap.add_argument("--table", action="store_true", help="only print the table of OUT/results.jsonl")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []

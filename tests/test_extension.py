@@ -262,3 +262,32 @@ def test_index_extension_refuses_another_lineage_and_resumes(family, tmp_path):
     build_index(fresh, from_split(spec, "test"), parent, batch_size=8)
     extend_index(fresh, child, batch_size=8)
     assert IndexLayout(fresh).vectors(2).read_bytes() == layout.vectors(2).read_bytes()
+
+
+def test_milvus_lite_collection_extends_in_place(family, tmp_path):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    tmp, full, parent, child = family
+    spec = open_dataset(full)
+    uri = str(tmp_path / "catalog.db")
+    build_index(uri, from_split(spec, "test"), parent, batch_size=8)
+    serving = Retriever.open(uri, load_model=True)
+    before = {a: serving.store.vectors(a, serving.store.rows()) for a in range(2)}
+    summary = extend_index(uri, child, batch_size=8)
+    assert summary.added == ["a2"] and summary.sample_rows == 8
+    assert serving.refresh() and serving.attributes == ["a0", "a1", "a2"]  # the running retriever follows
+    rows = serving.store.rows()
+    assert len(rows) == len(spec.split("test")) and len(serving) == len(rows)
+    for a in range(2):
+        assert np.array_equal(serving.store.vectors(a, rows), before[a])  # old entities untouched
+    model, _ = load_model(child)
+    want = embed_images(model, [spec.root / p for p in spec.split("test").paths], None, input_size=32,
+                        crop_ratio=1.0, batch_size=8)[:, 2]
+    assert np.array_equal(serving.store.vectors(2, rows), want)
+    item = spec.split("test").paths[1]
+    hits = serving.search(full / item, ["a2"], k=3, filter="a0 is not null")
+    assert len(hits.hits) == 3
+    other = train(run_config(full, tmp_path / "other", epochs=1)).run_dir / "last.pt"
+    with pytest.raises(IndexMismatchError, match="'a0'"):
+        extend_index(uri, other, batch_size=8)
+    serving.store.close()

@@ -82,8 +82,9 @@ def extend_index(out, checkpoint, *, batch_size: int = 32, workers: int = 0, dev
     from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
 
     if isinstance(out, MilvusTarget) or is_milvus_uri(str(out)):
-        raise InvalidValueError(f"{out}: extending a Milvus collection in place is not supported yet (its entity "
-                                "keys are laid out per attribute count); rebuild it with `agman index`")
+        target = out if isinstance(out, MilvusTarget) else MilvusTarget(str(out))
+        return _extend_milvus(target, checkpoint, batch_size=batch_size, workers=workers, device=device,
+                              progress=progress, tolerance=tolerance)
     layout = IndexLayout(out)
     writer = FaissWriter(layout)
     try:
@@ -102,7 +103,10 @@ def extend_index(out, checkpoint, *, batch_size: int = 32, workers: int = 0, dev
         column = {name: cinfo.attribute_names.index(name) for name in cinfo.attribute_names}
         items = writer.stored_items()
         paths = [it.path for it in items]
-        sample = _compare_sample(model, cinfo, layout, info, paths, column, batch_size, device, tolerance)
+        n = min(batch_size, info.count)
+        stored = [np.asarray(map_vectors(layout.vectors(a), info.count, info.dim)[:n])
+                  for a in range(len(info.attributes))]
+        sample = _compare_sample(model, cinfo, layout.root, info, paths[:n], stored, column, device, tolerance)
         first_new = len(info.attributes)
         d, count = info.dim, info.count
         files = [layout.vectors(first_new + j) for j in range(len(new))]
@@ -157,27 +161,91 @@ def _resume_point(layout: IndexLayout, identity: str, files: list[Path], d: int,
     return min(count, rows // batch * batch)
 
 
-def _compare_sample(model, cinfo, layout, info, paths, column, batch_size, device, tolerance) -> int:
-    """Embed the catalog's first batch again (one batch of the build's size, as the build did) and compare
-    every old attribute with its stored vectors; a difference over ``tolerance`` is refused, naming it."""
+def _compare_sample(model, cinfo, where, info, paths, stored, column, device, tolerance) -> int:
+    """Embed the catalog's first batch (``paths``) again as one batch, as the build did, and compare every
+    old attribute with its ``stored`` vectors; a difference over ``tolerance`` is refused, naming it."""
     from agman.engine.embed import iter_embeddings
-    from agman.retrieval.faiss_check import map_vectors
 
-    n = min(batch_size, info.count)
+    n = len(paths)
     if n == 0:
         return 0
-    _, block = next(iter_embeddings(model, paths[:n], None, input_size=cinfo.input_size, crop_ratio=cinfo.crop_ratio,
+    _, block = next(iter_embeddings(model, paths, None, input_size=cinfo.input_size, crop_ratio=cinfo.crop_ratio,
                                     batch_size=n, device=device, failures={}))
     for a, attribute in enumerate(info.attributes):
-        stored = np.asarray(map_vectors(layout.vectors(a), info.count, info.dim)[:n])
         fresh = block[:, column[attribute.name]]
-        worst = float(np.abs(stored - fresh).max())
-        if worst > tolerance or (tolerance == 0 and not np.array_equal(stored, fresh)):
+        worst = float(np.abs(stored[a] - fresh).max())
+        if worst > tolerance or (tolerance == 0 and not np.array_equal(stored[a], fresh)):
             raise IndexMismatchError(
-                f"index {layout.root}: attribute {attribute.name!r} of rows 0-{n - 1} embedded again by "
+                f"index {where}: attribute {attribute.name!r} of rows 0-{n - 1} embedded again by "
                 f"{cinfo.path} differs from the stored vectors by up to {worst:.3g} (expected bit for bit: the "
                 f"same batch size as the build, --batch-size, on the same kind of machine; --tolerance accepts "
                 "float noise of another machine)")
     return n
 
 
+
+
+def _extend_milvus(target, checkpoint, *, batch_size, workers, device, progress, tolerance) -> ExtendSummary:
+    """:func:`extend_index` on a Milvus collection: the new attributes' entities go to partitions of their
+    own, keyed above the old keys; the collection's description (its properties) is the commit point.
+    A rerun after an interruption continues after the whole batches the new partition already holds."""
+    from agman.engine.checkpoint import load_model
+    from agman.engine.embed import iter_embeddings
+    from agman.models.extension import attribute_identities
+    from agman.retrieval.milvus_store import MilvusStore, _partition
+
+    store = MilvusStore.open(target)
+    try:
+        info = store.info
+        model, cinfo = load_model(checkpoint, device=device)
+        child_ids = dict(zip(cinfo.attribute_names, attribute_identities(model)))
+        if info.checkpoint.identity == cinfo.identity:
+            return ExtendSummary(target.where, [], 0, 0, 0)
+        check_lineage(info, target.where, child_ids, cinfo.lineage, checkpoint)
+        new = [a for a in cinfo.attributes if a.name not in info.attribute_names]
+        if not new:
+            raise InvalidValueError(f"model {checkpoint} has no attribute that index {target.where} lacks")
+        column = {name: cinfo.attribute_names.index(name) for name in cinfo.attribute_names}
+        rows = store.rows()
+        items = store.items_of(rows.tolist())
+        paths = [it.path for it in items]
+        n = min(batch_size, len(rows))
+        stored = [store.vectors(a, rows[:n]) for a in range(len(info.attributes))]
+        sample = _compare_sample(model, cinfo, target.where, info, paths[:n], stored, column, device, tolerance)
+        old_count = len(info.attributes)
+        info.pk_attributes = info.pk_attributes or old_count
+        store.info = info
+        first_new = old_count
+        conn = store.conn
+        for j in range(len(new)):
+            if not conn.call("check a partition", "has_partition", conn.name, _partition(first_new + j)):
+                conn.call("create a partition", "create_partition", conn.name, _partition(first_new + j))
+        done = min(_band_count(conn, first_new + j - info.pk_attributes + 1) for j in range(len(new)))
+        start = done // batch_size * batch_size
+        for first, block in iter_embeddings(model, paths, None, input_size=cinfo.input_size,
+                                            crop_ratio=cinfo.crop_ratio, batch_size=batch_size, device=device,
+                                            workers=workers, start=start, progress=progress, failures={}):
+            for j, a in enumerate(new):
+                entities = [store._entity(first_new + j, int(rows[first + i]), items[first + i], block[i, column[a.name]])
+                            for i in range(len(block))]
+                conn.call("write items", "upsert", conn.name, entities, partition_name=_partition(first_new + j))
+            conn.call("flush", "flush", conn.name)
+        conn.call("load the collection", "load_collection", conn.name)  # the new partitions too
+        info.lineage = [*info.lineage, info.checkpoint.identity]
+        info.attributes = [*info.attributes, *new]
+        info.checkpoint = IndexedCheckpoint.of(cinfo)
+        info.attribute_identities = {a.name: child_ids[a.name] for a in info.attributes}
+        from agman.retrieval.milvus_client import INFO_KEY
+
+        conn.set_properties(**{INFO_KEY: info.to_json()})
+        return ExtendSummary(target.where, [a.name for a in new], len(rows) - start, start, sample)
+    finally:
+        store.close()
+
+
+def _band_count(conn, band: int) -> int:
+    """Entities already written for the ``band``-th added attribute (keys ``band << 48 ..``)."""
+    from agman.retrieval.milvus_store import EXTENDED_PK_SHIFT
+
+    expression = f"pk >= {band << EXTENDED_PK_SHIFT} and pk < {(band + 1) << EXTENDED_PK_SHIFT}"
+    return int(conn.call("count items", "query", conn.name, filter=expression, output_fields=["count(*)"])[0]["count(*)"])
