@@ -44,7 +44,8 @@ def config(out: Path, root: Path, seed: int, args, *, synthetic: bool, extension
         over += [f"train.epochs={args.ext_epochs}", f"train.triplets_per_epoch={args.ext_triplets}",
                  f"train.lr={args.ext_lr}", f"train.lr_step={args.ext_epochs}"]
     else:
-        over += [f"train.triplets_per_epoch={args.triplets}", f"warmup.epochs={args.warmup}"]
+        over += [f"train.triplets_per_epoch={args.triplets}", f"warmup.epochs={args.warmup}",
+                 f"train.epochs={args.epochs}", f"train.lr_step={args.epochs}"]
     return load_config("synthetic/demo-fashionai.yaml", over)
 
 
@@ -77,6 +78,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1200, help="synthetic images (the demo: 4000)")
     ap.add_argument("--warmup", type=int, default=6)
     ap.add_argument("--triplets", type=int, default=1600, help="triplets per epoch, 3 epochs (the demo: 4800)")
+    ap.add_argument("--epochs", type=int, default=3, help="training epochs after the warm-up (the demo: 3)")
     ap.add_argument("--ext-epochs", type=int, default=2)
     ap.add_argument("--ext-triplets", type=int, default=800)
     ap.add_argument("--ext-lr", type=float, default=1e-3)

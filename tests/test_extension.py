@@ -269,6 +269,7 @@ def test_milvus_lite_collection_extends_in_place(family, tmp_path):
     pytest.importorskip("milvus_lite")
     tmp, full, parent, child = family
     spec = open_dataset(full)
+    other = train(run_config(full, tmp_path / "other", epochs=1)).run_dir / "last.pt"  # another lineage
     uri = str(tmp_path / "catalog.db")
     build_index(uri, from_split(spec, "test"), parent, batch_size=8)
     serving = Retriever.open(uri, load_model=True)
@@ -287,7 +288,6 @@ def test_milvus_lite_collection_extends_in_place(family, tmp_path):
     item = spec.split("test").paths[1]
     hits = serving.search(full / item, ["a2"], k=3, filter="a0 is not null")
     assert len(hits.hits) == 3
-    other = train(run_config(full, tmp_path / "other", epochs=1)).run_dir / "last.pt"
     with pytest.raises(IndexMismatchError, match="'a0'"):
         extend_index(uri, other, batch_size=8)
     serving.store.close()
