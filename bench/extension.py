@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from agman.data.asen import write_asen
 from agman.engine.checkpoint import load_model

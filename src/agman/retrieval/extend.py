@@ -64,6 +64,32 @@ def check_lineage(info, where, child_ids: dict[str, str], lineage: dict, checkpo
                 f"{checkpoint} computes it with {child_ids[name]}: the model is of another lineage; build a new index")
 
 
+def _plan(info, where, checkpoint, device):
+    """``(model, its CheckpointInfo, its attribute identities, the attributes to add, the model's column of
+    each attribute)`` after the lineage check; None when ``checkpoint`` built the index (nothing to add)."""
+    from agman.engine.checkpoint import load_model
+    from agman.models.extension import attribute_identities
+
+    model, cinfo = load_model(checkpoint, device=device)
+    child_ids = dict(zip(cinfo.attribute_names, attribute_identities(model)))
+    if info.checkpoint.identity == cinfo.identity:
+        return None
+    check_lineage(info, where, child_ids, cinfo.lineage, checkpoint)
+    new = [a for a in cinfo.attributes if a.name not in info.attribute_names]
+    if not new:
+        raise InvalidValueError(f"model {checkpoint} has no attribute that index {where} lacks")
+    return model, cinfo, child_ids, new, {name: j for j, name in enumerate(cinfo.attribute_names)}
+
+
+def _describe_extended(info, cinfo, new, child_ids) -> None:
+    """``info`` after the extension: the new attributes appended, the child as its checkpoint, the old
+    checkpoint in its lineage, every attribute's identity."""
+    info.lineage = [*info.lineage, info.checkpoint.identity]
+    info.attributes = [*info.attributes, *new]
+    info.checkpoint = IndexedCheckpoint.of(cinfo)
+    info.attribute_identities = {a.name: child_ids[a.name] for a in info.attributes}
+
+
 def _progress(layout: IndexLayout) -> Path:
     return layout.root / "extend.json"
 
@@ -72,9 +98,7 @@ def extend_index(out, checkpoint, *, batch_size: int = 32, workers: int = 0, dev
                  progress: bool = False, tolerance: float = 0.0) -> ExtendSummary:
     """Add ``checkpoint``'s attributes that the index at ``out`` lacks (see the module docstring).
     ``tolerance``: the largest difference the sample may show (0: bit for bit, the default)."""
-    from agman.engine.checkpoint import load_model
     from agman.engine.embed import iter_embeddings
-    from agman.models.extension import attribute_identities
     from agman.retrieval.faiss_check import map_vectors, record_files
     from agman.retrieval.faiss_index import factory_string, fill_faiss_index, new_faiss_index, write_faiss
     from agman.retrieval.faiss_writer import FaissWriter
@@ -92,15 +116,10 @@ def extend_index(out, checkpoint, *, batch_size: int = 32, workers: int = 0, dev
         if layout.progress.is_file():
             raise CatalogIndexError(f"index {layout.root} has an unfinished build: finish it (`agman index` again) "
                                     "before extending it")
-        model, cinfo = load_model(checkpoint, device=device)
-        child_ids = dict(zip(cinfo.attribute_names, attribute_identities(model)))
-        if info.checkpoint.identity == cinfo.identity:
+        plan = _plan(info, layout.root, checkpoint, device)
+        if plan is None:
             return ExtendSummary(str(layout.root), [], 0, 0, 0)
-        check_lineage(info, layout.root, child_ids, cinfo.lineage, checkpoint)
-        new = [a for a in cinfo.attributes if a.name not in info.attribute_names]
-        if not new:
-            raise InvalidValueError(f"model {checkpoint} has no attribute that index {layout.root} lacks")
-        column = {name: cinfo.attribute_names.index(name) for name in cinfo.attribute_names}
+        model, cinfo, child_ids, new, column = plan
         items = writer.stored_items()
         paths = [it.path for it in items]
         n = min(batch_size, info.count)
@@ -136,10 +155,7 @@ def extend_index(out, checkpoint, *, batch_size: int = 32, workers: int = 0, dev
                 fill_faiss_index(index, map_vectors(f, count, d))
                 write_faiss(index, layout.faiss(first_new + j))
                 info.faiss[first_new + j] = FaissFile(factory_string(info.config, d, count)[0], count)
-        info.lineage = [*info.lineage, info.checkpoint.identity]
-        info.attributes = [*info.attributes, *new]
-        info.checkpoint = IndexedCheckpoint.of(cinfo)
-        info.attribute_identities = {a.name: child_ids[a.name] for a in info.attributes}
+        _describe_extended(info, cinfo, new, child_ids)
         record_files(layout, info)
         writer._write_info()
         _progress(layout).unlink(missing_ok=True)
@@ -189,23 +205,16 @@ def _extend_milvus(target, checkpoint, *, batch_size, workers, device, progress,
     """:func:`extend_index` on a Milvus collection: the new attributes' entities go to partitions of their
     own, keyed above the old keys; the collection's description (its properties) is the commit point.
     A rerun after an interruption continues after the whole batches the new partition already holds."""
-    from agman.engine.checkpoint import load_model
     from agman.engine.embed import iter_embeddings
-    from agman.models.extension import attribute_identities
     from agman.retrieval.milvus_store import MilvusStore, _partition
 
     store = MilvusStore.open(target)
     try:
         info = store.info
-        model, cinfo = load_model(checkpoint, device=device)
-        child_ids = dict(zip(cinfo.attribute_names, attribute_identities(model)))
-        if info.checkpoint.identity == cinfo.identity:
+        plan = _plan(info, target.where, checkpoint, device)
+        if plan is None:
             return ExtendSummary(target.where, [], 0, 0, 0)
-        check_lineage(info, target.where, child_ids, cinfo.lineage, checkpoint)
-        new = [a for a in cinfo.attributes if a.name not in info.attribute_names]
-        if not new:
-            raise InvalidValueError(f"model {checkpoint} has no attribute that index {target.where} lacks")
-        column = {name: cinfo.attribute_names.index(name) for name in cinfo.attribute_names}
+        model, cinfo, child_ids, new, column = plan
         rows = store.rows()
         items = store.items_of(rows.tolist())
         paths = [it.path for it in items]
@@ -231,10 +240,7 @@ def _extend_milvus(target, checkpoint, *, batch_size, workers, device, progress,
                 conn.call("write items", "upsert", conn.name, entities, partition_name=_partition(first_new + j))
             conn.call("flush", "flush", conn.name)
         conn.call("load the collection", "load_collection", conn.name)  # the new partitions too
-        info.lineage = [*info.lineage, info.checkpoint.identity]
-        info.attributes = [*info.attributes, *new]
-        info.checkpoint = IndexedCheckpoint.of(cinfo)
-        info.attribute_identities = {a.name: child_ids[a.name] for a in info.attributes}
+        _describe_extended(info, cinfo, new, child_ids)
         from agman.retrieval.milvus_client import INFO_KEY
 
         conn.set_properties(**{INFO_KEY: info.to_json()})
