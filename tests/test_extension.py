@@ -183,7 +183,12 @@ def test_bad_extensions_are_refused(family, tmp_path):
     label.write_text("".join(" ".join(_drop_attribute(line.split(), 2)) + "\n" for line in label.read_text().splitlines()))
     with pytest.raises(DatasetError, match="label_train.txt") as err:
         extend(run_config(unlabelled, tmp_path / "y"), parent)
-    assert "'a2'" in str(err.value)
+    assert "'a2'" in str(err.value) and err.value.exit_code == 2
+    from agman.cli import main
+
+    config = tmp_path / "x.yaml"
+    config.write_text(json.dumps(run_config(full, tmp_path / "x2").to_dict()))
+    assert main(["train", "--extend", str(parent), "--config", str(config), "--attributes", "a0"]) == 2
     damaged = tmp_path / "damaged.pt"
     ckpt = load_checkpoint(parent)
     ckpt["state_dict"]["trunk.conv1.weight"][0, 0, 0, 0] += 1.0

@@ -41,7 +41,7 @@ def run_card(args: argparse.Namespace) -> int:
                                 for p in parents]})
         return 0
     print(f"{args.checkpoint}: {info.model_name}, identity {info.identity}, {len(ids)} attributes")
-    width = max(len(n) for n in ids)
+    width = max(len("attribute"), *(len(n) for n in ids))
     print(f"\n{'attribute':<{width}}  {'identity':<16}  made by")
     for name, identity in ids.items():
         print(f"{name:<{width}}  {identity:<16}  {designs.get(name, 'trained'):<8}  {check[name]}".rstrip())

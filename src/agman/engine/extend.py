@@ -32,6 +32,10 @@ from agman.models.extension import DESIGNS, ExtendedModel, NewAttributes, attrib
 log = logging.getLogger(__name__)
 
 
+class MissingLabelsError(DatasetError, InvalidValueError):
+    """The dataset does not label an attribute to add (a usage error: exit 2); the message names the file."""
+
+
 def new_attributes(parent: list[str], spec: DatasetSpec, requested: list[str] | None = None) -> list[str]:
     """The attributes to add: ``requested``, or the dataset's attributes the parent lacks.  One the parent
     already has, or one the dataset lacks, is a usage error naming it."""
@@ -75,8 +79,8 @@ def restrict(spec: DatasetSpec, names: list[str]) -> DatasetSpec:
     for j, name in enumerate(names):
         if train is not None and not (train.triplets and j in train.triplets) \
                 and int((train.labels[:, j] != UNLABELED).sum()) < 2:
-            raise DatasetError(f"attribute {name!r} has no labels in the train split (it needs labelled images to "
-                               "learn from)", _labels_file(spec, "train"))
+            raise MissingLabelsError(f"attribute {name!r} has no labels in the train split (it needs labelled "
+                                     "images to learn from)", _labels_file(spec, "train"))
     return DatasetSpec(spec.name, spec.root, [spec.attributes[i] for i in index], splits, spec.source,
                        list(spec.warnings))
 
