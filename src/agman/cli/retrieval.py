@@ -232,6 +232,13 @@ def register(subparsers) -> None:
     add_milvus_access(where, request_timeout=MILVUS_WRITE_TIMEOUT)
     change = idx.add_argument_group("changing an index")
     change.add_argument("--add", action="store_true", help="add the images not yet in an existing index")
+    change.add_argument("--extend", action="store_true",
+                        help="add the attributes of --checkpoint (a model made by `agman train --extend`) that the "
+                             "index lacks: only their vectors are written; the old ones are kept after their "
+                             "weight identities and a re-embedded sample are checked (no --images needed)")
+    change.add_argument("--tolerance", type=float, default=0.0,
+                        help="with --extend: the largest difference the re-embedded sample may show (default 0: "
+                             "bit for bit)")
     change.add_argument("--update", action="store_true",
                         help="re-index the items of --images that the index holds (unknown ids are an error; "
                         "with --add, new ones are added too)")
@@ -384,10 +391,31 @@ def index_target(args: argparse.Namespace):
     return args.out
 
 
+def run_extend(args: argparse.Namespace, target) -> int:
+    """`agman index --extend`: the new attributes' vectors written into the index in place."""
+    from agman.retrieval.extend import extend_index
+
+    if args.checkpoint is None:
+        raise CLIError("agman index --extend needs --checkpoint (the extended model)")
+    summary = extend_index(target, args.checkpoint, batch_size=args.batch_size, workers=args.workers,
+                           device=args.device, progress=not args.no_progress, tolerance=args.tolerance)
+    if args.json:
+        print_json({"schema": "agman/index-extend/1", **summary.__dict__})
+    elif not summary.added:
+        print(f"index {summary.index} was already built by {args.checkpoint}: nothing to add")
+    else:
+        print(f"index {summary.index}: added {', '.join(summary.added)} ({summary.rows} rows embedded"
+              f"{f', {summary.resumed_from} before an interruption' if summary.resumed_from else ''}; the old "
+              f"attributes kept, {summary.sample_rows} rows re-embedded and equal)")
+    return 0
+
+
 def run_index(args: argparse.Namespace) -> int:
     target = index_target(args)
     if args.delete:
         return run_delete(args, target)
+    if args.extend:
+        return run_extend(args, target)
     if args.checkpoint is None or args.images is None:
         raise CLIError("agman index needs --checkpoint and --images (or --delete ID ...)")
     from agman.engine.checkpoint import load_model

@@ -30,6 +30,14 @@ def register(subparsers) -> None:
     tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_OR_CHECKPOINT",
                     help="continue the run exactly: with no value the config's run folder; or a run folder / last.pt "
                          "(then --config may be left out)")
+    tr.add_argument("--extend", metavar="CHECKPOINT",
+                    help="add the attributes of the config's dataset that this trained model lacks, training only "
+                         "what they need: every old attribute keeps its embeddings bit for bit (docs/training.md)")
+    tr.add_argument("--design", choices=("rows", "adapter"), default="adapter",
+                    help="with --extend: 'rows' trains only the new attribute's table rows on the frozen network; "
+                         "'adapter' (default) also gives it private copies of the attribute-side projections")
+    tr.add_argument("--attributes", metavar="NAME,...",
+                    help="with --extend: which attributes to add (default: every one the parent lacks)")
     tr.add_argument("--out", help="run folder (same as output.dir=...)")
     tr.add_argument("--force", action="store_true", help="start afresh in a run folder that already holds a run")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -109,12 +117,33 @@ def _config_and_resume(args: argparse.Namespace):
     raise CLIError("give --config DATASET/MODEL or FILE (or --resume RUN_FOLDER)")
 
 
+def _extended_parent(resume: Path | None) -> str | None:
+    """The parent a resumed extension run extends (None for an ordinary run)."""
+    if resume is None:
+        return None
+    from agman.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(resume, verify=False)
+    parent = ((ckpt.get("lineage") or {}).get("parent") or {}).get("path")
+    return parent if parent and ckpt.get("extension") else None
+
+
 def run_train(args: argparse.Namespace) -> int:
     from agman.engine.distributed import env_world
     from agman.engine.train import train
 
     config, resume = _config_and_resume(args)
-    result = train(config, resume=resume or False, overwrite=args.force)
+    parent = args.extend or _extended_parent(resume)
+    if parent:
+        from agman.engine.extend import extend
+
+        names = [n.strip() for n in args.attributes.split(",") if n.strip()] if args.attributes else None
+        result = extend(config, parent, design=args.design, attributes=names, resume=resume or False,
+                        overwrite=args.force)
+    else:
+        if args.attributes:
+            raise CLIError("--attributes goes with --extend CHECKPOINT")
+        result = train(config, resume=resume or False, overwrite=args.force)
     if env_world()[0] != 0:
         return 0
     if result.interrupted:

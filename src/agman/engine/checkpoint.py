@@ -78,6 +78,7 @@ class CheckpointInfo:
     epoch: int = 0
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    lineage: dict = field(default_factory=dict)  # an extended model's parent and attribute identities (engine/extend.py)
 
     @property
     def attribute_names(self) -> list[str]:
@@ -224,6 +225,10 @@ def _validate(ckpt, path: Path) -> None:
         "crop_ratio is not a number" * (not isinstance(ckpt.get("crop_ratio", 1.0), (int, float))),
         "epoch is not an integer" * (not isinstance(ckpt.get("epoch", 0), int)),
         "metrics or config is not a dict" * (not all(isinstance(ckpt.get(k, {}), dict) for k in ("metrics", "config"))),
+        "extension is not a list of {design, rows, adapters}" * (not (isinstance(ckpt.get("extension", []), list) and all(
+            isinstance(e, dict) and isinstance(e.get("design"), str) and isinstance(e.get("rows"), list)
+            and isinstance(e.get("adapters"), list) for e in ckpt.get("extension", [])))),
+        "lineage is not a dict" * (not isinstance(ckpt.get("lineage", {}), dict)),
     ]
     problems = [p for p in problems if p]
     if problems:
@@ -242,6 +247,7 @@ def info_from(ckpt: dict, path: str | Path) -> CheckpointInfo:
         epoch=int(ckpt.get("epoch", 0)),
         metrics=dict(ckpt.get("metrics", {})),
         config=dict(ckpt.get("config", {})),
+        lineage=dict(ckpt.get("lineage") or {}),
     )
 
 
@@ -258,7 +264,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         info = info_from(ckpt, path)
         config = dict(info.model_config)
         config["pretrained"] = "none"  # the checkpoint carries the weights
-        model = build_model(info.model_name, len(info.attributes), **config)
+        layout = ckpt.get("extension") or []
+        model = build_model(info.model_name, len(info.attributes) - len(layout), **config)
+        if layout:  # a model extended by `agman train --extend`: the parent plus one branch per added attribute
+            from agman.models.extension import ExtendedModel
+
+            model = ExtendedModel.from_layout(model, layout)
         result = model.load_state_dict(ckpt["state_dict"], strict=False)
         info.identity = identity.result()
     if result.missing_keys or result.unexpected_keys:

@@ -387,9 +387,13 @@ class Run:
                          loss_state=state.criterion.state_dict(), rng=rng_state(), step=step,
                          world_size=self.ctx.world_size)
         save_checkpoint(path, model=state.model, epoch=epoch, metrics=metrics, best_score=state.best_score,
-                        history=state.history, model_name=self.config.model.name, attributes=self.spec.attributes,
-                        input_size=self.config.data.input_size, crop_ratio=self.config.data.crop_ratio,
-                        config=self.config.to_dict(), **extra)
+                        history=state.history, input_size=self.config.data.input_size,
+                        crop_ratio=self.config.data.crop_ratio, config=self.config.to_dict(),
+                        **self.checkpoint_fields(), **extra)
+
+    def checkpoint_fields(self) -> dict:
+        """The model's name and attributes as a checkpoint records them (an extension run adds its lineage)."""
+        return {"model_name": self.config.model.name, "attributes": self.spec.attributes}
 
 
 # --------------------------------------------------------------------------- the run

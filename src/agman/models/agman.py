@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from agman.models.attention import ACA, ASA, CA, SA, AttributeMasks, weighted_sum_pool
 from agman.models.backbone import HierarchicalFusion, ResNetTrunk
 from agman.models.base import AttributeModel
+from agman.models.extension import AttributeParts
 from agman.models.output import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,10 @@ class AGMAN(AttributeModel):
         "input_scale": False, "attribute_masks": False, "mask_init": "disjoint", "shared_attribute_embedding": False,
         "fusion_init": "default",
     }
+    ATTRIBUTE_PARTS = AttributeParts(
+        tables=("aga.asa.attribute.embedding.weight", "aga.aca.attribute.embedding.weight", "aga.masks.weight"),
+        adapters=("aga.asa.attribute.fc.", "aga.asa.scale", "aga.aca."),
+        not_embedding=("classifier.", "trunk.layer4."))
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__(n_attributes, pretrained, **options)

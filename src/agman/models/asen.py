@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from agman.models.attention import ACA, ASA, weighted_sum_pool
 from agman.models.backbone import ResNetTrunk
 from agman.models.base import AttributeModel
+from agman.models.extension import AttributeParts
 from agman.models.output import ModelOutput
 
 
@@ -24,6 +25,8 @@ class ASENetV2(AttributeModel):
     name = "asenet-v2"
     description = "ASENet_V2 (Ma et al. 2020): layer3, attribute-aware spatial + channel attention"
     DEFAULTS = {"backbone": "resnet50", "embedding_dim": None, "attention_dim": 512, "output_fc": False}
+    ATTRIBUTE_PARTS = AttributeParts(tables=("asa.attribute.embedding.weight", "aca.attribute.embedding.weight"),
+                                     adapters=("asa.attribute.fc.", "aca."))
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__(n_attributes, pretrained, **options)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from agman.models.attention import ACA, ASA, weighted_sum_pool
 from agman.models.backbone import ResNetTrunk
 from agman.models.base import AttributeModel
+from agman.models.extension import AttributeParts
 from agman.models.output import ModelOutput
 
 
@@ -25,6 +26,9 @@ class AttnFashion(AttributeModel):
     name = "attnfashion"
     description = "AttnFashion (Wan et al. 2022, reconstruction): fused layer3+4, sigmoid spatial + SE gates"
     DEFAULTS = {"backbone": "resnet50", "embedding_dim": 1024, "attention_dim": 512, "channel_reduction": 16}
+    ATTRIBUTE_PARTS = AttributeParts(
+        tables=("spatial.attribute.embedding.weight", "channel.attribute.embedding.weight"),
+        adapters=("spatial.attribute.fc.", "channel."))
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__(n_attributes, pretrained, **options)

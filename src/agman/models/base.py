@@ -32,6 +32,9 @@ class AttributeModel(nn.Module):
     description: str = ""
     #: The model's options and their defaults: what ``build_model`` accepts besides ``pretrained``.
     DEFAULTS: dict[str, Any] = {}
+    #: Which weights are per-attribute table rows, attribute-side projections and outside the embedding
+    #: (:class:`agman.models.extension.AttributeParts`); None: the model cannot be extended.
+    ATTRIBUTE_PARTS: Any = None
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__()

@@ -9,6 +9,7 @@ from agman.errors import InvalidValueError
 from agman.models.attention import AttributeMasks
 from agman.models.backbone import ResNetTrunk
 from agman.models.base import AttributeModel
+from agman.models.extension import AttributeParts
 from agman.models.output import ModelOutput
 
 FEATURE_LEVELS = ("layer3", "layer4")
@@ -33,6 +34,7 @@ class CSN(AttributeModel):
     name = "csn"
     description = "CSN (Veit et al. 2017): pooled ResNet feature -> FC -> learned attribute mask"
     DEFAULTS = {"backbone": "resnet50", "embedding_dim": 1024, "feature_level": "layer3", "mask_init": "normal"}
+    ATTRIBUTE_PARTS = AttributeParts(tables=("masks.weight",), adapters=("embed.",))
 
     def __init__(self, n_attributes: int, pretrained: str | None = "none", **options):
         super().__init__(n_attributes, pretrained, **options)
@@ -48,9 +50,11 @@ class CSN(AttributeModel):
         _, features = self.trunk(images)
         if self.trunk.layer4 is not None:
             features = self.trunk.top(features)
-        return self.embed(features.mean(dim=(-2, -1))), None
+        return features.mean(dim=(-2, -1)), None
 
-    def head(self, general: Tensor, attribute_ids: Tensor) -> ModelOutput:
+    def head(self, pooled: Tensor, attribute_ids: Tensor) -> ModelOutput:
+        # the FC sits in the head (run once per call, as before in encode) so that an added attribute
+        # may own a private copy of it (agman.models.extension, design 'adapter')
         masks = self.masks(attribute_ids)  # [B, K, D]
-        general = general[:, None].expand_as(masks)
+        general = self.embed(pooled)[:, None].expand_as(masks)
         return ModelOutput(embedding=F.normalize(general * masks, dim=-1), masks=masks, general_embedding=general)

@@ -183,6 +183,13 @@ class IndexInfo:
     root: str | None = None
     deleted: list[Annotated[int, Field(ge=0)]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # tombstones: ids deleted on purpose
+    # written by `agman index --extend` (retrieval/extend.py): each attribute's weight identity, and the
+    # identities of the earlier checkpoints whose vectors the index's older attributes keep
+    attribute_identities: dict[str, str] = field(default_factory=dict)
+    lineage: list[str] = field(default_factory=list)
+    # Milvus: the attribute count its primary keys were laid out for (row x count + attribute); attributes
+    # added later by --extend key their entities in bands of their own (milvus_store._pk).  None: all of them
+    pk_attributes: Annotated[int, Field(ge=1)] | None = None
 
     def __post_init__(self):
         stray = sorted(a for a in self.faiss if not 0 <= a < len(self.attributes))

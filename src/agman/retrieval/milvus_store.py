@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agman.errors import InvalidValueError
-from agman.retrieval.filters import Filter, milvus_literal, to_milvus
+from agman.retrieval.filters import And, Filter, IsNull, Not, Or, milvus_literal, to_milvus
 from agman.retrieval.info import CatalogIndexError, IndexConfig, IndexExistsError, IndexInfo, IndexNotFoundError
 from agman.retrieval.items import Item, resolve_path, stored_path
 from agman.retrieval.milvus_client import (
@@ -62,8 +62,12 @@ class MilvusStore:
         self.info = info
         self.config = config
         self.catalog_root = str(Path(catalog).resolve()) if catalog is not None else info.root
-        self.fields = CatalogSchema.of(info).fields()
+        # the collection's scalar fields were laid out for the attributes it was created with; an attribute
+        # added by `agman index --extend` has vectors but no label field (no item carries a label for it)
+        laid_out = info.attributes[:info.pk_attributes or len(info.attributes)]
+        self.fields = CatalogSchema.create(laid_out, info.metadata).fields()
         self.names = field_names(self.fields)
+        self.unlabelled = {a.name for a in info.attributes[len(laid_out):]}
         self.n_attributes = len(info.attributes)
         self.dim = info.dim
 
@@ -122,9 +126,17 @@ class MilvusStore:
         conn.call("count items", "query", conn.name, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return store
 
-    def reopened(self) -> None:
-        """None: this process's writes are visible to its next search (consistency Session or Strong)."""
-        return None
+    def reopened(self) -> MilvusStore | None:
+        """None: this process's writes are visible to its next search (consistency Session or Strong); a store with the new
+        description when ``agman index --extend`` committed attributes since this one was opened."""
+        raw = self.conn.properties().get(INFO_KEY)
+        if raw is None:
+            return None
+        info = IndexInfo.parse(raw, self.location)
+        if info.attribute_names == self.info.attribute_names:
+            return None
+        return MilvusStore(self.conn, info, info.config.tuned(nprobe=self.config.nprobe, ef_search=self.config.ef_search,
+                                                               rerank=self.config.rerank), self.catalog_root)
 
     def health(self):
         """A served Milvus Lite file's health (its data files truncated or missing on disk are
@@ -149,6 +161,10 @@ class MilvusStore:
         return self._count("") // self.n_attributes
 
     def _count(self, expression: str) -> int:
+        # only the entities of the attributes the index describes (`--extend` writes a new one's before committing)
+        laid_out = self.info.pk_attributes or self.n_attributes
+        known = f"pk < {(self.n_attributes - laid_out + 1) << EXTENDED_PK_SHIFT}"
+        expression = f"({expression}) and {known}" if expression else known
         rows = self.conn.call("count items", "query", self.conn.name, filter=expression, output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
@@ -158,7 +174,10 @@ class MilvusStore:
 
     # ------------------------------------------------------------------ items
     def _pk(self, row: int, a: int) -> int:
-        return int(row) * self.n_attributes + a
+        laid_out = self.info.pk_attributes or self.n_attributes
+        if a < laid_out:
+            return int(row) * laid_out + a
+        return ((a - laid_out + 1) << EXTENDED_PK_SHIFT) + int(row)  # an attribute added by `agman index --extend`
 
     def _record(self, e: Mapping) -> Item:
         labels, metadata = {}, {}
@@ -236,7 +255,7 @@ class MilvusStore:
 
     # ------------------------------------------------------------------ search
     def select(self, flt: Filter | None = None, exclude: Iterable[int] = ()) -> Selection:
-        parts = [to_milvus(flt.expr, self.names)] if flt is not None else []
+        parts = [_expression(flt.expr, self.names, self.unlabelled)] if flt is not None else []
         rows = sorted({int(r) for r in exclude})
         if rows:
             parts.append(f"(not (row in [{', '.join(str(r) for r in rows)}]))")
@@ -370,6 +389,26 @@ class MilvusStore:
         self._delete_rows(list(live.values()))
         self.conn.call("flush", "flush", self.conn.name)
         return len(live)
+
+
+def _expression(expr, names: dict, unlabelled: set[str]) -> str:
+    """``to_milvus`` with the conditions on attributes that have no label field (added by ``--extend``)
+    decided as for an item without a label: ``is null`` holds, every other test fails."""
+    if not unlabelled:
+        return to_milvus(expr, names)
+    if isinstance(expr, (And, Or)):
+        joiner = " and " if isinstance(expr, And) else " or "
+        return "(" + joiner.join(_expression(e, names, unlabelled) for e in expr.operands) + ")"
+    if isinstance(expr, Not):
+        return f"(not {_expression(expr.operand, names, unlabelled)})"
+    if expr.field in unlabelled:
+        return "(pk >= 0)" if isinstance(expr, IsNull) and not expr.negate else "(pk < 0)"
+    return to_milvus(expr, names)
+
+
+EXTENDED_PK_SHIFT = 48
+"""Entities of an attribute added by ``--extend`` have keys ``(k << 48) + row`` (k = 1, 2, ...), above the
+``row x A + attribute`` keys of the attributes the collection was created with."""
 
 
 def _partition(a: int) -> str:

@@ -184,7 +184,13 @@ class Retriever:
         if fresh is None:
             return False
         built = self.store.info.checkpoint
-        fresh.info.check_checkpoint(built.identity, built.path, fresh.location)
+        if fresh.info.checkpoint.identity != built.identity and built.identity in fresh.info.lineage:
+            # `agman index --extend` added attributes with a child model: follow it (its old
+            # attributes' weights are the ones that built the index, so their vectors stay valid)
+            with self._model_lock:
+                self._checkpoint, self._model = Path(fresh.info.checkpoint.path), None
+        else:
+            fresh.info.check_checkpoint(built.identity, built.path, fresh.location)
         self.store = fresh
         return True
 
