@@ -141,15 +141,30 @@ def find_resume(resume: bool | str | Path, run_dir: Path) -> Path | None:
 
 
 def open_training_data(config: RunConfig, ctx: D.DistributedContext, progress: bool) -> DatasetSpec:
-    """The dataset (rank 0 renders the synthetic set, if any, before the others open it); the
-    validation split is checked now, not after the first epoch."""
+    """The dataset (rank 0 renders the synthetic set, if any, and with ``data.cache`` fills the
+    decoded-image cache, before the others open it); the validation split is checked now, not
+    after the first epoch."""
     spec = config.data.open(progress=progress) if ctx.is_main else None
+    if spec is not None and config.data.cache:
+        fill_cache(spec, config.data.input_size, config.data.crop_ratio, progress)
     D.barrier(ctx)
     if spec is None:
         spec = config.data.open()
     spec.split("train")
     spec.split(config.eval.split)
     return spec
+
+
+def fill_cache(spec: DatasetSpec, input_size: int, crop_ratio: float, progress: bool) -> None:
+    """Every split of ``spec`` into the decoded-image cache (``agman data cache``; the images not
+    cached yet): training, the warm-up and evaluation then read the same pixels without decoding."""
+    from agman.data.cache import build_cache
+
+    for name in spec.splits:
+        split = spec.split(name)
+        report = build_cache(split.paths, spec.root, input_size, crop_ratio, progress=progress, label=name)
+        if report.new:
+            log.info("decoded-image cache: %d %s images cached in %.1f s", report.new, name, report.seconds)
 
 
 def warm_up(config: RunConfig, spec: DatasetSpec, run_dir: Path, ctx: D.DistributedContext, progress: bool) -> Path:
