@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import re
 import signal
@@ -100,6 +101,23 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def busy_cores_advice(threads: int, load: float | None = None, cores: int | None = None) -> str:
+    """A warning when ``threads`` > 1 and the machine's 1-minute load already fills its cores ("" otherwise):
+    there each parallel region waits for a descheduled thread (issue #25: a demo step took 10-15 s
+    with 2 threads against 2 s with 1 at load 9 on 2 cores)."""
+    if threads <= 1:
+        return ""
+    if load is None:
+        if not hasattr(os, "getloadavg"):
+            return ""
+        load = os.getloadavg()[0]
+    cores = cores or os.cpu_count() or 1
+    if load < cores:
+        return ""
+    return (f"the load average ({load:.1f}) already fills this machine's {cores} cores: {threads} torch threads "
+            f"will mostly wait for each other; train.threads=1 is often several times faster here")
 
 
 # --------------------------------------------------------------------------- stopping
@@ -426,6 +444,8 @@ def train(
     try:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        if advice := busy_cores_advice(torch.get_num_threads()):
+            log.warning(advice)
         run_dir = config.run_dir
         resume_path = find_resume(resume, run_dir)
         if ctx.is_main and resume_path is None and (run_dir / LAST).exists() and not overwrite:
