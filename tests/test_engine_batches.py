@@ -41,4 +41,3 @@ def test_row_seed_equals_torch_manual_seed_and_leaves_the_global_stream_alone():
         torch.manual_seed(item_seed(7, 2, i))
         assert torch.equal(draw, torch.rand(3))
     assert not torch.equal(got[0], got[1])
-
