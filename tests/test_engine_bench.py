@@ -62,7 +62,7 @@ def test_train_step_benchmark_races_released_and_agman():
 
 def test_demo_step_benchmark_races_mains_path_and_the_presets(tmp_path):
     out = tmp_path / "demo_step.json"
-    result = load("demo_step").main(["--images", "40", "--rounds", "1", "--threads", "1", "--dir", str(tmp_path),
+    result = load("demo_step").main(["--images", "80", "--rounds", "1", "--threads", "1", "--dir", str(tmp_path),
                                      "--out", str(out), "data.input_size=32", "train.batch_size=4"])
     assert json.loads(out.read_text()) == result
     main, new = result["figures"]["main"], result["figures"]["new"]
