@@ -9,7 +9,7 @@ loss weights, Adam.  ``agman`` is the engine's :class:`agman.engine.step.TrainSt
 ``agman-official`` model (the same network: it starts from the same weights, copied in) as the
 FashionAI ``agman-official`` config trains it on a CPU today (fp32, three passes of B, Eq. 9 weights
 held at 1); ``agman_channels_last`` adds channels-last tensors (``train.channels_last:
-true``).  With ``--paper`` the paper preset (``agman``: CA, D = 1024) is raced too.
+true``) and ``agman_channels_last_fused`` fused Adam on top (``train.fused_optimizer: true``).  With ``--paper`` the paper preset (``agman``: CA, D = 1024) is raced too.
 
 Variants run in interleaved rounds (one step of each per round, after one warm-up step each) so
 that a load change on a shared machine hits all of them alike.  Each variant's figure is its
@@ -108,8 +108,9 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     official = build_model("agman-official", args.attributes, backbone=args.backbone)
     steps = {"released": released_step(official, device, args.backbone)}
-    for name, cl in (("agman", False), ("agman_channels_last", True)):
-        steps[name] = agman_step(copy.deepcopy(official), device, channels_last=cl)
+    for name, cl, fused in (("agman", False, False), ("agman_channels_last", True, False),
+                            ("agman_channels_last_fused", True, True)):
+        steps[name] = agman_step(copy.deepcopy(official), device, channels_last=cl, fused=fused)
     if args.paper:
         torch.manual_seed(0)
         steps["agman_paper"] = agman_step(build_model("agman", args.attributes, backbone=args.backbone), device)

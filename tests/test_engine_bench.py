@@ -55,9 +55,20 @@ def test_released_step_network_is_agman_official(tmp_path):
 def test_train_step_benchmark_races_released_and_agman():
     result = load("train_step").main(["--backbone", "resnet18", "--size", "32", "--batch", "2", "--rounds", "1"])
     steps = result["steps"]
-    assert set(steps) == {"released", "agman", "agman_channels_last"}
+    assert set(steps) == {"released", "agman", "agman_channels_last", "agman_channels_last_fused"}
     assert steps["released"]["speed_vs_released_wall"] == 1.0
     assert all(s["triplets_per_s"] > 0 and s["speed_vs_released_cpu"] > 0 for s in steps.values())
+
+
+def test_demo_step_benchmark_races_mains_path_and_the_presets(tmp_path):
+    out = tmp_path / "demo_step.json"
+    result = load("demo_step").main(["--images", "80", "--rounds", "1", "--threads", "1", "--dir", str(tmp_path),
+                                     "--out", str(out), "data.input_size=32", "train.batch_size=4"])
+    assert json.loads(out.read_text()) == result
+    main, new = result["figures"]["main"], result["figures"]["new"]
+    assert all(v > 0 for v in (*main.values(), *new.values()))
+    assert result["speedup_cpu"] == round(main["iteration_cpu_s"] / new["iteration_cpu_s"], 2)
+    assert (tmp_path / "synthetic" / ".agman-cache").is_dir()  # the new path read the cache it filled
 
 
 @needs_real_split

@@ -193,6 +193,8 @@ def test_demo_end_to_end_on_a_small_set(tmp_path, capsys):
         assert (out / "grids" / f"{a}.png").is_file() and (out / "attention" / f"{a}.png").is_file()
     report = (out / "report.md").read_text()
     assert "every attribute above random" in report
+    assert "a supervised baseline trained on the very labels being retrieved" in report and "AG-MAN wins on" in report
+    assert "a supervised baseline trained on the very labels being retrieved" in printed
     where = report.split("## Where the attention looks")[1]
     assert "meets the bar" in where and "of 5 attributes" in where
     assert ("| attribute | pairs | box share | mass in box, trained | mass in box, untrained | "

@@ -24,6 +24,7 @@ def test_every_paper_config_has_the_paper_settings(dataset, model):
         16, 1e-4, 3, 0.9, 50, triplets)
     assert cfg.loss.margin == 0.2 and cfg.data.input_size == 224
     assert (t.amp, t.bn_passes, t.sampling, cfg.data.crop_ratio) == ("none", "separate", "value", 1.0)
+    assert cfg.data.cache is False and t.fused_optimizer == "auto"  # the synthetic preset's speed-ups stay out
     if model == "agman":
         assert cfg.model.options["embedding_dim"] == 1024
         if dataset != "zappos50k":  # Eq. 9 held at the paper's start (docs/training.md, Eq. 9)
@@ -204,3 +205,9 @@ def test_configs_stored_by_earlier_runs_still_evaluate():
     assert C.stored_for_eval({}, source="old.pt")[1] == 0.2
     with pytest.raises(C.ConfigError, match=r"config stored in x\.pt: data\.input_size must be an integer"):
         C.stored_for_eval({"data": {"input_size": "big"}}, source="x.pt")
+
+
+def test_the_synthetic_preset_turns_the_demo_speed_ups_on():
+    for ref in ("synthetic/demo", "synthetic/agman", "synthetic/csn"):
+        cfg = C.load_config(ref)
+        assert cfg.data.cache is True and cfg.train.fused_optimizer is True, ref

@@ -189,3 +189,12 @@ def test_fused_adam_follows_the_switch_and_matches_the_loop():
     for a, b in zip(weights["loop"], weights["fused"]):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
         assert not torch.equal(a, start[0] if a.shape == start[0].shape else start[1])  # it did train
+
+
+def test_busy_cores_advice_only_when_the_load_fills_the_cores():
+    from agman.engine.train import busy_cores_advice
+
+    assert busy_cores_advice(1, load=50.0, cores=2) == ""
+    assert busy_cores_advice(2, load=1.5, cores=2) == ""
+    text = busy_cores_advice(2, load=9.4, cores=2)
+    assert "load average (9.4)" in text and "2 cores" in text and "train.threads=1" in text

@@ -33,7 +33,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"stopped; resume the training with: agman train --resume {result.run_dir}")
         return 130
     s = result.seconds
-    print(f"\n{result.table}\n\n{result.verdict}" + (f"\n\n{result.where}." if result.where else ""))
+    print(f"\n{result.table}\n\n{result.verdict}" + (f"\n\n{result.versus}." if result.versus else "")
+          + (f"\n\n{result.where}." if result.where else ""))
     print(f"\nreport: {result.out}/report.md (metrics.md, curves.png, grids/, attention/); "
           f"total {s['total'] / 60:.1f} min (data {s['data']:.0f} s, training {s['training']:.0f} s)")
     return 0

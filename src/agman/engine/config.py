@@ -96,6 +96,9 @@ class DataConfig:
     # resize to input_size / crop_ratio, centre-crop input_size (1.0: the released Resize(S) + CenterCrop(S))
     crop_ratio: float = 1.0
     synthetic: Optional[SyntheticConfig] = None
+    # fill the decoded-image cache at input_size/crop_ratio before training (`agman data cache`;
+    # the same pixels, no decoding per epoch)
+    cache: bool = False
 
     def open(self, progress: bool = False):
         """The dataset this section describes (:func:`agman.data.source.open_data`)."""

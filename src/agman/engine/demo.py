@@ -49,6 +49,7 @@ class DemoResult:
     table: str = ""  # the metrics tables as terminal text
     verdict: str = ""
     where: str = ""  # what the attention scores say (empty when the data has no regions file)
+    versus: str = ""  # what the classifier row is, and where AG-MAN wins and loses against it
     seconds: dict[str, float] = field(default_factory=dict)  # data, training, total
 
 
@@ -95,7 +96,8 @@ def run_demo(config: RunConfig, out: str | Path, announce: Callable[[str], None]
     seconds["total"] = time.perf_counter() - start
     where, where_table = localization_section(rows)
     verdict = write_report(out, config, rows, spec.attribute_names, pictures, seconds, (where, where_table))
-    return DemoResult(out, result.run_dir, False, rows, table, verdict, where, seconds)
+    return DemoResult(out, result.run_dir, False, rows, table, verdict, where,
+                      against_classifier(rows, spec.attribute_names), seconds)
 
 
 def open_demo_data(config: RunConfig) -> DatasetSpec:
@@ -244,6 +246,31 @@ def localization_section(rows: dict) -> tuple[str, str]:
     return sentence, markdown_table(header, table, digits=2)
 
 
+CLASSIFIER_IS = (
+    "The classifier row is a supervised baseline trained on the very labels being retrieved: the warm-up's "
+    "ResNet value classifier (one softmax head per attribute, trained on every train image's value of every "
+    "attribute) ranks the images by the probability that they carry the query's value. AG-MAN sees the same "
+    "labels only through triplets (same value or not) and retrieves with its own embedding, without those heads")
+
+
+def against_classifier(rows: dict, names: list[str]) -> str:
+    """What the classifier row is (:data:`CLASSIFIER_IS`) and, per attribute and overall, the test
+    MAPs of the trained AG-MAN against it, winners first; "" without a classifier row."""
+    if CLASSIFIER not in rows:
+        return ""
+    trained, classifier = rows[TRAINED], rows[CLASSIFIER]
+    pairs = [(a, trained["map_per_attribute"][a], classifier["map_per_attribute"][a]) for a in names]
+
+    def listed(items):
+        return ", ".join(f"{a} ({100 * t:.2f} vs {100 * c:.2f})" for a, t, c in items) or "none"
+
+    won, lost = [p for p in pairs if p[1] > p[2]], [p for p in pairs if p[1] <= p[2]]
+    overall = "above" if trained["map"] > classifier["map"] else "not above"
+    return (f"{CLASSIFIER_IS}. AG-MAN's test MAP is {overall} it: {100 * trained['map']:.2f}% vs "
+            f"{100 * classifier['map']:.2f}%. AG-MAN wins on {len(won)} of {len(pairs)} attributes: {listed(won)}; "
+            f"it loses on {listed(lost)}")
+
+
 def _short(label: str) -> str:
     """A row label as the verdict names it: what is in its brackets for the AG-MAN rows, else itself."""
     return label.split("(")[1].rstrip(")") if label.startswith("AG-MAN (") else label
@@ -264,6 +291,7 @@ def write_report(out: Path, config: RunConfig, rows: dict, names: list[str], pic
         f"({config.data.input_size} px, backbone {config.model.options.get('backbone')}, "
         f"{config.train.epochs} epochs x {config.train.triplets_per_epoch} triplets).", "",
         f"**{sentence}.**", "",
+        *([f"{versus}.", ""] if (versus := against_classifier(rows, names)) else []),
         f"Wall time {seconds['total'] / 60:.1f} min: data {seconds['data']:.0f} s, "
         f"training {seconds['training']:.0f} s, the rest evaluation and pictures.", "",
         "- [metrics.md](metrics.md): MAP per attribute (%), Recall@k / Precision@k",

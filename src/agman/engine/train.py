@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import re
 import signal
@@ -102,6 +103,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def busy_cores_advice(threads: int, load: float | None = None, cores: int | None = None) -> str:
+    """A warning when ``threads`` > 1 and the machine's 1-minute load already fills its cores ("" otherwise):
+    there each parallel region waits for a descheduled thread (issue #25: a demo step took 10-15 s
+    with 2 threads against 2 s with 1 at load 9 on 2 cores)."""
+    if threads <= 1:
+        return ""
+    if load is None:
+        if not hasattr(os, "getloadavg"):
+            return ""
+        load = os.getloadavg()[0]
+    cores = cores or os.cpu_count() or 1
+    if load < cores:
+        return ""
+    return (f"the load average ({load:.1f}) already fills this machine's {cores} cores: {threads} torch threads "
+            f"will mostly wait for each other; train.threads=1 is often several times faster here")
+
+
 # --------------------------------------------------------------------------- stopping
 class StopFlag:
     """Set by SIGINT/SIGTERM (first signal: finish the step, checkpoint, stop; second: abort)."""
@@ -141,15 +159,30 @@ def find_resume(resume: bool | str | Path, run_dir: Path) -> Path | None:
 
 
 def open_training_data(config: RunConfig, ctx: D.DistributedContext, progress: bool) -> DatasetSpec:
-    """The dataset (rank 0 renders the synthetic set, if any, before the others open it); the
-    validation split is checked now, not after the first epoch."""
+    """The dataset (rank 0 renders the synthetic set, if any, and with ``data.cache`` fills the
+    decoded-image cache, before the others open it); the validation split is checked now, not
+    after the first epoch."""
     spec = config.data.open(progress=progress) if ctx.is_main else None
+    if spec is not None and config.data.cache:
+        fill_cache(spec, config.data.input_size, config.data.crop_ratio, progress)
     D.barrier(ctx)
     if spec is None:
         spec = config.data.open()
     spec.split("train")
     spec.split(config.eval.split)
     return spec
+
+
+def fill_cache(spec: DatasetSpec, input_size: int, crop_ratio: float, progress: bool) -> None:
+    """Every split of ``spec`` into the decoded-image cache (``agman data cache``; the images not
+    cached yet): training, the warm-up and evaluation then read the same pixels without decoding."""
+    from agman.data.cache import build_cache
+
+    for name in spec.splits:
+        split = spec.split(name)
+        report = build_cache(split.paths, spec.root, input_size, crop_ratio, progress=progress, label=name)
+        if report.new:
+            log.info("decoded-image cache: %d %s images cached in %.1f s", report.new, name, report.seconds)
 
 
 def warm_up(config: RunConfig, spec: DatasetSpec, run_dir: Path, ctx: D.DistributedContext, progress: bool) -> Path:
@@ -415,6 +448,8 @@ def train(
     try:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        if advice := busy_cores_advice(torch.get_num_threads()):
+            log.warning(advice)
         run_dir = config.run_dir
         resume_path = find_resume(resume, run_dir)
         if ctx.is_main and resume_path is None and (run_dir / LAST).exists() and not overwrite:
