@@ -67,6 +67,7 @@ class MilvusStore:
         laid_out = info.attributes[:info.pk_attributes or len(info.attributes)]
         self.fields = CatalogSchema.create(laid_out, info.metadata).fields()
         self.names = field_names(self.fields)
+        self._watch = None  # a served Lite file's LiteWatch, made by the first health()
         self.unlabelled = {a.name for a in info.attributes[len(laid_out):]}
         self.n_attributes = len(info.attributes)
         self.dim = info.dim
@@ -143,7 +144,7 @@ class MilvusStore:
         damage: :class:`~agman.retrieval.milvus_lite.LiteWatch`); None for a server."""
         if not self.target.lite:
             return None
-        if getattr(self, "_watch", None) is None:
+        if self._watch is None:
             from agman.retrieval.milvus_lite import LiteWatch
 
             self._watch = LiteWatch(self.target.uri, self.target.collection)
