@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     from agman.engine.embed import embed_images
     from agman.models import build_model
     from agman.retrieval.build import build_index
-    from agman.retrieval.sources import from_directory
+    from agman.retrieval.imagesets import from_directory
 
     torch.manual_seed(0)
     model = build_model(args.model, args.attributes, backbone=backbone).eval()

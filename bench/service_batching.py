@@ -55,7 +55,7 @@ def build(work: Path, backbone: str, size: int, attributes: int) -> Path:
     from agman.engine.checkpoint import save_checkpoint
     from agman.models.registry import build_model
     from agman.retrieval.build import build_index
-    from agman.retrieval.sources import from_directory
+    from agman.retrieval.imagesets import from_directory
 
     torch.manual_seed(0)
     attrs = [Attribute(f"attr{a}", ("v0", "v1", "v2")) for a in range(attributes)]

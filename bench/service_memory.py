@@ -35,7 +35,7 @@ from agman.data.spec import Attribute
 from agman.engine.checkpoint import save_checkpoint
 from agman.models import build_model
 from agman.retrieval.build import build_index
-from agman.retrieval.sources import from_directory
+from agman.retrieval.imagesets import from_directory
 root = Path(sys.argv[1])
 rng = np.random.default_rng(0)
 for i in range(16):

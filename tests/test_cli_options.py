@@ -162,7 +162,7 @@ def test_a_dataset_root_is_indexed_as_the_dataset_without_its_other_pictures(tmp
     assert r.row_of_path(root / "contact_sheet.png") is None
     assert r.item("images/train/0001.png").labels == {"attr0": "attr0_v1", "attr1": "attr1_v1"}
     # its image folder alone is a plain folder: every image, no labels
-    from agman.retrieval.sources import from_directory
+    from agman.retrieval.imagesets import from_directory
 
     assert len(from_directory(root / "images")) == 32 and from_directory(root / "images").left_out == []
     (root / "meta.json").write_text("{not json")
@@ -176,7 +176,7 @@ def test_a_resumed_add_reports_the_rows_it_added(catalog, capsys, tmp_path):
     assert run(capsys, "index", "--checkpoint", ck, "--images", tmp / "ds", "--split", "valid", "--out", out,
                "--no-progress")[0] == 0
     from agman.retrieval.build import build_index
-    from agman.retrieval.sources import from_split
+    from agman.retrieval.imagesets import from_split
 
     def crash(done, total):
         raise KeyboardInterrupt

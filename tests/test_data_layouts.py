@@ -254,10 +254,10 @@ def test_catalog_csv_split_and_write(catalog_csv, tmp_path):
     "content,message",
     [
         ("file,a\nx.png,1\n", r"catalog\.csv, line 1: header must be 'path,<attribute1>"),
-        ("path,a,a\nx.png,1,2\n", r"line 1: attribute names in the header must be non-empty and distinct"),
+        ("path,a,a\nx.png,1,2\n", r"line 1: column names in the header must be non-empty and distinct: column 'a'"),
         ("path,a,b\nx.png,1,2\ny.png,1\n", r"catalog\.csv, line 3: expected 3 comma-separated fields"),
         ("path,a\nx.png,1\nx.png,2\n", r"line 3: image 'x.png' is listed twice \(first on line 2\)"),
-        ("path,a\n,1\n", r"line 2: empty image path"),
+        ("path,a\n,1\n", r"line 2: column 'path': empty image path"),
         ("path,a\nx.png,\n", r"attribute column 'a' has no annotated value"),
     ],
 )
@@ -316,3 +316,29 @@ def test_catalog_csv_lines_count_quoted_newlines_and_table_without_attributes(tm
 
 
 # Fuzzing of these readers: tests/test_fuzz_inputs.py
+
+
+def test_catalog_csv_columns_have_one_rule_for_training_and_indexing(tmp_path):
+    """#20: one reader gives every header column a role; an untyped ``price`` is an attribute for
+    training and an error for indexing; typed (``price:number``) it is metadata for both."""
+    from agman.data.catalog_csv import CatalogColumns, CatalogSchemaError
+    from agman.data.spec import Attribute
+
+    path = tmp_path / "shop.csv"
+    path.write_text("path,color,price\na.png,red,10\nb.png,blue,12.5\nc.png,red,\n")
+    assert [a.name for a in read_catalog_csv(path).attributes] == ["color", "price"]
+    color = [Attribute("color", ("blue", "red"))]
+    with pytest.raises(CatalogSchemaError, match="column 'price' is neither an attribute"):
+        read_catalog_table(path, color)
+    path.write_text("path,color,price:number\na.png,red,10\nb.png,blue,12.5\nc.png,red,\n")
+    spec = read_catalog_csv(path, ratios=(1.0, 0.0, 0.0))
+    assert [a.name for a in spec.attributes] == ["color"]
+    for attributes in (None, color):
+        table = read_catalog_table(path, attributes)
+        assert table.metadata == [{"price": 10.0}, {"price": 12.5}, {}] and table.metadata_types == {"price": "number"}
+        assert [table.named_labels(i) for i in range(3)] == [{"color": "red"}, {"color": "blue"}, {"color": "red"}]
+    with pytest.raises(CatalogSchemaError, match="column 'price' is typed number in the header, declared string"):
+        read_catalog_table(path, color, CatalogColumns(metadata={"price": "string"}))
+    path.write_text("path,color,price:number\na.png,red,10\nb.png,blue,cheap\n")
+    with pytest.raises(DatasetError, match=r"shop\.csv, line 3: column 'price': 'cheap' is not a number"):
+        read_catalog_csv(path)

@@ -27,7 +27,7 @@ from agman.retrieval.build import build_index
 from agman.retrieval.extend import extend_index
 from agman.retrieval.info import IndexInfo, IndexLayout, IndexMismatchError
 from agman.retrieval.search import Retriever
-from agman.retrieval.sources import from_split
+from agman.retrieval.imagesets import from_split
 
 COLOURS = np.array([[230, 30, 30], [30, 200, 30], [40, 40, 230]], dtype=np.int16)
 

@@ -11,14 +11,10 @@ from conftest import make_csv
 
 from agman.data.spec import Attribute, DatasetError
 from agman.errors import InvalidValueError, UsageError
-from agman.retrieval.catalog import (
-    CatalogColumns,
-    CatalogSchema,
-    CatalogSchemaError,
-    parse_metadata_declarations,
-    read_catalog,
-)
+from agman.data.catalog_csv import CatalogColumns, CatalogSchemaError, parse_metadata_declarations
+from agman.retrieval.catalog import CatalogSchema
 from agman.retrieval.filters import compile_filter
+from agman.retrieval.imagesets import read_catalog
 from agman.retrieval.info import IndexConfig, IndexedCheckpoint, IndexInfo
 from agman.retrieval.items import Item
 
@@ -93,9 +89,9 @@ def test_labels_can_be_restricted_and_the_plain_import_csv_format_still_reads(tm
         ("path,price\na.png,nan\n", 2, "column 'price': 'nan' is not a finite number"),
         ("path,price\na.png,inf\n", 2, "not a finite number"),
         ("path,in_stock\na.png,maybe\n", 2, "column 'in_stock': 'maybe' is not a bool"),
-        ("path,collar\na.png,round,extra\n", 2, "expected 2 fields"),
+        ("path,collar\na.png,round,extra\n", 2, "expected 2 comma-separated fields"),
         ("path,collar\n,round\n", 2, "column 'path': empty image path"),
-        ("path,collar\na.png,round\n\na.png,v\n", 4, "item id 'a.png' is also on line 2"),
+        ("path,collar\na.png,round\n\na.png,v\n", 4, "image 'a.png' is listed twice (first on line 2)"),
         ('path,title\na.png,"unterminated\n', None, "unreadable CSV"),
         ("path,sku\na.png,\n", 2, "column 'sku': empty item id"),
     ],

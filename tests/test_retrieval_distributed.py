@@ -17,7 +17,7 @@ from test_retrieval_index import tiny_checkpoint, tiny_dataset
 from agman.data.layouts import open_dataset
 from agman.retrieval.build import batch_runs, build_index
 from agman.retrieval.faiss_store import FaissStore
-from agman.retrieval.sources import from_split
+from agman.retrieval.imagesets import from_split
 
 
 def _free_port() -> int:

@@ -9,7 +9,7 @@ from test_retrieval_index import tiny_checkpoint
 from agman.data.layouts import open_dataset
 from agman.retrieval.build import build_index
 from agman.retrieval.search import Retriever
-from agman.retrieval.sources import from_split
+from agman.retrieval.imagesets import from_split
 
 
 def test_search_results_equal_the_evaluation_ranking(tmp_path):

@@ -28,7 +28,7 @@ from agman.retrieval.info import (
     IndexMismatchError,
 )
 from agman.retrieval.items import read_items
-from agman.retrieval.sources import ImageSet, from_csv, from_directory, from_split
+from agman.retrieval.imagesets import ImageSet, from_csv, from_directory, from_split
 
 INPUT_SIZE = 64
 

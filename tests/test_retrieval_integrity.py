@@ -21,7 +21,7 @@ from agman.retrieval.integrity import (
     check_file,
     record_file,
 )
-from agman.retrieval.sources import from_split
+from agman.retrieval.imagesets import from_split
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from agman.retrieval.info import CatalogIndexError, IndexExistsError, IndexMisma
 from agman.retrieval.query import QueryError, UnknownItemError
 from agman.retrieval.ranking import rank
 from agman.retrieval.search import Retriever
-from agman.retrieval.sources import ImageSet, from_split
+from agman.retrieval.imagesets import ImageSet, from_split
 from agman.retrieval.targets import open_writer
 
 pytest.importorskip("pymilvus")

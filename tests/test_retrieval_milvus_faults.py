@@ -29,7 +29,7 @@ from test_retrieval_index import tiny_checkpoint
 from test_service_abuse import Served, agman_main
 
 from agman.data.layouts import open_dataset
-from agman.retrieval.sources import from_split
+from agman.retrieval.imagesets import from_split
 
 pytest.importorskip("pymilvus")
 

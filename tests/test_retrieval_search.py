@@ -17,7 +17,7 @@ from agman.retrieval.info import IndexConfig, IndexMismatchError
 from agman.retrieval.query import AttributeWeights
 from agman.retrieval.ranking import exact_scores, rank_order
 from agman.retrieval.search import NoModelError, QueryError, Retriever, UnknownItemError
-from agman.retrieval.sources import ImageSet, from_csv, from_split
+from agman.retrieval.imagesets import ImageSet, from_csv, from_split
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_exact_search_breaks_ties_by_row_even_past_the_faiss_shortlist(tmp_path)
     from agman.data.spec import Attribute
 
     ckpt = tiny_checkpoint(tmp_path / "c.pt", [Attribute("attr0", ("x", "y"))])
-    from agman.retrieval.sources import from_directory
+    from agman.retrieval.imagesets import from_directory
 
     out = tmp_path / "idx"
     build_index(out, from_directory(folder), ckpt, batch_size=1)

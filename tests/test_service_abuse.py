@@ -45,7 +45,7 @@ from test_service_api import LiveServer, png_bytes
 from agman.cli import main
 from agman.data.layouts import open_dataset
 from agman.retrieval.build import build_index
-from agman.retrieval.sources import ImageSet, from_split
+from agman.retrieval.imagesets import ImageSet, from_split
 from agman.service.app import create_app
 
 TOKEN = "s3cret-token-for-the-abuse-test-0123456789"

@@ -22,7 +22,7 @@ from test_retrieval_index import tiny_checkpoint
 from agman.data.layouts import open_dataset
 from agman.retrieval.build import build_index
 from agman.retrieval.info import IndexMismatchError
-from agman.retrieval.sources import from_split
+from agman.retrieval.imagesets import from_split
 from agman.service.app import ServiceLimits, create_app
 
 

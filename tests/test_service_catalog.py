@@ -296,7 +296,7 @@ def test_image_urls_of_ids_with_dot_segments_resolve_to_the_item(shop, tmp_path)
     (dot segments removed, as ``urljoin`` does) still sends to that item."""
     from urllib.parse import urljoin
 
-    from agman.retrieval.sources import ImageSet, from_split
+    from agman.retrieval.imagesets import ImageSet, from_split
 
     tmp, spec, ckpt = shop
     ids = ["../up/x.png", "a/../../b.png", "shop/%2F../c d.png", "plain.png"]

@@ -125,11 +125,11 @@ def run_export(args: argparse.Namespace) -> int:
     if args.int8:
         from agman.engine.checkpoint import info_from, load_checkpoint
         from agman.engine.quantize import calibration_batches, quantize_onnx
-        from agman.retrieval import sources
+        from agman.retrieval import imagesets
 
         info = info_from(load_checkpoint(args.checkpoint), args.checkpoint)
         src = Path(args.calibration)
-        images = sources.from_csv(src, info.attributes) if src.suffix.lower() == ".csv" else sources.from_directory(src)
+        images = imagesets.from_csv(src, info.attributes) if src.suffix.lower() == ".csv" else imagesets.from_directory(src)
         batches = calibration_batches(images.paths, input_size=info.input_size, crop_ratio=info.crop_ratio,
                                       count=args.calibration_images)
         quantize_onnx(out, args.int8, batches)

@@ -194,7 +194,7 @@ def open_retriever(
 def register(subparsers) -> None:
     from agman.cli.data import add_dataset_arguments
     from agman.retrieval.info import INDEX_TYPES, IndexConfig
-    from agman.retrieval.sources import SPLIT_PARTS
+    from agman.retrieval.imagesets import SPLIT_PARTS
 
     idx = subparsers.add_parser(
         "index",
@@ -347,7 +347,7 @@ def register(subparsers) -> None:
 def image_set_from_args(args: argparse.Namespace, attributes=None):
     """The source ``--images`` names; a CSV is read as a typed catalog against the checkpoint's
     ``attributes`` with the declared ``--metadata``, ``--id-column``, ``--id-prefix`` and ``--root``."""
-    from agman.retrieval import sources
+    from agman.retrieval import imagesets
 
     src = Path(args.images)
     declared = args.metadata or args.id_column
@@ -355,17 +355,17 @@ def image_set_from_args(args: argparse.Namespace, attributes=None):
         from agman.cli.data import open_from_args
 
         spec = open_from_args(args, allow_singletons=True, root=args.images)
-        images = sources.from_split(spec, args.split, args.part)
+        images = imagesets.from_split(spec, args.split, args.part)
     elif src.is_file() and src.suffix.lower() == ".csv":
-        from agman.retrieval.catalog import CatalogColumns, parse_metadata_declarations
+        from agman.data.catalog_csv import CatalogColumns, parse_metadata_declarations
 
         columns = CatalogColumns(
             metadata=parse_metadata_declarations(args.metadata or []), id_column=args.id_column,
             id_prefix=args.id_prefix,
         )
-        return sources.from_csv(src, attributes, columns, root=args.root)
+        return imagesets.from_csv(src, attributes, columns, root=args.root)
     elif src.is_dir():
-        images = sources.from_directory(src)
+        images = imagesets.from_directory(src)
     else:
         raise CLIError(f"--images {src}: not a folder or a .csv file (for a dataset split add --split)")
     if declared:

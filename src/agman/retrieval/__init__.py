@@ -3,7 +3,7 @@
 ``agman.Retriever`` is :class:`agman.retrieval.search.Retriever`.  Importing this package does not
 import torch or faiss; they load on first use.
 
-Modules, in the order data flows through them: ``sources`` (what to index) -> ``build`` (embed in
+Modules, in the order data flows through them: ``imagesets`` (what to index) -> ``build`` (embed in
 resumable shards) -> ``faiss_store`` (the FAISS-files backend; ``faiss_index`` its FAISS calls,
 ``info`` / ``items`` its index.json and items.jsonl) behind ``store.VectorStore`` (the backend
 seam) -> ``query`` (attributes parsed once) -> ``ranking`` (exact weighted scores, filters, the
@@ -16,7 +16,7 @@ from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.query import AttributeWeights
 from agman.retrieval.results import Hit, MatchSummary, Prediction, SearchResult
 from agman.retrieval.search import QueryError, Retriever
-from agman.retrieval.sources import ImageSet, from_csv, from_directory, from_split
+from agman.retrieval.imagesets import ImageSet, from_csv, from_directory, from_split
 from agman.retrieval.store import VectorStore
 
 __all__ = [

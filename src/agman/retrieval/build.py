@@ -42,7 +42,7 @@ from agman.fileio import atomic_write, atomic_write_json, atomic_write_text
 from agman.retrieval.info import CatalogIndexError, IndexConfig, IndexLayout
 from agman.retrieval.items import Item, parse_item
 from agman.retrieval.query import UnknownItemError
-from agman.retrieval.sources import ImageSet
+from agman.retrieval.imagesets import ImageSet
 from agman.retrieval.store import CatalogWriter
 
 log = logging.getLogger(__name__)

@@ -41,9 +41,6 @@ FORMAT_VERSION = 3
 """3: item paths relative to ``root``, the metadata schema, deleted rows (older agman would misread
 them); 2: ``model_name`` only inside ``checkpoint`` (1 stored it twice)."""
 
-METADATA_TYPES = ("string", "number", "bool")
-"""Types of metadata columns: ``number`` is float64 (finite), ``bool`` true/false."""
-
 INDEX_TYPES = {
     "flat": "exact: brute-force inner product over every item (FAISS IndexFlatIP)",
     "hnsw": "approximate: HNSW graph over the full vectors (no training; fast, +~M*8 bytes/item)",

@@ -1,21 +1,27 @@
-"""What to index: a folder of images, a catalog CSV, or a dataset split, as one :class:`ImageSet`.
+"""Image sets: what to index -- a folder of images, a catalog CSV, or a dataset split -- as one :class:`ImageSet`.
 
 Every source becomes parallel lists of item ids, absolute image paths and known labels
 (``{attribute name: value name}``, possibly empty).  Ids are the image path relative to the
-folder / CSV / dataset root, so the same catalog indexed twice gives the same ids.
+folder / CSV / dataset root, so the same catalog indexed twice gives the same ids.  A catalog CSV
+is read by :func:`agman.data.catalog_csv.read_catalog_table` (the one reader; it assigns every
+column its role) and becomes a :class:`Catalog` of typed items.
 """
 from __future__ import annotations
 
-import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from agman.data.layouts import read_catalog_csv
-from agman.data.spec import UNLABELED, DatasetError, DatasetSpec
+from agman.data.catalog_csv import CatalogColumns, read_catalog_table
+from agman.data.layouts import open_dataset
+from agman.data.spec import UNLABELED, Attribute, DatasetError, DatasetSpec
 from agman.errors import InvalidValueError, NotFoundError
+from agman.retrieval.catalog import CatalogSchema
+from agman.retrieval.filters import Column
+from agman.retrieval.items import Item
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -119,8 +125,6 @@ def from_directory(folder: str | Path) -> ImageSet:
 
 def _dataset_labels(folder: Path, marker: str) -> dict[str, dict[str, str]]:
     """``{absolute image path: labels}`` of every image the dataset at ``folder`` lists, over all splits."""
-    from agman.data.layouts import open_dataset
-
     try:
         spec = open_dataset(folder, allow_singletons=True)
     except DatasetError as exc:
@@ -136,45 +140,62 @@ def _dataset_labels(folder: Path, marker: str) -> dict[str, dict[str, str]]:
     return listed
 
 
+@dataclass
+class Catalog:
+    """The items of a catalog CSV, their schema, and the folder relative image paths start from."""
+
+    schema: CatalogSchema
+    items: list[Item]
+    root: Path
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image_set(self) -> ImageSet:
+        """The items as an :class:`ImageSet` (absolute paths, labels, metadata) for the index builder,
+        the catalog's folder as its root."""
+        return ImageSet(
+            [it.id for it in self.items],
+            [str(self.root / it.path) for it in self.items],
+            [dict(it.labels) for it in self.items],
+            description=self.source,
+            metadata=[dict(it.metadata) for it in self.items],
+            metadata_types=dict(self.schema.metadata),
+            root=str(self.root),
+        )
+
+    def columns(self) -> dict[str, Column]:
+        return self.schema.columns(self.items)
+
+
+def read_catalog(
+    csv_path: str | Path,
+    attributes: Sequence[Attribute] | None,
+    columns: CatalogColumns | None = None,
+    *,
+    root: str | Path | None = None,
+) -> Catalog:
+    """A catalog CSV as typed items in file order (:func:`agman.data.catalog_csv.read_catalog_table`
+    gives every column its role; errors name the file, the line and the column).  ``attributes``: the
+    checkpoint's (None: read from the CSV); ``root``: the folder relative paths start from (default:
+    the CSV's folder)."""
+    table = read_catalog_table(csv_path, attributes, columns, min_attributes=0)
+    schema = CatalogSchema.create(table.attributes, table.metadata_types)
+    items = [Item(table.ids[i], p, table.named_labels(i), table.metadata[i]) for i, p in enumerate(table.paths)]
+    base = Path(root) if root is not None else table.path.parent
+    return Catalog(schema, items, base.resolve(), f"catalog {table.path}")
+
+
 def from_csv(csv_path: str | Path, attributes=None, columns=None, *, root: str | Path | None = None) -> ImageSet:
-    """A catalog CSV.
-
-    With ``attributes`` (the checkpoint's: a list of :class:`~agman.data.spec.Attribute`) the CSV
-    is read as a typed catalog (:func:`agman.retrieval.catalog.read_catalog`): columns named after
-    an attribute hold its labels (checked against its values), ``columns``
-    (:class:`~agman.retrieval.catalog.CatalogColumns`) declares metadata, the id column and an id
-    prefix; any other column is an error; items in file order; paths relative to ``root`` (default:
-    the CSV's folder).  Without, ``path[,<attribute>,...]`` (the ``agman data import-csv`` format; a
-    non-empty cell is the item's value of that column's attribute, value names taken from the CSV),
-    or a CSV with the ``path`` column alone; items sorted by path."""
-    if attributes is not None:
-        from agman.retrieval.catalog import read_catalog
-
-        return read_catalog(csv_path, attributes, columns, root=root).image_set()
-    csv_path = Path(csv_path)
-    try:
-        with csv_path.open(encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), [])
-    except FileNotFoundError:
-        raise DatasetError("catalog CSV not found", csv_path) from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", csv_path) from None
-    if [h.strip().lower() for h in header] == ["path"]:
-        rows = list(csv.reader(csv_path.read_text(encoding="utf-8-sig").splitlines()))[1:]
-        rels = sorted({r[0].strip() for r in rows if r and r[0].strip()})
-        labels: list[dict[str, str]] = [{} for _ in rels]
-    else:
-        # every row in one part (ratio 1): nothing split that would have to be merged back; the reader
-        # validates every row and names file + line on errors
-        spec = read_catalog_csv(csv_path, ratios=(1.0, 0.0, 0.0))
-        rows = spec.split("train")
-        items = {rel: _named_labels(spec, rows.labels[i]) for i, rel in enumerate(rows.paths)}
-        rels = sorted(items)
-        labels = [items[r] for r in rels]
-    if not rels:
-        raise DatasetError("no image rows after the header", csv_path)
-    base = csv_path.parent.resolve()
-    return ImageSet(rels, [str(base / r) for r in rels], labels, description=f"catalog {csv_path}", root=str(base))
+    """A catalog CSV (:func:`read_catalog`).  With the checkpoint's ``attributes`` items are in file
+    order and a column must be a label of one of them, declared metadata (``columns``) or typed in
+    the header; without, the ``agman data import-csv`` format (``path[,<attribute>,...]``, value
+    names read from the CSV) with items sorted by path."""
+    catalog = read_catalog(csv_path, attributes, columns, root=root)
+    if attributes is None:
+        catalog.items.sort(key=lambda it: it.id)
+    return catalog.image_set()
 
 
 def _named_labels(spec: DatasetSpec, row: np.ndarray) -> dict[str, str]:
