@@ -32,6 +32,20 @@ def test_train_then_eval(asen_root, tmp_path, capsys):
         assert (run / name).is_file()
     assert "published" not in out  # a dataset the paper does not report on: no paper rows
     assert 0 <= json.loads((run / "eval-test.json").read_text())["map"] <= 1
+    # the engine's report writes the same files the CLI does, and its JSON is what `--json` prints
+    from agman.engine.eval_report import evaluate_and_report
+
+    report = evaluate_and_report(run / "best.pt", "test", out=tmp_path / "lib", figures=2)
+    assert [f.name for f in report.files] == ["eval-test.csv", "eval-test.md", "eval-test.json",
+                                              *(f.name for f in report.figures)]
+    assert all(f.is_file() for f in report.files) and report.figures  # Fig. 9: a tiny model fails somewhere
+    assert (tmp_path / "lib" / "eval-test.csv").read_text() == (run / "eval-test.csv").read_text()
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0", "--json",
+                 "--out", str(tmp_path / "lib"), "--figures", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = report.to_json()
+    assert printed["files"] == expected["files"] and printed["model"] == expected["model"]
+    assert printed["metrics"]["map"] == expected["metrics"]["map"]
     # a second fresh run into the same folder is refused without a traceback
     assert main(tiny_train_args(asen_root, run)) == 2
     assert "--resume" in capsys.readouterr().err

@@ -155,47 +155,27 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from agman.engine.distributed import pick_device
-    from agman.engine.evaluate import evaluate_checkpoint
-    from agman.engine.published import beside_text
-    from agman.engine.report import write_report_tables
-    from agman.fileio import atomic_write_json
+    from agman.engine.eval_report import evaluate_and_report
 
     data = {}
     if args.data:
         data.update(root=args.data, synthetic=None)  # a given folder is read, never generated into
     if args.dataset:
         data["dataset"] = args.dataset
-    result, info = evaluate_checkpoint(args.checkpoint, args.split, data=data, device=pick_device(args.device),
-                                       batch_size=args.batch_size, workers=args.workers, progress=True,
-                                       localize=not args.no_localization, regions=args.regions)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    label = f"{info.model_name} ({Path(args.checkpoint).name})"
-    metrics = result.to_dict()
-    text = write_report_tables(out, f"eval-{args.split}", {label: metrics}, info.attribute_names,
-                               title=f"{info.model_name} on the {args.split} split ({result.images} images)")
-    atomic_write_json(out / f"eval-{args.split}.json", metrics)
-    located = result.localization
-    score_files = [located.write_csv(out / f"eval-{args.split}-localization.csv")] if located is not None else []
-    figures = []
-    if args.figures > 0:
-        from agman.retrieval.figures import draw_eval_figures
-
-        figures = list(draw_eval_figures(args.checkpoint, args.split, result.embeddings, out, args.figures, data=data))
+    report = evaluate_and_report(args.checkpoint, args.split, out=args.out, data=data, device=pick_device(args.device),
+                                 batch_size=args.batch_size, workers=args.workers, progress=True,
+                                 localize=not args.no_localization, regions=args.regions, figures=args.figures)
     if args.json:
-        files = [str(out / f"eval-{args.split}.{ext}") for ext in ("csv", "md", "json")]
-        files += [str(f) for f in [*score_files, *figures]]
-        print_json({"schema": "agman/eval/1", "checkpoint": str(args.checkpoint), "model": info.model_name,
-                    "attributes": info.attribute_names, "files": files, "metrics": metrics})
+        print_json(report.to_json())
         return 0
-    print(text)
-    if result.localization is not None:
-        print("\n" + result.localization.table())
-    published = beside_text(result.dataset, {info.model_name: metrics}, info.attribute_names)
-    if published:
-        print(f"\n{published}")
-    for path in figures:
+    print(report.tables)
+    if report.result.localization is not None:
+        print("\n" + report.result.localization.table())
+    if report.published:
+        print(f"\n{report.published}")
+    for path in report.figures:
         print(f"figure written to {path}")
-    print(f"\ntables written to {out}/eval-{args.split}.csv and .md ({result.seconds:.1f} s)")
+    print(f"\ntables written to {report.out}/eval-{args.split}.csv and .md ({report.result.seconds:.1f} s)")
     return 0
 
 

@@ -7,7 +7,7 @@ import torch
 from agman.data.source import open_data
 from agman.engine.evaluate import rank_split
 from agman.models.registry import build_model
-from agman.retrieval import figures as F
+from agman.engine import figures as F
 
 
 def test_fig8_verdicts_follow_the_lists_and_the_scores(csn_root):
