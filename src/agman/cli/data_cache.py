@@ -5,7 +5,7 @@ import argparse
 
 
 def register(data_subparsers) -> None:
-    from agman.cli.data import add_dataset_arguments
+    from agman.cli.datasets import add_dataset_arguments
 
     cache = data_subparsers.add_parser(
         "cache",
@@ -30,7 +30,7 @@ def register(data_subparsers) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from agman.cli.data import open_from_args
+    from agman.cli.datasets import open_from_args
     from agman.data.cache import build_cache
     from agman.data.spec import SPLIT_NAMES
 

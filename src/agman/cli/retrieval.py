@@ -192,7 +192,7 @@ def open_retriever(
 
 # --------------------------------------------------------------------------- register
 def register(subparsers) -> None:
-    from agman.cli.data import add_dataset_arguments
+    from agman.cli.datasets import add_dataset_arguments
     from agman.retrieval.info import INDEX_TYPES, IndexConfig
     from agman.retrieval.imagesets import SPLIT_PARTS
 
@@ -352,7 +352,7 @@ def image_set_from_args(args: argparse.Namespace, attributes=None):
     src = Path(args.images)
     declared = args.metadata or args.id_column
     if args.split:
-        from agman.cli.data import open_from_args
+        from agman.cli.datasets import open_from_args
 
         spec = open_from_args(args, allow_singletons=True, root=args.images)
         images = imagesets.from_split(spec, args.split, args.part)

@@ -36,6 +36,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from agman.data import synthetic as synthetic_set
+from agman.data.layouts import LAYOUTS
+from agman.data.triplets import SAMPLINGS
 from agman.engine.compose import ConfigError, config_layers
 from agman.fileio import atomic_write_text
 
@@ -88,7 +90,7 @@ class DataConfig:
 
     root: Optional[str] = None  # dataset folder, relative to the working directory
     dataset: Optional[str] = None  # sub-folder / meta.json key (e.g. FashionAI)
-    layout: Optional[str] = setting(None, choices=(None, "asen", "csn", "csv"))  # None: auto-detected
+    layout: Optional[str] = setting(None, choices=(None, *LAYOUTS))  # None: auto-detected
     meta: Optional[str] = None
     yaml: Optional[str] = None
     image_root: Optional[str] = None
@@ -135,7 +137,7 @@ class TrainConfig:
     epochs: int = setting(50, at_least=1)
     triplets_per_epoch: int = setting(100_000, at_least=1)
     # value (released/ASEN: value uniform among the attribute's, then its images) | image (anchor uniform)
-    sampling: str = setting("value", choices=("value", "image"))
+    sampling: str = setting("value", choices=SAMPLINGS)
     # separate (released: anchor, far, close as three passes of B) | joint (one pass of 3B)
     bn_passes: str = setting("separate", choices=("separate", "joint"))
     batch_size: int = setting(16, at_least=1)  # triplets per step (per process under DDP)
