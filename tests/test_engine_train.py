@@ -11,7 +11,8 @@ import torch
 from agman.engine.batches import EpochBatches, item_seed
 from agman.engine.checkpoint import load_checkpoint, load_model
 from agman.engine.config import from_dict, with_overrides
-from agman.engine.train import find_resume, rng_state, set_rng_state, train
+from agman.engine.rng import rng_state, set_rng_state
+from agman.engine.train import find_resume, train
 
 
 def tiny_config(root, out, **train):
@@ -133,7 +134,7 @@ def test_training_on_the_synthetic_set_learns(tmp_path):
     MAP clearly above the untrained network and above the warm-up trunk with untrained heads."""
     from agman.data.synthetic import generate
     from agman.engine.evaluate import evaluate_model
-    from agman.engine.train import seed_everything
+    from agman.engine.rng import seed_everything
 
     root = generate(tmp_path / "synth", 1200, 32, seed=0, progress=False)
     cfg = from_dict({

@@ -18,9 +18,9 @@ from agman.data.synthetic import (
     image_params,
     minimum_images,
     plan_dataset,
-    read_regions,
     split_sizes,
 )
+from agman.data.synthetic_lists import read_regions
 from agman.data.synthetic_render import ATTRIBUTES, SHAPE_ATTRIBUTES
 
 SMALL = {"n_images": 200, "size": 64, "seed": 7, "progress": False}

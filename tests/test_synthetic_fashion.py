@@ -15,7 +15,8 @@ from agman.data.check import check_dataset
 from agman.data.layouts import open_dataset
 from agman.data.regions import read_regions_file, regions_path
 from agman.data.spec import UNLABELED
-from agman.data.synthetic import generate, image_params, minimum_images, plan_dataset, read_regions
+from agman.data.synthetic import generate, image_params, minimum_images, plan_dataset
+from agman.data.synthetic_lists import read_regions
 from agman.data.synthetic_fashion import (
     ANNOTATED,
     CARRIES,

@@ -129,7 +129,8 @@ def run_export(args: argparse.Namespace) -> int:
 
         info = info_from(load_checkpoint(args.checkpoint), args.checkpoint)
         src = Path(args.calibration)
-        images = imagesets.from_csv(src, info.attributes) if src.suffix.lower() == ".csv" else imagesets.from_directory(src)
+        csv = src.suffix.lower() == ".csv"
+        images = imagesets.from_csv(src, info.attributes) if csv else imagesets.from_directory(src)
         batches = calibration_batches(images.paths, input_size=info.input_size, crop_ratio=info.crop_ratio,
                                       count=args.calibration_images)
         quantize_onnx(out, args.int8, batches)

@@ -17,6 +17,12 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
+    _register_train(subparsers)
+    _register_eval(subparsers)
+    _register_ablate(subparsers)
+
+
+def _register_train(subparsers) -> None:
     from agman.engine.compose import describe
 
     tr = subparsers.add_parser(
@@ -44,6 +50,8 @@ def register(subparsers) -> None:
     add_override_argument(tr)
     tr.set_defaults(func=run_train)
 
+
+def _register_eval(subparsers) -> None:
     ev = subparsers.add_parser(
         "eval", help="evaluate a checkpoint: MAP per attribute (Tables 2-3), R@k, P@k, TR accuracy",
         description="Evaluate a checkpoint on a split of the dataset its config names. Prints the tables and "
@@ -72,6 +80,8 @@ def register(subparsers) -> None:
                          "triplet lists) and Fig. 9 (up to N retrieval failures with attention) as PNGs")
     ev.set_defaults(func=run_eval)
 
+
+def _register_ablate(subparsers) -> None:
     ab = subparsers.add_parser(
         "ablate", help="run the comparison and ablation grid (Tables 2-3, 5-8) and write one table",
         description="Train and test every variant of the chosen grids on one dataset: models (CSN, ASENet_V2, "

@@ -169,9 +169,8 @@ def _header(cells: list[str], attributes, cols: CatalogColumns, where: Path, min
     for name in [cols.id_column, *cols.metadata, *(cols.labels or ())]:
         if name is not None and name not in names:
             raise CatalogSchemaError(f"{where}: no column {name!r} in the header ({', '.join(names)})")
-    roles = [
-        "path" if n == path_col else "id" if n == cols.id_column else "metadata" if n in kinds else "label" for n in names
-    ]
+    roles = ["path" if n == path_col else "id" if n == cols.id_column else "metadata" if n in kinds else "label"
+             for n in names]
     labels = [n for n, r in zip(names, roles) if r == "label"]
     if attributes is None:
         if len(labels) < min_attributes:

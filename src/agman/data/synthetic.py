@@ -43,6 +43,7 @@ from agman.data.synthetic_fashion import (
     render_fashion,
     sample_fashion_params,
 )
+from agman.data.synthetic_lists import write_regions, write_triplets
 from agman.data.synthetic_render import ATTRIBUTES, GarmentParams, render, sample_params
 from agman.errors import AlreadyExistsError, InvalidValueError
 from agman.fileio import atomic_write_text
@@ -56,7 +57,6 @@ QUERY_SHARE = 0.2  # queries : candidates = 1 : 4
 TRIPLETS_PER_IMAGE = 5  # default triplets per attribute and split, per image of the split
 PNG_COMPRESS_LEVEL = 1  # zlib level: the encoder is half the cost of an image; level 1 is ~20% faster than 3
 FORMAT_VERSION = 1
-CSN_SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}
 
 # Second entry of every seed sequence: which random stream it is.
 _IMAGE_STREAM, _LABEL_STREAM, _TRIPLET_STREAM = 0, 1, 2
@@ -308,66 +308,9 @@ def _spec(plan: list[PlannedImage], out: Path, attributes: tuple[Attribute, ...]
     return DatasetSpec(DATASET_NAME, out, list(attributes), splits, source=str(out / "meta.json"))
 
 
-def _sample_triplets(rng: np.random.Generator, images: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
-    """``count`` rows (anchor, far, close): close shares the anchor's value, far has another one."""
-    order = np.argsort(values, kind="stable")
-    images, values = images[order], values[order]
-    n = len(images)
-    anchor = rng.integers(0, n, count)
-    first = np.searchsorted(values, values[anchor], side="left")
-    group = np.searchsorted(values, values[anchor], side="right") - first
-    close = first + (anchor - first + rng.integers(1, group)) % group
-    r = rng.integers(0, n - group)
-    far = r + (r >= first) * group
-    return np.stack([images[anchor], images[far], images[close]], axis=1)
-
-
 def default_triplet_counts(n_images: int) -> tuple[int, int, int]:
     """Triplets per attribute in train, valid, test: ``TRIPLETS_PER_IMAGE`` per image of the split."""
     return tuple(TRIPLETS_PER_IMAGE * n for n in split_sizes(n_images).values())
-
-
-def _write_triplets(plan: list[PlannedImage], seed: int, counts: tuple[int, int, int], out: Path,
-                    attributes: tuple[Attribute, ...]) -> dict[str, int]:
-    tri = out / "triplets"
-    (tri / "tripletlists").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(tri / "filenames.json", json.dumps([p.path for p in plan], indent=0) + "\n")
-    shutil.copyfile(out / "meta.json", tri / "meta.json")
-    written = {}
-    for s, (split, count) in enumerate(zip(SPLIT_NAMES, counts)):
-        items = [p for p in plan if p.split == split]
-        for a, attr in enumerate(attributes):
-            mine = [p for p in items if a in p.annotated]
-            rng = np.random.default_rng([seed, _TRIPLET_STREAM, s, a])
-            rows = _sample_triplets(
-                rng, np.array([p.number for p in mine], dtype=np.int64), np.array([p.values[a] for p in mine]), count
-            )
-            name = f"{attr.name}_tripletlist_{CSN_SPLIT_NAMES[split]}.txt"
-            atomic_write_text(tri / "tripletlists" / name, "".join(f"{x} {y} {z}\n" for x, y, z in rows.tolist()))
-        written[split] = count
-    return written
-
-
-def _write_regions(plan: list[PlannedImage], records: list[dict], out: Path) -> None:
-    for split in SPLIT_NAMES:
-        lines = [
-            json.dumps(rec, separators=(",", ":")) + "\n" for item, rec in zip(plan, records) if item.split == split
-        ]
-        atomic_write_text(out / f"regions_{split}.jsonl", "".join(lines))
-
-
-def read_regions(root: str | Path, split: str, *, parts: bool = False) -> np.ndarray | list[dict[str, list]]:
-    """Ground-truth boxes of one split: int array [N, A, 4] of (x0, y0, x1, y1) in image pixels
-    (x1, y1 exclusive; attributes in meta.json order; -1 for an attribute the image does not show,
-    mode 'fashionai'), or with ``parts=True`` each image's ``{attribute: [box, ...]}`` (two arm
-    boxes for sleeve_length)."""
-    path = Path(root) / f"regions_{split}.jsonl"
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if parts:
-        return [rec["parts"] for rec in records]
-    names = json.loads((Path(root) / "meta.json").read_text(encoding="utf-8"))["ATTRIBUTES"]
-    return np.array([[rec["regions"].get(n, [-1] * 4) for n in names] for rec in records],
-                    dtype=np.int64).reshape(-1, len(names), 4)
 
 
 # --------------------------------------------------------------------------- the whole set
@@ -441,8 +384,8 @@ def generate(
     attributes = attributes_of(mode)
     spec = _spec(plan, out, attributes)
     write_asen(spec, out)
-    _write_regions(plan, records, out)
-    _write_triplets(plan, seed, counts, out, attributes)
+    write_regions(plan, records, out)
+    write_triplets(plan, [seed, _TRIPLET_STREAM], counts, out, attributes)
     write_card(out, spec, settings)
     atomic_write_text(out / "synth.json", json.dumps({**settings, "complete": True}, indent=2) + "\n")
     return out

@@ -26,19 +26,19 @@ The engine reads typed attributes (``cfg.train.batch_size``) and never re-casts 
 from __future__ import annotations
 
 import copy
-import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 from agman.data import synthetic as synthetic_set
 from agman.data.layouts import LAYOUTS
 from agman.data.triplets import SAMPLINGS
 from agman.engine.compose import ConfigError, config_layers
+from agman.engine.config_keys import Switch, field_type, hints, translate_error
 from agman.fileio import atomic_write_text
 
 
@@ -123,7 +123,6 @@ class WarmupConfig:
     dir: Optional[str] = None  # folder for the trunk file (default: the run folder); runs may share one
 
 
-Switch = Union[str, bool]  # 'auto' (on for GPU) | true | false
 
 
 def _on(value: Switch, device) -> bool:
@@ -270,60 +269,6 @@ def _check_bounds(obj: Any, prefix: str, where: str) -> None:
             raise ConfigError(f"{where}: {key} {bound}, got {value!r}")
 
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _field_type(path: list[str]) -> Any:
-    """The annotation of the key at ``path`` (``eval.ks[0]``: an element; None off the declared keys)."""
-    kind: Any = RunConfig
-    for part in path:
-        name, _, index = part.partition("[")
-        kind = _strip_optional(kind)
-        if typing.get_origin(kind) is dict:
-            kind = typing.get_args(kind)[1]
-        elif isinstance(kind, type) and is_dataclass(kind) and name in _hints(kind):
-            kind = _hints(kind)[name]
-        else:
-            return None
-        if index and typing.get_origin(kind) is list:
-            kind = typing.get_args(kind)[0]
-    return kind
-
-
-def _strip_optional(kind: Any) -> Any:
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    return args[0] if typing.get_origin(kind) is Union and len(args) == 1 else kind
-
-
-def _words(kind: Any) -> str:
-    optional = typing.get_origin(kind) is Union and type(None) in typing.get_args(kind)
-    kind = _strip_optional(kind)
-    base = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(kind)
-    if base is None:
-        origin = typing.get_origin(kind)
-        base = ("a list" if origin is list else "a mapping" if origin is dict or is_dataclass(kind)
-                else "'auto', true or false" if kind == Switch else str(kind))
-    return base + (" (or null)" if optional else "")
-
-
-def _known(path: list[str]) -> str:
-    kind = _strip_optional(_field_type(path)) if path else RunConfig
-    return ", ".join(f.name for f in fields(kind)) if is_dataclass(kind) else ""
-
-
-def _translate(exc: OmegaConfBaseException, where: str) -> ConfigError:
-    """An OmegaConf error as a one-line ConfigError naming the key."""
-    key = str(exc.full_key or "")
-    path = [p for p in key.split(".") if p]
-    if isinstance(exc, ConfigKeyError) and path:
-        return ConfigError(f"{where}: unknown key {key} (known keys in {'.'.join(path[:-1])}: {_known(path[:-1])})")
-    kind = _field_type(path)
-    if kind is not None:
-        return ConfigError(f"{where}: {key} must be {_words(kind)}, got {exc.value!r}")
-    return ConfigError(f"{where}: {key}: {str(exc).splitlines()[0]}")
-
-
 # --------------------------------------------------------------------------- layers -> RunConfig
 def _as_layer(data: Any, where: str) -> dict:
     """A file's or override's mapping of sections, ``model`` nested as ``{name, options}``."""
@@ -350,7 +295,7 @@ def _merge(merged, data: dict, where: str):
         merged = OmegaConf.merge(merged, _as_layer(data, where))
         run = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _translate(exc, where) from None
+        raise translate_error(exc, where, RunConfig) from None
     for section in SECTIONS:
         _check_bounds(getattr(run, section), section, where)
     return merged
@@ -364,7 +309,7 @@ def _locate(merged, key: str, where: str) -> list[str]:
         if path[0] not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {path[0]!r} (sections: {', '.join(SECTIONS)})")
         return path
-    owners = [s for s in SECTIONS if s != "model" and key in _hints(_field_type([s]))]
+    owners = [s for s in SECTIONS if s != "model" and key in hints(field_type(RunConfig, [s]))]
     if key == "name" or key in merged.model.options:
         owners.append("model")
     if len(owners) > 1 and "warmup" in owners:

@@ -23,7 +23,8 @@ import numpy as np
 
 from agman.data.spec import DatasetSpec
 from agman.engine.config import RunConfig, load_config
-from agman.engine.train import TrainResult, seed_everything, train
+from agman.engine.rng import seed_everything
+from agman.engine.train import TrainResult, train
 from agman.fileio import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)

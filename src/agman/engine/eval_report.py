@@ -40,7 +40,8 @@ class EvalReport:
     @property
     def published(self) -> str | None:
         """The paper's numbers beside the measured ones, where the dataset is one of the paper's."""
-        return beside_text(self.result.dataset, {self.info.model_name: self.result.to_dict()}, self.info.attribute_names)
+        measured = {self.info.model_name: self.result.to_dict()}
+        return beside_text(self.result.dataset, measured, self.info.attribute_names)
 
     def to_json(self) -> dict:
         """The ``agman eval --json`` document (schema ``agman/eval/1``)."""

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import signal
 import threading
@@ -36,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -49,6 +47,7 @@ from agman.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from agman.engine.config import RunConfig, save_config
 from agman.engine.evaluate import embed_split, evaluate_embeddings
 from agman.engine.losses import TripletCriterion
+from agman.engine.rng import rng_state, seed_everything, set_rng_state
 from agman.engine.runlog import RunLog, epoch_line
 from agman.engine.step import TrainStep, build_criterion, build_optimizer
 from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
@@ -69,38 +68,6 @@ class TrainResult:
     model: torch.nn.Module | None = None  # the trained module (this process's replica), last state
     criterion: TripletCriterion | None = None
     warmup_trunk: Path | None = None  # the warm-up trunk this run started from (fresh runs with warmup)
-
-
-# --------------------------------------------------------------------------- RNG states
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """Every global RNG's state as plain types and tensors (loads with ``weights_only``)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
-        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def busy_cores_advice(threads: int, load: float | None = None, cores: int | None = None) -> str:
