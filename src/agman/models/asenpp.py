@@ -127,13 +127,17 @@ class ASENPlusPlus(AttributeModel):
                                         cfg["channel_reduction"], table)
         self.local_branch = ASENBranch(cfg["local_backbone"], self.n_attributes, cfg["local_attention_dim"], d,
                                        cfg["channel_reduction"], table) if cfg["local"] else None
-        self.trunk = self.global_branch.trunk
         self.embedding_dim = 2 * d if cfg["local"] else d
-        self._load_backbone(self.trunk)
+        self._load_backbone(self.global_branch.trunk)
         local_arch = cfg["local_backbone"]
         if self.local_branch is not None and (str(pretrained).lower() == "imagenet" or local_arch == cfg["backbone"]):
             # ImageNet weights of its own architecture (as released); a weight file only when it is the same one
             load_pretrained(self.local_branch.trunk, self.pretrained_spec, local_arch)
+
+    @property
+    def trunk(self) -> ResNetTrunk:
+        """The global branch's backbone (the one every image passes once)."""
+        return self.global_branch.trunk
 
     def slow_parameters(self) -> list[nn.Parameter]:
         """What the released stage 2 trains at ``BASE_LR_SLOW``: the global branch and the attribute table."""
