@@ -258,3 +258,26 @@ def test_two_stages_run_in_order_and_resume_in_the_right_stage(asen_root, tmp_pa
         assert not resumed.interrupted
         assert_same_weights(weights(full.last_path), weights(resumed.last_path))
         assert_same_weights(weights(tmp_path / "full" / "s1" / "last.pt"), weights(tmp_path / where / "s1" / "last.pt"))
+
+
+def test_ablate_knows_the_global_only_and_global_local_rows(tmp_path, capsys):
+    from conftest import make_asen
+    from test_engine_cli import TINY
+
+    from agman.cli import main
+    from agman.engine.ablate import plan
+
+    per_grid, runs = plan(["asenpp"])
+    assert [v.name for v in per_grid["asenpp"]] == ["asenpp-global", "asenpp"]
+    root = make_asen(tmp_path / "ds")
+    args = ["ablate", "--config", "configs/synthetic/asenpp.yaml", "--grid", "asenpp", "--quick",
+            "--out", str(tmp_path / "ab"), f"data.root={root}", "data.synthetic=null", "output.progress=false",
+            *TINY, "model.local_size=16", "model.local_attention_dim=8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ASEN++ global" in out and "local branch" in out
+    single = load_checkpoint(tmp_path / "ab" / "runs" / "asenpp-global" / "best.pt")
+    assert single["config"]["model"]["local"] is False and not (tmp_path / "ab" / "runs" / "asenpp-global" / "s1").exists()
+    both = load_checkpoint(tmp_path / "ab" / "runs" / "asenpp" / "last.pt")
+    assert both["config"]["model"]["local"] is True and both["config"]["train"]["epochs"] == 1  # --quick's stage 2
+    assert (tmp_path / "ab" / "runs" / "asenpp" / "s1" / "last.pt").is_file()

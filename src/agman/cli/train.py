@@ -76,7 +76,7 @@ def register(subparsers) -> None:
         "ablate", help="run the comparison and ablation grid (Tables 2-3, 5-8) and write one table",
         description="Train and test every variant of the chosen grids on one dataset: models (CSN, ASENet_V2, "
                     "AttnFashion, AG-MAN), hierarchy (hierarchical x classification), aga (each of ASA/SA/ACA/CA "
-                    "off). Runs that finished are reused, so an interrupted ablation continues. On FashionAI, "
+                    "off), asenpp (ASEN++ global branch only, global + local; not in the default). Runs that finished are reused, so an interrupted ablation continues. On FashionAI, "
                     "DeepFashion and Zappos50k each run is also printed beside the paper's row for it.",
     )
     ab.add_argument("--config", required=True, help="a config of the dataset, e.g. configs/synthetic/agman.yaml "
