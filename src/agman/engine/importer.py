@@ -275,8 +275,11 @@ def strip_module(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     return out, any(k.startswith("module.") or ".module." in k for k in state)
 
 
-def detect_format(state: dict[str, torch.Tensor], path: Path, wanted: str | None = None) -> ReleasedFormat:
-    """The format whose signature the names carry (``wanted`` forces one and checks it)."""
+def detect_format(state: dict[str, torch.Tensor], path: Path, wanted: str | None = None,
+                  whole: dict | None = None) -> ReleasedFormat:
+    """The format whose signature the names carry (``wanted`` forces one and checks it); ``whole``: the
+    file's object, described in the error."""
+    described = _describe(whole if isinstance(whole, dict) else {"state_dict": state})
     def fits(f: ReleasedFormat) -> bool:
         return all(f.prefix + k in state for k in f.signature)
 
@@ -287,15 +290,14 @@ def detect_format(state: dict[str, torch.Tensor], path: Path, wanted: str | None
             missing = [FORMATS[wanted].prefix + k for k in FORMATS[wanted].signature
                        if FORMATS[wanted].prefix + k not in state]
             raise ImportFormatError(f"{path} is not in the {wanted} format: it lacks {', '.join(missing[:6])} "
-                                    f"({_describe({'state_dict': state})})")
+                                    f"({described})")
         return FORMATS[wanted]
     found = [f for f in FORMATS.values() if fits(f)]
     if len(found) > 1:  # a richer signature wins (AG-MAN's names include ASEN's)
         found.sort(key=lambda f: -len(f.signature))
     if not found:
         raise ImportFormatError(
-            f"{path} is not a checkpoint of a supported released network ({', '.join(FORMATS)}): "
-            f"{_describe({'state_dict': state})}")
+            f"{path} is not a checkpoint of a supported released network ({', '.join(FORMATS)}): {described}")
     return found[0]
 
 
@@ -417,9 +419,10 @@ def import_released(
     from agman.models.registry import build_model
 
     path = Path(path)
-    state, record = _tensors(read_released(path), path)
+    whole = read_released(path)
+    state, record = _tensors(whole, path)
     state, stripped = strip_module(state)
-    fmt = detect_format(state, path, format)
+    fmt = detect_format(state, path, format, whole)
     options, n = model_options(fmt, state, path)
     if n != len(attributes):
         names = ", ".join(a.name for a in attributes)
