@@ -24,7 +24,8 @@ from test_engine_importer import _resnet_stages, attrs, random_state, released_r
 from test_engine_train import assert_same_weights, weights
 
 from agman.engine.checkpoint import load_checkpoint, load_model
-from agman.engine.config import from_dict
+from agman.cli import main
+from agman.engine.config import from_dict, save_config
 from agman.engine.importer import import_released
 from agman.engine.train import train
 from agman.models import build_model
@@ -254,9 +255,12 @@ def test_two_stages_run_in_order_and_resume_in_the_right_stage(asen_root, tmp_pa
         cut = train(cfg, stop=after(n))
         assert cut.interrupted
         assert (tmp_path / where / "last.pt").exists() == (where == "stage2")
-        resumed = train(cfg, resume=True)
-        assert not resumed.interrupted
-        assert_same_weights(weights(full.last_path), weights(resumed.last_path))
+        # as a user would: `agman train --resume RUN` (the config from the run folder), or with --config
+        save_config(cfg, tmp_path / f"{where}.yaml")
+        by_folder = ["--resume", str(tmp_path / where)]
+        assert main(["train", "--no-progress", *(by_folder if where == "stage1" else
+                                                  ["--config", str(tmp_path / f"{where}.yaml"), "--resume"])]) == 0
+        assert_same_weights(weights(full.last_path), weights(tmp_path / where / "last.pt"))
         assert_same_weights(weights(tmp_path / "full" / "s1" / "last.pt"), weights(tmp_path / where / "s1" / "last.pt"))
 
 
@@ -264,7 +268,6 @@ def test_ablate_knows_the_global_only_and_global_local_rows(tmp_path, capsys):
     from conftest import make_asen
     from test_engine_cli import TINY
 
-    from agman.cli import main
     from agman.engine.ablate import plan
 
     per_grid, runs = plan(["asenpp"])

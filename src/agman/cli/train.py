@@ -109,6 +109,11 @@ def _config_and_resume(args: argparse.Namespace):
         return config, find_resume(args.resume, config.run_dir)
     if args.resume and args.resume is not True:
         path = find_resume(args.resume, Path("."))
+        from agman.engine.stages import STAGE1_DIR, STAGES_CONFIG
+
+        stages = path.parent.parent / STAGES_CONFIG
+        if path.parent.name == STAGE1_DIR and stages.is_file():  # a two-stage run still in stage 1
+            return load_config(stages, overrides), path
         saved = load_checkpoint(path).get("config") or {}
         if not saved:
             raise CLIError(f"{path} carries no config; pass --config")

@@ -8,7 +8,8 @@ StepLR, ``lr`` for the local branch and ``slow_lr`` for the global one, the trip
 branch weighted ``global_weight`` plus ``local_weight`` x the local branch's and ``align_weight`` x the
 alignment (:class:`agman.engine.losses.TripletCriterion`).  ``--resume`` picks the stage from the files:
 ``<run>/last.pt`` resumes stage 2, else ``<run>/s1/last.pt`` resumes (or, finished, closes) stage 1
-and then starts stage 2.
+and then starts stage 2.  ``<run>/stages.yaml`` keeps the two-stage config, so ``agman train --resume
+<run>`` without ``--config`` resumes a run still in stage 1 too.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from agman.engine.config import RunConfig, from_dict
+from agman.engine.config import RunConfig, from_dict, save_config
 from agman.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
 STAGE1_DIR = "s1"
+#: The whole two-stage config, in the run folder (stage 1's own config.yaml lies in ``s1/``).
+STAGES_CONFIG = "stages.yaml"
 
 
 def stage_configs(config: RunConfig) -> tuple[RunConfig, RunConfig]:
@@ -54,7 +57,9 @@ def train_stages(config: RunConfig, *, resume: bool | str | Path = False, overwr
     stage1_last = first.run_dir / LAST
     if resume:
         folder = config.run_dir if resume is True else Path(resume)
-        if folder != config.run_dir and folder.resolve() != config.run_dir.resolve():
+        folder = folder.parent if folder.is_file() else folder  # last.pt of either stage names the run too
+        folder = folder.parent if folder.name == STAGE1_DIR else folder
+        if folder.resolve() != config.run_dir.resolve():
             raise NotFoundError(f"a two-stage run resumes from its run folder {config.run_dir}, not {resume}")
         if (config.run_dir / LAST).is_file():
             log.info("resuming stage 2 of %s", config.run_dir)
@@ -64,6 +69,8 @@ def train_stages(config: RunConfig, *, resume: bool | str | Path = False, overwr
         log.info("resuming stage 1 of %s", config.run_dir)
         result = train(first, resume=True, stop=stop)
     else:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, config.run_dir / STAGES_CONFIG)  # what `agman train --resume RUN` reruns in stage 1
         result = train(first, overwrite=overwrite, stop=stop)
     if result.interrupted:
         return result

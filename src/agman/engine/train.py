@@ -147,12 +147,14 @@ class StopFlag:
 
 # --------------------------------------------------------------------------- the steps of a run
 def find_resume(resume: bool | str | Path, run_dir: Path) -> Path | None:
-    """The checkpoint ``--resume`` names: True = ``run_dir/last.pt``; a run folder = its ``last.pt``."""
+    """The checkpoint ``--resume`` names: True = ``run_dir/last.pt``; a run folder = its ``last.pt`` (a
+    two-stage run still in stage 1: ``s1/last.pt``, :mod:`agman.engine.stages`)."""
     if not resume:
         return None
-    path = run_dir / LAST if resume is True else Path(resume)
-    if path.is_dir():
-        path = path / LAST
+    path = run_dir if resume is True else Path(resume)
+    if resume is True or path.is_dir():
+        first_stage = path / "s1" / LAST
+        path = first_stage if not (path / LAST).is_file() and first_stage.is_file() else path / LAST
     if not path.is_file():
         raise NotFoundError(f"nothing to resume: {path} not found")
     return path
