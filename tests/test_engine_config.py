@@ -79,7 +79,7 @@ def test_the_spellings_in_use_resolve_from_any_directory(tmp_path, monkeypatch):
     assert cfg.train.epochs == 2 and cfg.model.name == "agman" and cfg.data.synthetic is not None
     (tmp_path / "other.yaml").write_text("base: zappos50k/csn\n")
     assert C.load_config("other.yaml").data.root == "data/zappos50k"
-    with pytest.raises(C.ConfigError, match="config file not found: nope.yaml.*datasets: deepfashion, fashionai"):
+    with pytest.raises(C.ConfigError, match="config file not found: nope.yaml.*datasets: darn, deepfashion, fashionai"):
         C.load_config("nope.yaml")
     with pytest.raises(C.ConfigError, match="not found: fashionai/resnet"):
         C.load_config("fashionai/resnet")

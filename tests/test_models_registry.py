@@ -19,7 +19,7 @@ def model(request):
 
 
 def test_registry_names():
-    assert MODEL_NAMES == ("agman", "agman-official", "csn", "asenet-v2", "attnfashion")
+    assert MODEL_NAMES == ("agman", "agman-official", "csn", "asenet-v2", "attnfashion", "asenpp")
 
 
 @pytest.mark.parametrize("size", [64, 96, 112])
@@ -63,7 +63,8 @@ def test_embed_all_runs_the_backbone_once(model, monkeypatch):
     monkeypatch.setattr(type(model.trunk), "forward", lambda self, x: calls.append(len(x)) or original(self, x))
     with torch.no_grad():
         model.embed_all(torch.randn(2, 3, 64, 64))
-    assert calls == [2]
+    # ASEN++'s local branch re-encodes one crop per (image, attribute): its own trunk, after the global one
+    assert calls == ([2, 2 * N_ATTRIBUTES] if model.name == "asenpp" else [2])
 
 
 def test_attention_map_matches_forward(model):

@@ -86,7 +86,7 @@ def _register_ablate(subparsers) -> None:
         "ablate", help="run the comparison and ablation grid (Tables 2-3, 5-8) and write one table",
         description="Train and test every variant of the chosen grids on one dataset: models (CSN, ASENet_V2, "
                     "AttnFashion, AG-MAN), hierarchy (hierarchical x classification), aga (each of ASA/SA/ACA/CA "
-                    "off). Runs that finished are reused, so an interrupted ablation continues. On FashionAI, "
+                    "off), asenpp (ASEN++ global branch only, global + local; not in the default). Runs that finished are reused, so an interrupted ablation continues. On FashionAI, "
                     "DeepFashion and Zappos50k each run is also printed beside the paper's row for it.",
     )
     ab.add_argument("--config", required=True, help="a config of the dataset, e.g. configs/synthetic/agman.yaml "
@@ -119,6 +119,11 @@ def _config_and_resume(args: argparse.Namespace):
         return config, find_resume(args.resume, config.run_dir)
     if args.resume and args.resume is not True:
         path = find_resume(args.resume, Path("."))
+        from agman.engine.stages import STAGE1_DIR, STAGES_CONFIG
+
+        stages = path.parent.parent / STAGES_CONFIG
+        if path.parent.name == STAGE1_DIR and stages.is_file():  # a two-stage run still in stage 1
+            return load_config(stages, overrides), path
         saved = load_checkpoint(path).get("config") or {}
         if not saved:
             raise CLIError(f"{path} carries no config; pass --config")

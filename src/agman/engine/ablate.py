@@ -6,7 +6,9 @@ Grids (``GRIDS``):
                    the same name beside the given one (``configs/<dataset>/<model>.yaml``: the
                    dataset composed with each model, :func:`agman.engine.compose.sibling`);
 * ``hierarchy``  — Tables 5–6: hierarchical feature x classification loss;
-* ``aga``        — Tables 7–8: AG-MAN without ASA, SA, ACA or CA, and with all four.
+* ``aga``        — Tables 7–8: AG-MAN without ASA, SA, ACA or CA, and with all four;
+* ``asenpp``     — ASEN++ with its global branch only (stage 1 as the whole run) and global + local
+                   (both stages, :mod:`agman.engine.stages`).
 
 Identical runs (the full AG-MAN appears in every grid) are trained once.  Each run trains in
 ``<out>/runs/<name>/`` and its test metrics land in ``<out>/runs/<name>/test-metrics.json``; a run
@@ -23,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agman.engine.compose import sibling
-from agman.engine.config import RunConfig, load_config
+from agman.engine.config import RunConfig, load_config, with_overrides
 from agman.engine.evaluate import evaluate_checkpoint
 from agman.engine.published import beside, beside_text
 from agman.engine.report import markdown_table, write_report_tables
+from agman.engine.stages import STAGE1_DIR
 from agman.engine.train import train
 from agman.errors import InvalidValueError
 from agman.fileio import atomic_write_json, atomic_write_text
@@ -85,15 +88,25 @@ def _aga_grid() -> list[Variant]:
     return rows
 
 
-GRIDS = {"models": _models_grid, "hierarchy": _hierarchy_grid, "aga": _aga_grid}
+def _asenpp_grid() -> list[Variant]:
+    """ASEN++'s branches: the global branch alone (its stage 1 as the whole run) and global + local (both stages)."""
+    return [Variant("asenpp-global", "ASEN++ global", "asenpp", ("train.stage2=null", "model.local=false"),
+                    (("local branch", NO),)),
+            Variant("asenpp", "ASEN++", "asenpp", (), (("local branch", YES),))]
+
+
+GRIDS = {"models": _models_grid, "hierarchy": _hierarchy_grid, "aga": _aga_grid, "asenpp": _asenpp_grid}
 GRID_TITLES = {
     "models": "Comparison of models (Tables 2-3)",
     "hierarchy": "Hierarchical feature and classification loss (Tables 5-6)",
     "aga": "AGA parts (Tables 7-8)",
+    "asenpp": "ASEN++ global and local branches",
 }
 
 #: Overrides of ``--quick``: a short schedule that shows the grid works (not converged numbers).
 QUICK = ("train.epochs=2", "train.triplets_per_epoch=1600", "eval.every=2")
+#: ``--quick``'s addition for a two-stage run (ASEN++): one epoch of stage 2.
+QUICK_STAGE2 = ("train.stage2.epochs=1",)
 
 
 @dataclass
@@ -152,8 +165,10 @@ def run_ablation(
         config = load_config(sibling(config_path, v.model_file),
                              [*extra, *v.overrides, f"output.dir={run_dir.as_posix()}",
                               f"warmup.dir={(out / 'warmup').as_posix()}"])
+        if quick and config.train.stage2 is not None:
+            config = with_overrides(config, QUICK_STAGE2)
         log.info("[%d/%d] training %s (%s)", i, len(runs), v.name, " ".join(v.overrides) or "as configured")
-        resume = (run_dir / "last.pt").is_file()
+        resume = (run_dir / "last.pt").is_file() or (run_dir / STAGE1_DIR / "last.pt").is_file()
         result = train(config, resume=resume, overwrite=True)
         evaluation, info = evaluate_checkpoint(result.best_path or result.last_path, split,
                                                device=_device(config), batch_size=config.eval.batch_size)

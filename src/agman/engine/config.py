@@ -130,6 +130,21 @@ def _on(value: Switch, device) -> bool:
 
 
 @dataclass
+class Stage2Config:
+    """``train.stage2``: ASEN++'s second stage (the authors' ``s2.yaml``), run after ``train.epochs`` of
+    stage 1 from stage 1's last checkpoint, with the local branch (:mod:`agman.engine.stages`)."""
+
+    epochs: int = setting(20, at_least=1)
+    lr: float = setting(1e-4, at_least=0)  # BASE_LR: the local branch
+    slow_lr: float = setting(1e-5, at_least=0)  # BASE_LR_SLOW: the global branch and the attribute table
+    lr_step: int = setting(1, at_least=1)
+    lr_gamma: float = setting(0.9, at_least=0)
+    global_weight: float = setting(1.0, at_least=0)  # GLOBAL_WEIGHT: the global branch's triplet loss
+    local_weight: float = setting(0.1, at_least=0)  # LOCAL_WEIGHT: the local branch's triplet loss
+    align_weight: float = setting(0.1, at_least=0)  # ALIGN_WEIGHT: 1 - cos(global, local) per image
+
+
+@dataclass
 class TrainConfig:
     """``train``: optimisation, schedule, devices and speed switches."""
 
@@ -142,6 +157,8 @@ class TrainConfig:
     batch_size: int = setting(16, at_least=1)  # triplets per step (per process under DDP)
     optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
     lr: float = setting(1e-4, at_least=0)
+    # lr of the parameters a model names slow (ASEN++ stage 2: its global branch); null: train.lr
+    slow_lr: Optional[float] = setting(None, at_least=0)
     weight_decay: float = setting(0.0, at_least=0)
     lr_step: int = setting(3, at_least=1)  # StepLR step size in epochs
     lr_gamma: float = setting(0.9, at_least=0)
@@ -165,6 +182,7 @@ class TrainConfig:
     ddp_backend: str = setting("auto", choices=("auto", "nccl", "gloo"))  # auto: nccl on GPU, gloo on CPU
     sync_bn: bool = False
     find_unused_parameters: bool = False
+    stage2: Optional[Stage2Config] = None  # ASEN++'s two-stage schedule (configs/models/asenpp.yaml)
 
     def uses_amp(self, device) -> bool:
         """bf16 autocast: when asked (``bf16``), or by default (``auto``) on GPU."""
@@ -192,6 +210,9 @@ class LossConfig:
     weights: dict[str, float] = setting({})  # fixed weights per term: {classification: 1.0, triplet: 1.0}
     mask_l1: float = setting(0.0, at_least=0)  # CSN mask L1 coefficient (5e-4 in CSN)
     embed_l2: float = setting(0.0, at_least=0)  # CSN embedding L2 coefficient (5e-3 in CSN)
+    # a two-branch model's (ASEN++) local triplet loss and global-local alignment, added to the weighted terms
+    local_weight: float = setting(1.0, at_least=0)
+    align_weight: float = setting(1.0, at_least=0)
 
 
 @dataclass

@@ -52,6 +52,23 @@ class ReleasedFormat:
 
 _TRUNK = tuple((f"{part}.", (f"trunk.{part}.",)) for part in ("conv1", "bn1", "layer1", "layer2", "layer3"))
 
+
+def _asen_branch(branch: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """ASEN++'s ``choices.<branch>`` (``attrnet``, ``basenet``, ``attnnet``) -> agman's ``<branch>_branch``."""
+    ours = f"{branch}_branch."
+    return (
+        *((f"{branch}.basenet." + a, tuple(ours + t for t in b)) for a, b in _TRUNK),
+        # one table serves both branches: the released state dict lists it under each, agman under ASA and ACA
+        (f"{branch}.attrnet.attr_embedding.", (ours + "asa.attribute.embedding.", ours + "aca.attribute.embedding.")),
+        (f"{branch}.attnnet.conv.", (ours + "asa.project.",)),
+        (f"{branch}.attnnet.attr_transform1.", (ours + "asa.attribute.fc.",)),
+        (f"{branch}.attnnet.attr_transform2.", (ours + "aca.attribute.fc.",)),
+        (f"{branch}.attnnet.fc1.", (ours + "aca.fc1.",)),
+        (f"{branch}.attnnet.fc2.", (ours + "aca.fc2.",)),
+        (f"{branch}.attnnet.feature_fc.", (ours + "fc.",)),
+    )
+
+
 FORMATS: dict[str, ReleasedFormat] = {f.name: f for f in (
     ReleasedFormat(
         name="agman-released",
@@ -106,6 +123,21 @@ FORMATS: dict[str, ReleasedFormat] = {f.name: f for f in (
         unused=("backbonenet.fc.", "backbonenet.layer4."),
     ),
     ReleasedFormat(
+        name="asenpp",
+        source="Maryeon/asenpp modules/model/model.py (ASEN: choices.global / choices.local, each attrnet, basenet, "
+               "attnnet) with modules/model/resnet.py (resnet50_feature / resnet34_feature: conv1..layer3, no fc): "
+               "main.py saves {'epoch', 'model': model.state_dict(), 'mAP'}",
+        model="asenpp",
+        preset_model="asenpp",
+        signature=("global.attrnet.attr_embedding.weight", "global.attnnet.conv.weight",
+                   "global.attnnet.feature_fc.weight"),
+        prefix="choices.",
+        rules=(*_asen_branch("global"), *_asen_branch("local")),
+        backbone_prefix="global.basenet.",
+        notes="a stage-1 file (s1.yaml: no choices.local) imports as model.local=false; the crop threshold, "
+              "local input size and beta are not in the weights: s2.yaml's 0.1, 112 and 0.6",
+    ),
+    ReleasedFormat(
         name="csn",
         source="andreasveit/conditional-similarity-networks csn.py (ConditionalSimNet) with Resnet_18.py "
                "(resnet18: conv1..layer3, avgpool, fc_embed) and tripletnet.py (CS_Tripletnet): main.py",
@@ -143,7 +175,7 @@ FORMATS: dict[str, ReleasedFormat] = {f.name: f for f in (
 _BACKBONES = {((2, 2, 2), False): "resnet18", ((3, 4, 6), False): "resnet34", ((3, 4, 6), True): "resnet50",
               ((3, 4, 23), True): "resnet101"}
 #: Keys of the dict the released scripts save besides the weights (read for the record).
-RECORD_KEYS = ("epoch", "prec", "best_prec1")
+RECORD_KEYS = ("epoch", "prec", "best_prec1", "mAP")
 #: BatchNorm's step counter: absent from files of PyTorch < 0.4.1, harmless to leave at 0.
 _COUNTER = "num_batches_tracked"
 
@@ -210,13 +242,14 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
 
 def _tensors(obj, path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The state dict inside the file (wrapped in ``state_dict`` or bare) and the record keys beside it."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        state, record = obj["state_dict"], {k: obj[k] for k in RECORD_KEYS if k in obj}
+    weights = next((k for k in ("state_dict", "model") if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+    if weights is not None:  # ASEN++'s main.py saves the weights under 'model'
+        state, record = obj[weights], {k: obj[k] for k in RECORD_KEYS if k in obj}
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         state, record = obj, {}
     else:
         raise ImportFormatError(f"{path} is not a released checkpoint: {_describe(obj)}; expected a dict with "
-                                "'state_dict' (as the released scripts save) or a bare state dict")
+                                "'state_dict' or 'model' (as the released scripts save) or a bare state dict")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ImportFormatError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
@@ -228,7 +261,7 @@ def _describe(obj) -> str:
     if not isinstance(obj, dict):
         return f"it holds a {type(obj).__name__}"
     keys = ", ".join(repr(k) for k in list(obj)[:12]) + (", ..." if len(obj) > 12 else "")
-    inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else obj
+    inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), obj)
     names = [k for k, v in inner.items() if isinstance(v, torch.Tensor)]
     tensors = f"; tensors such as {', '.join(names[:6])}" if names else "; no tensors"
     return f"top-level keys {keys}{tensors} ({len(names)} tensors)"
@@ -242,8 +275,11 @@ def strip_module(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     return out, any(k.startswith("module.") or ".module." in k for k in state)
 
 
-def detect_format(state: dict[str, torch.Tensor], path: Path, wanted: str | None = None) -> ReleasedFormat:
-    """The format whose signature the names carry (``wanted`` forces one and checks it)."""
+def detect_format(state: dict[str, torch.Tensor], path: Path, wanted: str | None = None,
+                  whole: dict | None = None) -> ReleasedFormat:
+    """The format whose signature the names carry (``wanted`` forces one and checks it); ``whole``: the
+    file's object, described in the error."""
+    described = _describe(whole if isinstance(whole, dict) else {"state_dict": state})
     def fits(f: ReleasedFormat) -> bool:
         return all(f.prefix + k in state for k in f.signature)
 
@@ -254,15 +290,14 @@ def detect_format(state: dict[str, torch.Tensor], path: Path, wanted: str | None
             missing = [FORMATS[wanted].prefix + k for k in FORMATS[wanted].signature
                        if FORMATS[wanted].prefix + k not in state]
             raise ImportFormatError(f"{path} is not in the {wanted} format: it lacks {', '.join(missing[:6])} "
-                                    f"({_describe({'state_dict': state})})")
+                                    f"({described})")
         return FORMATS[wanted]
     found = [f for f in FORMATS.values() if fits(f)]
     if len(found) > 1:  # a richer signature wins (AG-MAN's names include ASEN's)
         found.sort(key=lambda f: -len(f.signature))
     if not found:
         raise ImportFormatError(
-            f"{path} is not a checkpoint of a supported released network ({', '.join(FORMATS)}): "
-            f"{_describe({'state_dict': state})}")
+            f"{path} is not a checkpoint of a supported released network ({', '.join(FORMATS)}): {described}")
     return found[0]
 
 
@@ -294,10 +329,26 @@ def model_options(fmt: ReleasedFormat, state: dict[str, torch.Tensor], path: Pat
         if p + "feature_fc.weight" in state:  # later versions end with feature_fc = Linear(1024, dim_embed)
             opts.update(embedding_dim=int(state[p + "feature_fc.weight"].shape[0]), output_fc=True)
         return opts, state[p + "attr_embedding.weight"].shape[0]
+    if fmt.name == "asenpp":
+        return _asenpp_options(state, p, backbone, path)
     fc = p + ("embeddingnet.fc_embed.weight" if fmt.name == "csn" else "embed_fc.weight")
     opts = {"backbone": backbone, "feature_level": "layer3", "embedding_dim": int(state[fc].shape[0]),
             "mask_init": "normal"}
     return opts, state[p + "masks.weight"].shape[0]
+
+
+def _asenpp_options(state: dict[str, torch.Tensor], p: str, backbone: str, path: Path) -> tuple[dict, int]:
+    """ASEN++'s options from its shapes: widths, ACA's reduction, and whether the local branch is there."""
+    g = p + "global.attnnet."
+    c3 = int(state[g + "conv.weight"].shape[1])
+    opts = {"backbone": backbone, "embedding_dim": int(state[g + "feature_fc.weight"].shape[0]),
+            "attention_dim": int(state[g + "conv.weight"].shape[0]),
+            "attribute_dim": int(state[p + "global.attrnet.attr_embedding.weight"].shape[1]),
+            "channel_reduction": c3 // int(state[g + "fc1.weight"].shape[0]), "local": False}
+    if p + "local.attnnet.conv.weight" in state:
+        opts.update(local=True, local_backbone=_backbone(state, p + "local.basenet.", path),
+                    local_attention_dim=int(state[p + "local.attnnet.conv.weight"].shape[0]))
+    return opts, state[p + "global.attrnet.attr_embedding.weight"].shape[0]
 
 
 # --------------------------------------------------------------------------- the name map
@@ -368,9 +419,10 @@ def import_released(
     from agman.models.registry import build_model
 
     path = Path(path)
-    state, record = _tensors(read_released(path), path)
+    whole = read_released(path)
+    state, record = _tensors(whole, path)
     state, stripped = strip_module(state)
-    fmt = detect_format(state, path, format)
+    fmt = detect_format(state, path, format, whole)
     options, n = model_options(fmt, state, path)
     if n != len(attributes):
         names = ", ".join(a.name for a in attributes)

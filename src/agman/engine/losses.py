@@ -67,6 +67,13 @@ def embedding_l2_penalty(general: Tensor, batch: int) -> Tensor:
     return sum(part.float().norm(2) for part in general.chunk(3)) / 3 / math.sqrt(batch)
 
 
+def alignment_loss(global_part: Tensor, local_part: Tensor) -> Tensor:
+    """ASEN++'s alignment: ``mean(max(0, 1 - cos(g, l)))`` per image set, summed over anchor, positive and
+    negative (``[3B, D]`` each, in that order)."""
+    cos = F.cosine_similarity(global_part.float(), local_part.float(), dim=-1)
+    return sum(torch.clamp(1.0 - part, min=0).mean() for part in cos.chunk(3))
+
+
 def weighting_mode(name: str) -> str:
     """``name`` as one of :data:`WEIGHTINGS` (former names mapped), or InvalidValueError."""
     mode = WEIGHTING_ALIASES.get(name, name)
@@ -148,12 +155,15 @@ class TripletCriterion(nn.Module):
 
     ``classification``: add Eq. 7 (only meaningful for models with the classification branch).
     ``mask_l1`` / ``embed_l2``: CSN's regulariser coefficients (5e-4 / 5e-3 in the original;
-    0 disables), added outside the weighting.
+    0 disables), added outside the weighting.  For a model with ``branches`` (ASEN++ stage 2) the
+    triplet term is the global branch's and ``local_weight`` x the local branch's triplet loss plus
+    ``align_weight`` x :func:`alignment_loss` are added outside the weighting, as the released
+    trainer sums ``GLOBAL_WEIGHT·L_g + LOCAL_WEIGHT·L_l + ALIGN_WEIGHT·L_a``.
     """
 
     def __init__(self, *, margin: float = 0.2, classification: bool = True, weighting: str = "released",
                  init: float = 0.0, weights: dict[str, float] | None = None, mask_l1: float = 0.0,
-                 embed_l2: float = 0.0):
+                 embed_l2: float = 0.0, local_weight: float = 1.0, align_weight: float = 1.0):
         super().__init__()
         self.margin = float(margin)
         self.classification = bool(classification)
@@ -161,11 +171,13 @@ class TripletCriterion(nn.Module):
         self.weighting = LossWeighting(terms, weighting, init, weights)
         self.mask_l1 = float(mask_l1)
         self.embed_l2 = float(embed_l2)
+        self.local_weight, self.align_weight = float(local_weight), float(align_weight)
 
     def forward(self, output: ModelOutput, attribute_ids: Tensor) -> LossOutput:
         """``output`` for ``[anchors; positives; negatives]`` (3B rows), ``attribute_ids [B]``."""
         batch = attribute_ids.shape[0]
-        anchor, positive, negative = output.embedding.chunk(3)
+        branches = output.branches  # ASEN++: the triplet term scores the global branch, the local one is added
+        anchor, positive, negative = (output.embedding if branches is None else branches[:, 0]).chunk(3)
         parts = {"triplet": triplet_ranking_loss(anchor, positive, negative, self.margin)}
         if self.classification:
             if output.attribute_logits is None:
@@ -173,6 +185,10 @@ class TripletCriterion(nn.Module):
                                  "(set loss.classification=false or model.classification=true)")
             parts["classification"] = triplet_classification_loss(output.attribute_logits, attribute_ids)
         total = self.weighting(parts)
+        if branches is not None:
+            parts["local"] = triplet_ranking_loss(*branches[:, 1].chunk(3), self.margin)
+            parts["align"] = alignment_loss(branches[:, 0], branches[:, 1])
+            total = total + self.local_weight * parts["local"] + self.align_weight * parts["align"]
         if self.mask_l1 or self.embed_l2:
             if output.masks is None or output.general_embedding is None:
                 raise InvalidValueError("mask_l1/embed_l2 regularisers need a model with attribute masks "

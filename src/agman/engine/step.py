@@ -94,4 +94,5 @@ def build_criterion(loss: LossConfig, model: torch.nn.Module) -> TripletCriterio
     return TripletCriterion(
         margin=loss.margin, classification=loss.classification and has_branch, weighting=loss.weighting,
         init=loss.weight_init, weights=loss.weights, mask_l1=loss.mask_l1, embed_l2=loss.embed_l2,
+        local_weight=loss.local_weight, align_weight=loss.align_weight,
     )

@@ -114,12 +114,14 @@ class StopFlag:
 
 # --------------------------------------------------------------------------- the steps of a run
 def find_resume(resume: bool | str | Path, run_dir: Path) -> Path | None:
-    """The checkpoint ``--resume`` names: True = ``run_dir/last.pt``; a run folder = its ``last.pt``."""
+    """The checkpoint ``--resume`` names: True = ``run_dir/last.pt``; a run folder = its ``last.pt`` (a
+    two-stage run still in stage 1: ``s1/last.pt``, :mod:`agman.engine.stages`)."""
     if not resume:
         return None
-    path = run_dir / LAST if resume is True else Path(resume)
-    if path.is_dir():
-        path = path / LAST
+    path = run_dir if resume is True else Path(resume)
+    if resume is True or path.is_dir():
+        first_stage = path / "s1" / LAST
+        path = first_stage if not (path / LAST).is_file() and first_stage.is_file() else path / LAST
     if not path.is_file():
         raise NotFoundError(f"nothing to resume: {path} not found")
     return path
@@ -203,7 +205,11 @@ def build_state(config: RunConfig, n_attributes: int, device: torch.device, pret
     model.to(device, memory_format=torch.channels_last if config.train.uses_channels_last(device)
              else torch.preserve_format)
     criterion.to(device)
-    params = [p for p in model.parameters() if p.requires_grad] + list(criterion.parameters())
+    slow = {id(p) for p in getattr(model, "slow_parameters", list)() if p.requires_grad}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in slow] + list(criterion.parameters())
+    if slow:  # ASEN++ stage 2: the global branch at train.slow_lr, as its build_optimizer does
+        rate = config.train.slow_lr if config.train.slow_lr is not None else config.train.lr
+        params = [{"params": params}, {"params": [p for p in model.parameters() if id(p) in slow], "lr": rate}]
     optimizer = build_optimizer(config.train, params, device)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.train.lr_step, gamma=config.train.lr_gamma)
     return TrainState(model, criterion, optimizer, scheduler)
@@ -228,6 +234,18 @@ def restore(state: TrainState, path: Path, config: RunConfig, ctx: D.Distributed
         log.warning("resuming a %d-process run with %d processes: the triplet shards differ",
                     int(ckpt.get("world_size", 1)), ctx.world_size)
     log.info("resuming %s at epoch %d, step %d", path, state.epoch + 1, state.step)
+
+
+def start_from_stage(model: torch.nn.Module, path: Path) -> None:
+    """Load an earlier stage's weights (``path``) into a fresh ``model``: every tensor of the file must fit;
+    the model's parts the file lacks (ASEN++'s local branch) keep their initialisation."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if result.unexpected_keys:
+        raise InvalidValueError(f"{path}: tensors the next stage's model has no place for: "
+                                f"{', '.join(result.unexpected_keys[:6])}")
+    log.info("starting from %s (epoch %s); %d tensors new in this stage", path, ckpt.get("epoch"),
+             len(result.missing_keys))
 
 
 def _wrap(model: torch.nn.Module, config: RunConfig, ctx: D.DistributedContext) -> torch.nn.Module:
@@ -403,14 +421,21 @@ def train(
     resume: bool | str | Path = False,
     overwrite: bool = False,
     stop: Callable[[int, int], bool] | None = None,
+    start_from: Path | None = None,
 ) -> TrainResult:
     """Train the model a config describes (see :mod:`agman.engine.config`).
 
     ``resume``: True (the run folder's ``last.pt``), a run folder or a checkpoint (:func:`find_resume`).
     ``overwrite``: allow a fresh run in a folder that already holds one.  ``stop(epoch, step)``:
     called after every optimizer step; returning True checkpoints and stops as an interrupt would
-    (tests use it).
+    (tests use it).  ``start_from``: a checkpoint of an earlier stage whose weights a fresh run starts
+    from (the parts that model lacks keep their initialisation).  A config with ``train.stage2`` runs
+    both stages (:func:`agman.engine.stages.train_stages`).
     """
+    if config.train.stage2 is not None:
+        from agman.engine.stages import train_stages
+
+        return train_stages(config, resume=resume, overwrite=overwrite, stop=stop)
     ctx = D.init_distributed(config.train.device, config.train.ddp_backend)
     try:
         if config.train.threads:
@@ -430,6 +455,8 @@ def train(
         state = build_state(config, spec.n_attributes, ctx.device, trunk)
         if resume_path is not None:
             restore(state, resume_path, config, ctx)
+        elif start_from is not None:
+            start_from_stage(state.model, start_from)
         run = Run(config, ctx, spec, state, run_dir, progress, stop)
         finished = run.fit()
         run.runlog.close()

@@ -43,7 +43,7 @@ class ASA(nn.Module):
     ``normalization='sigmoid'`` an independent gate per position (AttnFashion).  ``in_channels``
     given adds the 1x1 conv of Eq. 1 (ASENet_V2); AG-MAN reduces its input outside ASA because
     the reduced feature is also the attended value.  ``scale`` is Eq. 3's learned weight W1,
-    applied by the caller to the attended feature.
+    applied by the caller to the attended feature.  ``key_norm=False`` drops Eq. 1's BatchNorm (ASEN++).
     """
 
     def __init__(
@@ -55,12 +55,14 @@ class ASA(nn.Module):
         normalization: str = "softmax",
         scaled: bool = True,
         embedding: nn.Embedding | None = None,
+        key_norm: bool = True,
     ):
         super().__init__()
         if normalization not in ("softmax", "sigmoid"):
             raise InvalidValueError(f"ASA normalization must be 'softmax' or 'sigmoid', got {normalization!r}")
         self.project = nn.Conv2d(in_channels, channels, kernel_size=1) if in_channels else None
-        self.norm = nn.BatchNorm2d(channels)
+        # ASEN++'s AttnEmbedding has no BatchNorm between the 1x1 conv and tanh (key_norm=False)
+        self.norm = nn.BatchNorm2d(channels) if key_norm else None
         self.attribute = AttributeVector(n_attributes, channels, attribute_activation, embedding)
         self.scale = nn.Parameter(torch.ones(1)) if scaled else None
         self.normalization = normalization
@@ -68,7 +70,7 @@ class ASA(nn.Module):
     def image_key(self, features: Tensor) -> Tensor:
         """Eq. 1's attribute-independent ``p(I)``: computed once per image."""
         x = self.project(features) if self.project is not None else features
-        return torch.tanh(self.norm(x))
+        return torch.tanh(self.norm(x) if self.norm is not None else x)
 
     def forward(self, image_key: Tensor, attribute_ids: Tensor) -> Tensor:
         """``image_key [B,c',h,w]`` (from :meth:`image_key`), ``attribute_ids [B,K] -> map [B,K,h,w]``."""

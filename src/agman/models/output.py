@@ -23,6 +23,8 @@ class ModelOutput:
     ``general_embedding``  ``[B, D']`` the attribute-independent vector the mask multiplies
                            (before masking and normalisation): CSN's L2 embedding penalty is its
                            norm.  ``None`` for models without masks.
+    ``branches``           ``[B, 2, D]`` the unit global and local embeddings of a two-branch model
+                           (ASEN++), whose stage-2 losses score each branch; ``None`` otherwise.
 
     Inside the models the same class also carries an attribute axis (``[B, K, ...]``) between
     :meth:`AttributeModel.head` and ``forward``; ``select`` drops it.
@@ -33,10 +35,11 @@ class ModelOutput:
     attention: Tensor | None = None
     masks: Tensor | None = None
     general_embedding: Tensor | None = None
+    branches: Tensor | None = None
 
     def select(self, k: int) -> ModelOutput:
         """Take attribute slot ``k`` of the per-attribute fields (``[B, K, ...] -> [B, ...]``)."""
-        per_attribute = ("embedding", "attention", "masks", "general_embedding")
+        per_attribute = ("embedding", "attention", "masks", "general_embedding", "branches")
         changes = {
             f.name: getattr(self, f.name)[:, k]
             for f in fields(self)

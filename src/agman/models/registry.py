@@ -8,13 +8,15 @@ import torch
 from agman.errors import InvalidValueError
 from agman.models.agman import AGMAN, AGMANOfficial
 from agman.models.asen import ASENetV2
+from agman.models.asenpp import ASENPlusPlus
 from agman.models.attnfashion import AttnFashion
 from agman.models.base import AttributeModel
 from agman.models.csn import CSN
 
 log = logging.getLogger(__name__)
 
-_MODELS: dict[str, type[AttributeModel]] = {cls.name: cls for cls in (AGMAN, AGMANOfficial, CSN, ASENetV2, AttnFashion)}
+_MODELS: dict[str, type[AttributeModel]] = {cls.name: cls for cls in (AGMAN, AGMANOfficial, CSN, ASENetV2, AttnFashion,
+                                                              ASENPlusPlus)}
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
 #: Keys any training config may set for any model; a model without the concept ignores them.
