@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agman.errors import UsageError
+from agman.retrieval.backends.milvus.expression import to_milvus
 from agman.retrieval.filters import (
     MAX_DEPTH,
     And,
@@ -28,7 +29,6 @@ from agman.retrieval.filters import (
     compile_filter,
     evaluate,
     parse,
-    to_milvus,
 )
 
 FIELDS = {

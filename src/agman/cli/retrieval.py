@@ -22,6 +22,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_number(text: str) -> float:
+    """An option's value: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def k_value(text: str) -> int:
     value = positive_int(text)
     if value > MAX_K:
@@ -119,8 +130,7 @@ MILVUS_WRITE_TIMEOUT = 600.0  # ... of agman index (a flush of a big batch is sl
 def add_milvus_access(parser, request_timeout: float = SEARCH_TIMEOUT) -> None:
     """``--milvus-token``, ``--consistency`` and ``--milvus-timeout``: how a Milvus server is logged
     into and read, and how long one call may take (``request_timeout`` by default)."""
-    from agman.cli.serve import positive_number
-    from agman.retrieval.milvus_client import CONSISTENCY_ENV, CONSISTENCY_LEVELS, DEFAULT_CONSISTENCY, TOKEN_ENV
+    from agman.retrieval.backends import CONSISTENCY_ENV, CONSISTENCY_LEVELS, DEFAULT_CONSISTENCY, TOKEN_ENV
 
     parser.add_argument(
         "--milvus-timeout", type=positive_number, default=request_timeout, metavar="SECONDS",
@@ -140,22 +150,23 @@ def add_milvus_access(parser, request_timeout: float = SEARCH_TIMEOUT) -> None:
     )
 
 
-def milvus_target(args: argparse.Namespace, uri: str, collection: str | None):
-    """The ``MilvusTarget`` of ``uri`` with the command's collection, token and consistency level."""
-    from agman.retrieval.milvus_client import MilvusTarget
+def located(args: argparse.Namespace, location, collection: str | None, backend: str | None = None):
+    """``location`` as its backend's target (or the named ``backend``'s) with the command's
+    collection, Milvus token, consistency level and timeout."""
+    from agman.retrieval.backends import locate
 
-    return MilvusTarget(uri, collection or "catalog", token=getattr(args, "milvus_token", None),
-                        consistency=getattr(args, "consistency", None),
-                        request_timeout=getattr(args, "milvus_timeout", SEARCH_TIMEOUT))
+    return locate(location, backend=backend, collection=collection, token=getattr(args, "milvus_token", None),
+                  consistency=getattr(args, "consistency", None),
+                  request_timeout=getattr(args, "milvus_timeout", SEARCH_TIMEOUT))
 
 
 def add_verify_option(parser: argparse.ArgumentParser, default: str) -> None:
     """``--verify``: how the index folder's recorded file hashes are checked when it is opened."""
-    from agman.retrieval.integrity import LEVELS
+    from agman.retrieval.store import VERIFY_LEVELS
 
     parser.add_argument(
         "--verify",
-        choices=LEVELS,
+        choices=VERIFY_LEVELS,
         default=default,
         help="check the index files against the sizes and hashes index.json recorded: sizes only, sampled "
         f"blocks (about 1 MiB a file) or every byte (default {default})",
@@ -168,17 +179,12 @@ def open_retriever(
     """The Retriever of ``--index`` (or ``index_dir``: a folder or a Milvus URI) with the command's
     model options, search settings, ``--root`` and ``--verify`` level; ``load_index`` reads every
     FAISS file now."""
+    from agman.retrieval.backends import open_store
     from agman.retrieval.info import IndexConfig
-    from agman.retrieval.milvus_client import is_milvus_uri
-    from agman.retrieval.search import Retriever, open_store
+    from agman.retrieval.search import Retriever
 
-    index = index_dir or args.index
-    collection = getattr(args, "collection", None)
-    if is_milvus_uri(index):
-        index, collection = milvus_target(args, str(index), collection), None
     store = open_store(
-        index,
-        collection=collection,
+        located(args, index_dir or args.index, getattr(args, "collection", None)),
         root=getattr(args, "root", None),
         verify=getattr(args, "verify", "sample"),
         load=load_index,
@@ -385,7 +391,7 @@ def index_target(args: argparse.Namespace):
     if milvus:
         if args.uri is None or args.out is not None:
             raise CLIError("--backend milvus writes to --uri (catalog.db or http://host:19530), not --out")
-        return milvus_target(args, args.uri, args.collection)
+        return located(args, args.uri, args.collection, backend="milvus")
     if args.out is None or args.uri is not None:
         raise CLIError("give --out INDEX_FOLDER (FAISS files), or --backend milvus --uri URI")
     return args.out
@@ -393,7 +399,7 @@ def index_target(args: argparse.Namespace):
 
 def run_extend(args: argparse.Namespace, target) -> int:
     """`agman index --extend`: the new attributes' vectors written into the index in place."""
-    from agman.retrieval.extend import extend_index
+    from agman.retrieval.backends import extend_index
 
     if args.checkpoint is None:
         raise CLIError("agman index --extend needs --checkpoint (the extended model)")
@@ -488,7 +494,7 @@ def index_summary(summary, images) -> dict:
 
 
 def run_delete(args: argparse.Namespace, target) -> int:
-    from agman.retrieval.targets import open_writer
+    from agman.retrieval.backends import open_writer
 
     writer = open_writer(target)
     try:

@@ -17,16 +17,6 @@ def port_number(text: str) -> int:
     return value
 
 
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def register(subparsers) -> None:
     from agman.cli.retrieval import (
         add_index_location,
@@ -35,6 +25,7 @@ def register(subparsers) -> None:
         add_search_tuning,
         add_verify_option,
         positive_int,
+        positive_number,
     )
     from agman.service.limits import LOG_LEVELS, SERVE_OPTIONS, ServiceLimits
 
@@ -101,10 +92,9 @@ def check_lite_writable(args: argparse.Namespace) -> None:
     """Refuse ``--writable`` over a Milvus Lite file unless ``--insecure-lite-writable``: whatever
     the token says, the catalog can be changed through Milvus Lite's own server."""
     from agman.cli import CLIError
-    from agman.retrieval.milvus_client import is_milvus_uri
+    from agman.retrieval.backends import unguarded_writes
 
-    lite = is_milvus_uri(args.index) and "://" not in str(args.index)
-    if lite and args.writable and not args.insecure_lite_writable:
+    if args.writable and unguarded_writes(args.index) and not args.insecure_lite_writable:
         raise CLIError(
             f"--writable over the Milvus Lite file {args.index}: Milvus Lite's database server has no authentication "
             "(agman puts it on a unix socket in a private folder, so processes of this user can reach it), so "
@@ -118,7 +108,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from agman.cli.retrieval import open_retriever
     from agman.service.app import create_app
     from agman.service.limits import SERVE_OPTIONS, ServiceLimits
-    from agman.service.server import check_exposure, default_allowed_hosts, listen, serve
+    from agman.service.server import (
+        check_exposure,
+        default_allowed_hosts,
+        listen,
+        serve,
+    )
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_exposure(args.host, token, args.insecure_no_token)

@@ -11,7 +11,6 @@ tie rule) -> ``search`` (the Retriever) -> ``results`` (what a search returns: h
 match summaries, tables and HTML) -> ``render`` (pictures).
 """
 from agman.retrieval.build import BuildSummary, build_index
-from agman.retrieval.faiss_store import FaissStore
 from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.query import AttributeWeights
 from agman.retrieval.results import Hit, MatchSummary, Prediction, SearchResult
@@ -22,7 +21,6 @@ from agman.retrieval.store import VectorStore
 __all__ = [
     "AttributeWeights",
     "BuildSummary",
-    "FaissStore",
     "Hit",
     "ImageSet",
     "IndexConfig",

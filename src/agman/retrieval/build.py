@@ -1,8 +1,8 @@
 """Building an index: plan the items, embed them in resumable shards (on one process or sharded
 across ``torchrun`` ranks), commit them to the store.
 
-:func:`build_index` runs three steps, for every backend (:mod:`agman.retrieval.targets` opens
-the FAISS folder or the Milvus collection behind a :class:`~agman.retrieval.store.CatalogWriter`):
+:func:`build_index` runs three steps, for every backend (the registry,
+:mod:`agman.retrieval.backends`, opens the FAISS folder or the Milvus collection behind a :class:`~agman.retrieval.store.CatalogWriter`):
 
 1. **plan** (rank 0, :func:`plan_items`): the items of the source to write — new ones (same id or
    same file as a stored item = already there; an id reused for another file is an error), or with
@@ -25,25 +25,25 @@ A run with a checkpoint whose weight identity differs from the index's is refuse
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agman.errors import InvalidValueError
-from agman.fileio import atomic_write, atomic_write_json, atomic_write_text
-from agman.retrieval.info import CatalogIndexError, IndexConfig, IndexLayout
-from agman.retrieval.items import Item, parse_item
+from agman.fileio import atomic_write, atomic_write_text
+from agman.retrieval.backends import open_for_build, open_writer, parallel_writes
+from agman.retrieval.info import CatalogIndexError, IndexConfig
+from agman.retrieval.items import Item
 from agman.retrieval.query import UnknownItemError
 from agman.retrieval.sources import ImageSet
 from agman.retrieval.store import CatalogWriter
+from agman.retrieval.work import Progress, Shard, Work
 
 log = logging.getLogger(__name__)
 
@@ -72,105 +72,6 @@ class BuildSummary:
     def images_per_second(self) -> float:
         """Images embedded per second of embedding (model loading and FAISS building excluded)."""
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
-
-
-@dataclass
-class Shard:
-    """Embeddings ``[count, A, D]`` of plan positions ``start .. start + count`` in ``shards/<file>``;
-    ``failed``: positions whose image could not be read, with the reason."""
-
-    file: str
-    start: int
-    count: int
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Progress:
-    """``progress.json``: the plan's size, the batch grid it is embedded on, and (once the commit
-    began) the first row it was given."""
-
-    planned: int
-    batch_size: int
-    shard_rows: int
-    first_row: int | None = None
-
-    @classmethod
-    def read(cls, path: Path) -> Progress:
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            return cls(int(d["planned"]), int(d["batch_size"]), int(d["shard_rows"]), d.get("first_row"))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CatalogIndexError(
-                f"{path}: unreadable build progress ({exc}; written by another agman version?); remove it and the "
-                "shards/ folder beside it to embed the planned images again"
-            ) from None
-
-    def write(self, path: Path) -> None:
-        atomic_write_json(path, asdict(self))
-
-
-class Work:
-    """The work folder of a build: ``progress.json``, ``shards/plan.jsonl``, ``shards/rank-NNN.json``
-    and the shard files (inside the index folder for FAISS; beside the Milvus Lite file, or named
-    by ``work``, for Milvus)."""
-
-    def __init__(self, folder: Path):
-        self.layout = IndexLayout(folder)
-        self.progress_path = self.layout.progress
-        self.shards = self.layout.shards
-        self.plan_path = self.shards / "plan.jsonl"
-
-    @property
-    def unfinished(self) -> bool:
-        return self.progress_path.is_file()
-
-    def write_plan(self, items: list[Item], replaces: list[int | None], progress: Progress) -> None:
-        self.shards.mkdir(parents=True, exist_ok=True)
-
-        def lines(f):
-            for item, row in zip(items, replaces):
-                record = json.loads(item.to_json())
-                record["replaces"] = row
-                f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-
-        atomic_write(self.plan_path, lines)
-        progress.write(self.progress_path)
-
-    def read_plan(self) -> tuple[list[Item], list[int | None]]:
-        items, replaces = [], []
-        with self.plan_path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                try:
-                    items.append(parse_item(line))
-                    replaces.append(json.loads(line).get("replaces"))
-                except ValueError as exc:
-                    raise CatalogIndexError(f"{self.plan_path}, line {lineno}: {exc}") from None
-        return items, replaces
-
-    def rank_file(self, rank: int) -> Path:
-        return self.shards / f"rank-{rank:03d}.json"
-
-    def shards_of(self, rank: int) -> list[Shard]:
-        path = self.rank_file(rank)
-        if not path.is_file():
-            return []
-        try:
-            return [Shard(**s) for s in json.loads(path.read_text(encoding="utf-8"))]
-        except (ValueError, TypeError) as exc:
-            raise CatalogIndexError(f"{path}: unreadable shard list ({exc}); remove it to embed its shards again")
-
-    def all_shards(self) -> list[Shard]:
-        shards = []
-        for path in sorted(self.shards.glob("rank-*.json")):
-            shards += self.shards_of(int(path.stem.split("-")[1]))
-        return sorted(shards, key=lambda s: s.start)
-
-    def clear(self) -> None:
-        self.progress_path.unlink(missing_ok=True)
-        shutil.rmtree(self.shards, ignore_errors=True)
-        with contextlib.suppress(OSError):  # a Milvus build's own folder, now empty (an index folder is not)
-            self.layout.root.rmdir()
 
 
 def plan_items(
@@ -311,8 +212,6 @@ def build_index(
     every rank embeds its share, rank 0 plans and commits.  ``on_shard(rows_done, rows_total)`` is
     called after each shard is safely on disk.
     """
-    from agman.retrieval.targets import open_for_build
-
     started = time.perf_counter()
     if on_error not in ON_ERROR:
         raise InvalidValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -340,7 +239,7 @@ def build_index(
             plan_error = exc
     try:
         if ctx.enabled:  # rank 0 tells the others whether it planned, and where the work folder is
-            folder = _broadcast_text("" if plan_error is not None or work is None else str(work.layout.root), ctx)
+            folder = _broadcast_text("" if plan_error is not None or work is None else str(work.root), ctx)
             if plan_error is not None:
                 raise plan_error
             if not folder:
@@ -362,7 +261,7 @@ def build_index(
             )
         summary = BuildSummary(Path(str(out)), 0, counts["added"], counts["there"], counts["resumed"], embedded,
                                0.0, "", embed_seconds, counts["updated"], deleted_skipped=counts["gone"])
-        parallel = ctx.enabled and work.unfinished and _milvus_server(out) is not None
+        parallel = ctx.enabled and work.unfinished and parallel_writes(out)
         if parallel:  # every rank upserts its own shards; rank 0 then only commits the description
             _write_in_parallel(out, writer, work, ctx)
         if ctx.is_main:
@@ -492,16 +391,6 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
     return writer.written, time.perf_counter() - started
 
 
-def _milvus_server(out):
-    """The ``MilvusTarget`` of ``out`` when it is a Milvus server (several processes can write to
-    it; a Milvus Lite file takes one), else None."""
-    from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
-
-    if not isinstance(out, MilvusTarget):
-        out = MilvusTarget(str(out)) if is_milvus_uri(out) else None
-    return None if out is None or out.lite else out
-
-
 def _reserve(writer: CatalogWriter, work: Work) -> int:
     """Rank 0: the first row of the plan's rows, taken from the store once and kept in progress.json."""
     prog = Progress.read(work.progress_path)
@@ -515,8 +404,6 @@ def _write_in_parallel(out, writer, work: Work, ctx) -> None:
     """Every rank: upsert the shards of every ``world``-th rank file (its own in a run of the same
     size) into the Milvus server as rows ``first_row + position``, recording each shard written
     (``shards/written-NNN.json``) so a rerun, on any number of ranks, writes only the rest."""
-    from agman.retrieval.milvus_store import MilvusStore
-
     failure, first_row = None, ""
     if ctx.is_main:
         try:
@@ -527,7 +414,7 @@ def _write_in_parallel(out, writer, work: Work, ctx) -> None:
     if first_row:
         try:
             items, _ = work.read_plan()
-            store = MilvusStore.open(_milvus_server(out))
+            store = open_writer(out)
             try:
                 rank_files = sorted(work.shards.glob("rank-*.json"))
                 for path in rank_files[ctx.rank :: ctx.world_size]:
@@ -595,7 +482,7 @@ def _commit(writer: CatalogWriter, work: Work, written: bool = False) -> int:
 def _record_skipped(writer, work: Work, items: list[Item], skipped: dict[int, str]) -> None:
     """``skipped.jsonl`` (in the index folder, or the Milvus work folder): the images of this run that
     could not be read, with the reasons; a later ``--add`` of the same source retries them."""
-    path = getattr(writer, "layout", work.layout).root / "skipped.jsonl"
+    path = work.root / "skipped.jsonl"
     lines = [
         json.dumps({"id": items[p].id, "path": items[p].path, "reason": reason}, ensure_ascii=False)
         for p, reason in sorted(skipped.items())

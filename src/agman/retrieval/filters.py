@@ -22,7 +22,8 @@ whole sub-expression, so ``not price == 5`` keeps items without a price and ``pr
 
 :func:`compile_filter` parses the text into a small AST and checks it against the catalog's fields
 (names, kinds, label values).  The same checked expression then gives a boolean mask over columnar
-numpy data (:func:`evaluate`, vectorised) or a Milvus boolean expression (:func:`to_milvus`).
+numpy data (:func:`evaluate`, vectorised) or, in the Milvus backend, a boolean expression
+(:mod:`agman.retrieval.backends.milvus.expression`).
 Every problem is a :class:`FilterError` (a ``UsageError``) naming the column of the filter text.
 """
 
@@ -542,39 +543,3 @@ def evaluate(expr: Expr, columns: Mapping[str, Column], n: int) -> np.ndarray:
         equal = col.values == code[0] if len(code) else np.zeros(n, dtype=bool)
         return col.present & (equal if expr.op == "==" else ~equal)
     return col.present & _NUMPY_OPS[expr.op](col.values, expr.value)
-
-
-# --------------------------------------------------------------------------- Milvus translation
-def milvus_literal(value: Literal) -> str:
-    """``value`` as a Milvus expression literal.  Strings are double-quoted with ``\\`` and ``"``
-    escaped, line breaks as ``\\n`` / ``\\r`` (a filter's strings have none, an item id may), and
-    every other character as is (the escapes Milvus's parsers agree on)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return '"' + escaped + '"'
-
-
-def to_milvus(expr: Expr, names: Mapping[str, tuple[str, str]]) -> str:
-    """A Milvus boolean expression equal to ``expr`` (a checked expression).
-
-    ``names[field] = (value_field, present_field)``: the Milvus scalar field holding the value and
-    the bool field saying whether the item has one.  Every comparison is guarded by its presence
-    field, so an item without a value fails it whatever logic the server applies to empty values.
-    """
-    if isinstance(expr, (And, Or)):
-        joiner = " and " if isinstance(expr, And) else " or "
-        return "(" + joiner.join(to_milvus(e, names) for e in expr.operands) + ")"
-    if isinstance(expr, Not):
-        return f"(not {to_milvus(expr.operand, names)})"
-    value_field, present = names[expr.field]
-    if isinstance(expr, IsNull):
-        return f"({present} == {'true' if expr.negate else 'false'})"
-    if isinstance(expr, In):
-        listed = ", ".join(milvus_literal(v) for v in expr.values)
-        test = f"{value_field} {'not in' if expr.negate else 'in'} [{listed}]"
-    else:
-        test = f"{value_field} {expr.op} {milvus_literal(expr.value)}"
-    return f"({present} == true and {test})"

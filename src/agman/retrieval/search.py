@@ -33,9 +33,23 @@ from PIL import Image
 from agman.retrieval.filters import Filter, annotated, both, compile_filter
 from agman.retrieval.info import IndexInfo
 from agman.retrieval.items import Item
-from agman.retrieval.query import AttributeWeights, QueryError, UnknownItemError, attribute_index, load_query_image
+from agman.retrieval.query import (
+    AttributeWeights,
+    QueryError,
+    UnknownItemError,
+    attribute_index,
+    load_query_image,
+)
 from agman.retrieval.ranking import rank
-from agman.retrieval.results import Hit, Prediction, SearchResult, reference_values, summarise, vote
+from agman.retrieval.results import (
+    Hit,
+    Prediction,
+    SearchResult,
+    reference_values,
+    summarise,
+    vote,
+)
+from agman.retrieval.backends import open_store
 from agman.retrieval.store import VectorStore
 
 ImageLike = Image.Image | str | os.PathLike | np.ndarray
@@ -147,7 +161,7 @@ class Retriever:
     ) -> Retriever:
         """Open an index: a folder (FAISS files), or a Milvus collection — a Milvus Lite file
         (``catalog.db``) or a server URI (``http://host:19530``), ``collection`` naming it (default
-        ``catalog``; or give a :class:`~agman.retrieval.milvus_client.MilvusTarget`).
+        ``catalog``; or give a :class:`~agman.retrieval.backends.milvus.client.MilvusTarget`).
         ``checkpoint`` defaults to the one recorded at build time; ``nprobe`` / ``ef_search`` /
         ``rerank`` override the index's search settings; ``root`` the catalog root its image paths
         are relative to (for an index moved to another machine).  With ``load_model`` the checkpoint
@@ -520,35 +534,6 @@ class Retriever:
         return (f"Retriever({self.store.location!r}: {len(self)} items, {self.store.config.kind} "
                 f"({'exact' if self.exact else 'approximate'}), {self.info.model_name} model {model}, "
                 f"attributes {', '.join(self.attributes)})")
-
-
-def open_store(
-    index,
-    *,
-    collection: str | None = None,
-    root: str | Path | None = None,
-    nprobe: int | None = None,
-    ef_search: int | None = None,
-    rerank: int | None = None,
-    verify: str = "sample",
-    load: bool = False,
-) -> VectorStore:
-    """The store of ``index``: an index folder (its files checked at ``verify``; every FAISS file
-    read now with ``load``), a Milvus URI (a ``.db`` Milvus Lite file or ``http://...``) with
-    ``collection``, or a ``MilvusTarget``."""
-    from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
-
-    tuning = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank}
-    if isinstance(index, MilvusTarget) or is_milvus_uri(index):
-        from agman.retrieval.milvus_store import MilvusStore
-
-        target = index if isinstance(index, MilvusTarget) else MilvusTarget(str(index), collection or "catalog")
-        return MilvusStore.open(target, catalog=root, **tuning)
-    if collection is not None:
-        raise QueryError(f"--collection names a Milvus collection; {index} is an index folder")
-    from agman.retrieval.faiss_store import FaissStore
-
-    return FaissStore(index, catalog=root, verify=verify, load=load, **tuning)
 
 
 def _correct(query_labels: Mapping[str, str], labels: Mapping[str, str], weights: AttributeWeights) -> bool | None:

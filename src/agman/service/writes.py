@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, 
 from starlette.concurrency import run_in_threadpool
 
 from agman.data.images import load_image
+from agman.retrieval.backends import open_writer
 from agman.retrieval.items import Item
 from agman.service.json_body import parse_json
 from agman.service.state import ServiceState, get_state
@@ -59,11 +60,9 @@ def _writable(state: ServiceState) -> None:
 def _writer(state: ServiceState):
     """The writer of the served index and whether it must be closed after use."""
     store = state.retriever.store
-    if hasattr(store, "commit"):  # Milvus: the served store writes too
+    if store.capabilities.writes:  # a database: the served store writes too
         return store, False
-    from agman.retrieval.targets import open_writer
-
-    return open_writer(store.root), True
+    return open_writer(store.location), True
 
 
 def _apply(state: ServiceState, change) -> dict:
