@@ -25,9 +25,7 @@ def register(subparsers) -> None:
         add_search_tuning,
         add_verify_option,
         positive_int,
-        positive_number,
     )
-    from agman.service.limits import LOG_LEVELS, SERVE_OPTIONS, ServiceLimits
 
     p = subparsers.add_parser(
         "serve",
@@ -59,18 +57,7 @@ def register(subparsers) -> None:
                          help="allow --writable over a Milvus Lite file: its database server (a unix socket in a "
                          "private folder) answers any process of this user without the token")
     add_search_tuning(p)
-    logs = p.add_argument_group("logging")
-    logs.add_argument("--access-log", action="store_true",
-                      help="log one line per request (client, method, path, status) to stderr (default: off)")
-    logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
-                      help="uvicorn's and agman's log level (default warning); --access-log shows its lines "
-                      "at any level")
-    limits = p.add_argument_group("limits (docs/retrieval.md, Limits and security)")
-    defaults = ServiceLimits()
-    for option, name, unit, what in SERVE_OPTIONS:
-        default = getattr(defaults, name) / unit
-        limits.add_argument(option, dest=name, type=positive_number, default=default, metavar="N",
-                            help=f"{what} (default {default:g})")
+    _add_logs_and_limits(p)
     guard = p.add_argument_group("serving beyond localhost")
     guard.add_argument("--token", default=None,
                        help=f"bearer token every HTTP request must carry (default: ${TOKEN_ENV}, which keeps it out "
@@ -86,6 +73,25 @@ def register(subparsers) -> None:
     guard.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
                        help="proxies whose X-Forwarded-For/-Proto headers are trusted (default 127.0.0.1)")
     p.set_defaults(func=run_serve)
+
+
+def _add_logs_and_limits(p: argparse.ArgumentParser) -> None:
+    """The logging options and one option per service limit (``SERVE_OPTIONS``)."""
+    from agman.cli.retrieval import positive_number
+    from agman.service.limits import LOG_LEVELS, SERVE_OPTIONS, ServiceLimits
+
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--access-log", action="store_true",
+                      help="log one line per request (client, method, path, status) to stderr (default: off)")
+    logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                      help="uvicorn's and agman's log level (default warning); --access-log shows its lines "
+                      "at any level")
+    limits = p.add_argument_group("limits (docs/retrieval.md, Limits and security)")
+    defaults = ServiceLimits()
+    for option, name, unit, what in SERVE_OPTIONS:
+        default = getattr(defaults, name) / unit
+        limits.add_argument(option, dest=name, type=positive_number, default=default, metavar="N",
+                            help=f"{what} (default {default:g})")
 
 
 def check_lite_writable(args: argparse.Namespace) -> None:

@@ -2,7 +2,8 @@
 across ``torchrun`` ranks), commit them to the store.
 
 :func:`build_index` runs three steps, for every backend (the registry,
-:mod:`agman.retrieval.backends`, opens the FAISS folder or the Milvus collection behind a :class:`~agman.retrieval.store.CatalogWriter`):
+:mod:`agman.retrieval.backends`, opens the FAISS folder or the Milvus collection behind a
+:class:`~agman.retrieval.store.CatalogWriter`):
 
 1. **plan** (rank 0, :func:`plan_items`): the items of the source to write — new ones (same id or
    same file as a stored item = already there; an id reused for another file is an error), or with
@@ -30,20 +31,22 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agman.errors import InvalidValueError
-from agman.fileio import atomic_write, atomic_write_text
+from agman.fileio import atomic_write_text
 from agman.retrieval.backends import open_for_build, open_writer, parallel_writes
+from agman.retrieval.embedder import Embedder
 from agman.retrieval.info import CatalogIndexError, IndexConfig
 from agman.retrieval.items import Item
 from agman.retrieval.query import UnknownItemError
+from agman.retrieval.ranks import all_ranks_ok, broadcast_text, single_process
 from agman.retrieval.sources import ImageSet
 from agman.retrieval.store import CatalogWriter
-from agman.retrieval.work import Progress, Shard, Work
+from agman.retrieval.work import Progress, ShardWriter, Work, batch_runs
 
 log = logging.getLogger(__name__)
 
@@ -122,59 +125,6 @@ def plan_items(
     return items, replaces, there, gone
 
 
-def batch_runs(todo: list[int], world: int, rank: int) -> list[tuple[int, int]]:
-    """This rank's share of the batches ``todo`` (ascending batch numbers): a contiguous slice of
-    them, as runs ``(first batch, end batch)``."""
-    lo, hi = len(todo) * rank // world, len(todo) * (rank + 1) // world
-    mine = todo[lo:hi]
-    runs: list[tuple[int, int]] = []
-    for b in mine:
-        if runs and runs[-1][1] == b:
-            runs[-1] = (runs[-1][0], b + 1)
-        else:
-            runs.append((b, b + 1))
-    return runs
-
-
-class ShardWriter:
-    """Collects embedding batches of one contiguous run; every ``rows_per_shard`` rows become one
-    shard file, recorded in this rank's shard list right after (both atomic).
-    ``on_shard(rows_done, rows_total)`` follows each."""
-
-    def __init__(self, work: Work, rank: int, rows_per_shard: int, total: int, done: int, on_shard=None):
-        self.work, self.rank = work, rank
-        self.rows_per_shard, self.total, self.on_shard = rows_per_shard, total, on_shard
-        self.shards = work.shards_of(rank)
-        self.done = done
-        self.written = 0
-        self.start(0)
-
-    def start(self, position: int) -> None:
-        self.first = position
-        self.buffer: list[np.ndarray] = []
-        self.failed: dict[str, str] = {}
-
-    def add(self, block: np.ndarray, failed: dict[int, str]) -> None:
-        self.buffer.append(block)
-        self.failed.update({str(k): v for k, v in failed.items()})
-        if sum(len(b) for b in self.buffer) >= self.rows_per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        block = np.concatenate(self.buffer).astype(np.float32, copy=False)
-        name = f"shard-{self.first:010d}.npy"
-        atomic_write(self.work.shards / name, lambda f: np.save(f, block))
-        self.shards.append(Shard(name, self.first, len(block), self.failed))
-        atomic_write_text(self.work.rank_file(self.rank), json.dumps([asdict(s) for s in self.shards]))
-        self.written += len(block)
-        self.done += len(block)
-        self.start(self.first + len(block))
-        if self.on_shard is not None:
-            self.on_shard(self.done, self.total)
-
-
 def build_index(
     out,
     images: ImageSet | None,
@@ -215,13 +165,9 @@ def build_index(
     started = time.perf_counter()
     if on_error not in ON_ERROR:
         raise InvalidValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    ctx = distributed or _single_process()
+    ctx = distributed or single_process()
     if model is None or info is None:
-        if checkpoint is None:
-            raise ValueError("build_index needs a checkpoint path or a loaded model with its CheckpointInfo")
-        from agman.engine.checkpoint import load_model
-
-        model, info = load_model(checkpoint, device=device if ctx.world_size == 1 else ctx.device)
+        model, info = _load(checkpoint, device if ctx.world_size == 1 else ctx.device)
     meta = images.metadata_types if images is not None else {}
     catalog_root = root if root is not None else (images.root if images is not None else None)
 
@@ -238,43 +184,21 @@ def build_index(
         except BaseException as exc:  # every rank must hear that the plan failed, not wait for it
             plan_error = exc
     try:
-        if ctx.enabled:  # rank 0 tells the others whether it planned, and where the work folder is
-            folder = _broadcast_text("" if plan_error is not None or work is None else str(work.root), ctx)
-            if plan_error is not None:
-                raise plan_error
-            if not folder:
-                raise CatalogIndexError("rank 0 could not plan the build (its error is in its output)")
-            work = work or Work(Path(folder))
-        elif plan_error is not None:
-            raise plan_error
-
+        work = _work_of_every_rank(work, plan_error, ctx)
         embedded, embed_seconds, failure = 0, 0.0, None
         try:
             if work.unfinished:
                 embedded, embed_seconds = _embed(work, model, info, ctx, workers, device, progress, on_shard, on_error)
         except Exception as exc:  # the other ranks must not wait for this one at the commit
             failure = exc
-        if not _all_ranks_ok(failure is None, ctx):
+        if not all_ranks_ok(failure is None, ctx):
             raise failure or CatalogIndexError(
                 "another process of this torchrun failed while embedding (its error is in its output); the shards "
                 "written so far are kept: rerun the same command to continue"
             )
         summary = BuildSummary(Path(str(out)), 0, counts["added"], counts["there"], counts["resumed"], embedded,
                                0.0, "", embed_seconds, counts["updated"], deleted_skipped=counts["gone"])
-        parallel = ctx.enabled and work.unfinished and parallel_writes(out)
-        if parallel:  # every rank upserts its own shards; rank 0 then only commits the description
-            _write_in_parallel(out, writer, work, ctx)
-        if ctx.is_main:
-            try:
-                if work.unfinished:
-                    summary.unreadable = _commit(writer, work, written=parallel)
-                summary.count = writer.searchable()
-                summary.index_type = writer.info.config.kind
-                summary.location = writer.location
-            except Exception as exc:
-                failure = exc
-        if not _all_ranks_ok(failure is None, ctx):
-            raise failure or CatalogIndexError("rank 0 could not commit the index (its error is in its output)")
+        _store(out, writer, work, ctx, summary)
     finally:
         if writer is not None:
             writer.close()
@@ -282,30 +206,49 @@ def build_index(
     return summary
 
 
-def _single_process():
-    from agman.engine.distributed import DistributedContext
+def _load(checkpoint, device: str):
+    """``(model, CheckpointInfo)`` of the checkpoint a build embeds with."""
+    if checkpoint is None:
+        raise ValueError("build_index needs a checkpoint path or a loaded model with its CheckpointInfo")
+    from agman.engine.checkpoint import load_model
 
-    return DistributedContext()
-
-
-def _all_ranks_ok(ok: bool, ctx) -> bool:
-    """Whether every rank is ``ok`` (a collective: every rank calls it)."""
-    if not ctx.enabled:
-        return ok
-    import torch
-    import torch.distributed as dist
-
-    flag = torch.tensor([1 if ok else 0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return load_model(checkpoint, device=device)
 
 
-def _broadcast_text(text: str, ctx) -> str:
-    import torch.distributed as dist
+def _work_of_every_rank(work: Work | None, plan_error: BaseException | None, ctx) -> Work:
+    """Rank 0's work folder on every rank: rank 0 tells the others whether it planned and where the
+    folder is; a failed plan is raised on every rank."""
+    if ctx.enabled:
+        folder = broadcast_text("" if plan_error is not None or work is None else str(work.root), ctx)
+        if plan_error is not None:
+            raise plan_error
+        if not folder:
+            raise CatalogIndexError("rank 0 could not plan the build (its error is in its output)")
+        return work or Work(Path(folder))
+    if plan_error is not None:
+        raise plan_error
+    return work
 
-    box = [text]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+
+def _store(out, writer: CatalogWriter | None, work: Work, ctx, summary: BuildSummary) -> None:
+    """Every rank: the embedded shards into the index — upserted by every rank where the backend
+    takes parallel writes (rank 0 then only commits the description), else committed by rank 0;
+    ``summary`` gets the index's count, type and location."""
+    failure = None
+    parallel = ctx.enabled and work.unfinished and parallel_writes(out)
+    if parallel:
+        _write_in_parallel(out, writer, work, ctx)
+    if ctx.is_main:
+        try:
+            if work.unfinished:
+                summary.unreadable = _commit(writer, work, written=parallel)
+            summary.count = writer.searchable()
+            summary.index_type = writer.info.config.kind
+            summary.location = writer.location
+        except Exception as exc:
+            failure = exc
+    if not all_ranks_ok(failure is None, ctx):
+        raise failure or CatalogIndexError("rank 0 could not commit the index (its error is in its output)")
 
 
 def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, update, batch_size, shard_size,
@@ -346,8 +289,6 @@ def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, up
 
 def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on_error) -> tuple[int, float]:
     """Every rank: embed this rank's share of the batches no shard holds yet."""
-    from agman.engine.embed import iter_embeddings
-
     started = time.perf_counter()
     prog = Progress.read(work.progress_path)
     if prog.first_row is not None:
@@ -362,6 +303,7 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
     runs = batch_runs(todo, ctx.world_size, ctx.rank)
     done = int(covered.sum())
     writer = ShardWriter(work, ctx.rank, prog.shard_rows, prog.planned, done, on_shard)
+    embedder = Embedder(info.path, info.input_size, info.crop_ratio, model=model, info=info)
     expected = (len(info.attributes), int(model.embedding_dim))
     paths = [it.path for it in items]
     for first, end in runs:
@@ -369,10 +311,9 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
         writer.flush()
         writer.start(lo)
         failures: dict[int, str] | None = {} if on_error == "skip" else None
-        for pos, emb in iter_embeddings(
-            model, paths[:hi], None, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=b,
-            device=ctx.device if ctx.enabled else device, workers=workers, start=lo,
-            progress=progress and ctx.is_main, failures=failures,
+        for pos, emb in embedder.embed_files(
+            paths[:hi], batch_size=b, start=lo, workers=workers, progress=progress and ctx.is_main,
+            failures=failures, device=ctx.device if ctx.enabled else device,
         ):
             if emb.shape[1:] != expected:
                 raise CatalogIndexError(f"model returned embeddings {emb.shape[1:]}, expected {expected}")
@@ -410,7 +351,7 @@ def _write_in_parallel(out, writer, work: Work, ctx) -> None:
             first_row = str(_reserve(writer, work))
         except Exception as exc:
             failure = exc
-    first_row = _broadcast_text(first_row, ctx)
+    first_row = broadcast_text(first_row, ctx)
     if first_row:
         try:
             items, _ = work.read_plan()
@@ -423,7 +364,7 @@ def _write_in_parallel(out, writer, work: Work, ctx) -> None:
                 store.close()
         except Exception as exc:
             failure = exc
-    if not _all_ranks_ok(failure is None and bool(first_row), ctx):
+    if not all_ranks_ok(failure is None and bool(first_row), ctx):
         raise failure or CatalogIndexError(
             "another process of this torchrun failed while writing to Milvus (its error is in its output); the "
             "shards written so far are recorded: rerun the same command to continue"

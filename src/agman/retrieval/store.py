@@ -37,6 +37,7 @@ import numpy as np
 from agman.retrieval.filters import Filter
 from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.items import Item
+from agman.retrieval.query import UnknownItemError
 
 Blocks = Callable[[], Iterable[np.ndarray]]
 """A writer's embeddings: called (once per attribute, or once) it yields ``[n, A, D]`` blocks in item order."""
@@ -65,6 +66,19 @@ def readded(removed: list[str], items: Sequence[Item]) -> list[str]:
     out) less the ids of ``items``, written again."""
     written = {it.id for it in items}
     return [i for i in removed if i not in written]
+
+
+def deletion(writer: CatalogWriter, ids: Sequence[str], where: str) -> dict[str, int]:
+    """``{id: row}`` of the items ``ids`` (each once) a writer deletes, recorded as tombstones in its
+    ``info.removed`` (``--add`` does not bring them back); an unknown id is an ``UnknownItemError``
+    naming ``where``, and nothing is changed."""
+    ids = list(dict.fromkeys(ids))
+    live = writer.live_ids(ids)
+    missing = [i for i in ids if i not in live]
+    if missing:
+        raise UnknownItemError.of(missing, where, "nothing was deleted")
+    writer.info.removed = sorted(set(writer.info.removed) | set(live))
+    return live
 
 
 @dataclass(frozen=True)

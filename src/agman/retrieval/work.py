@@ -1,14 +1,17 @@
 """The work folder of a build (:func:`agman.retrieval.build.build_index`): the plan, the build's
-progress and the embedded shards, kept until the commit so an interrupted build resumes."""
+progress and the embedded shards (written by :class:`ShardWriter`, shared out among ranks by
+:func:`batch_runs`), kept until the commit so an interrupted build resumes."""
 from __future__ import annotations
 
 import contextlib
 import json
 import shutil
+
+import numpy as np
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from agman.fileio import atomic_write, atomic_write_json
+from agman.fileio import atomic_write, atomic_write_json, atomic_write_text
 from agman.retrieval.info import CatalogIndexError
 from agman.retrieval.items import Item, parse_item
 
@@ -113,3 +116,56 @@ class Work:
         shutil.rmtree(self.shards, ignore_errors=True)
         with contextlib.suppress(OSError):  # a Milvus build's own folder, now empty (an index folder is not)
             self.root.rmdir()
+
+
+def batch_runs(todo: list[int], world: int, rank: int) -> list[tuple[int, int]]:
+    """This rank's share of the batches ``todo`` (ascending batch numbers): a contiguous slice of
+    them, as runs ``(first batch, end batch)``."""
+    lo, hi = len(todo) * rank // world, len(todo) * (rank + 1) // world
+    mine = todo[lo:hi]
+    runs: list[tuple[int, int]] = []
+    for b in mine:
+        if runs and runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], b + 1)
+        else:
+            runs.append((b, b + 1))
+    return runs
+
+
+class ShardWriter:
+    """Collects embedding batches of one contiguous run; every ``rows_per_shard`` rows become one
+    shard file, recorded in this rank's shard list right after (both atomic).
+    ``on_shard(rows_done, rows_total)`` follows each."""
+
+    def __init__(self, work: Work, rank: int, rows_per_shard: int, total: int, done: int, on_shard=None):
+        self.work, self.rank = work, rank
+        self.rows_per_shard, self.total, self.on_shard = rows_per_shard, total, on_shard
+        self.shards = work.shards_of(rank)
+        self.done = done
+        self.written = 0
+        self.start(0)
+
+    def start(self, position: int) -> None:
+        self.first = position
+        self.buffer: list[np.ndarray] = []
+        self.failed: dict[str, str] = {}
+
+    def add(self, block: np.ndarray, failed: dict[int, str]) -> None:
+        self.buffer.append(block)
+        self.failed.update({str(k): v for k, v in failed.items()})
+        if sum(len(b) for b in self.buffer) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        block = np.concatenate(self.buffer).astype(np.float32, copy=False)
+        name = f"shard-{self.first:010d}.npy"
+        atomic_write(self.work.shards / name, lambda f: np.save(f, block))
+        self.shards.append(Shard(name, self.first, len(block), self.failed))
+        atomic_write_text(self.work.rank_file(self.rank), json.dumps([asdict(s) for s in self.shards]))
+        self.written += len(block)
+        self.done += len(block)
+        self.start(self.first + len(block))
+        if self.on_shard is not None:
+            self.on_shard(self.done, self.total)

@@ -1,6 +1,6 @@
 """The FAISS index folder's files and their integrity: which files an index reads, what is wrong with
-them (sizes always, the hashes ``index.json`` records sampled or in full: :mod:`agman.retrieval.backends.faiss.integrity`),
-recording their hashes when the folder is written, and watching them under a running server.
+them (sizes always, the hashes ``index.json`` records sampled or in full:
+:mod:`agman.retrieval.backends.faiss.integrity`), recording their hashes when the folder is written, and watching them under a running server.
 """
 from __future__ import annotations
 

@@ -27,8 +27,7 @@ from agman.retrieval.backends.faiss.index import (
 from agman.retrieval.backends.faiss.layout import IndexLayout
 from agman.retrieval.info import CatalogIndexError, FaissFile, IndexBusyError, IndexInfo, now
 from agman.retrieval.items import Item, read_items
-from agman.retrieval.query import UnknownItemError
-from agman.retrieval.store import Blocks, Capabilities, Rows, readded
+from agman.retrieval.store import Blocks, Capabilities, Rows, deletion, readded
 
 
 class IndexWriteError(CatalogIndexError):
@@ -130,13 +129,8 @@ class FaissWriter:
             raise
 
     def delete(self, ids: Sequence[str]) -> int:
-        ids = list(dict.fromkeys(ids))
-        live = self.live_ids(ids)
-        missing = [i for i in ids if i not in live]
-        if missing:
-            raise UnknownItemError.of(missing, f"index {self.layout.root}", "nothing was deleted")
+        live = deletion(self, ids, f"index {self.layout.root}")
         self.info.deleted = sorted(set(self.info.deleted) | set(live.values()))
-        self.info.removed = sorted(set(self.info.removed) | set(live))  # `--add` does not bring them back
         self._write_info()
         return len(live)
 

@@ -10,9 +10,8 @@ import numpy as np
 from agman.retrieval.filters import Filter
 from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.items import Item
-from agman.retrieval.query import UnknownItemError
 from agman.retrieval.ranking import exact_scores, rank_order
-from agman.retrieval.store import Blocks, Capabilities, Rows, Selection, readded
+from agman.retrieval.store import Blocks, Capabilities, Rows, Selection, deletion, readded
 
 
 class MemoryStore:
@@ -136,14 +135,9 @@ class MemoryStore:
         self.info.removed = readded(self.info.removed, items)
 
     def delete(self, ids: Sequence[str]) -> int:
-        ids = list(dict.fromkeys(ids))
-        live = self.live_ids(ids)
-        missing = [i for i in ids if i not in live]
-        if missing:
-            raise UnknownItemError.of(missing, self.location, "nothing was deleted")
+        live = deletion(self, ids, self.location)
         self._live[list(live.values())] = False
         self.info.deleted = np.flatnonzero(~self._live).tolist()
-        self.info.removed = sorted(set(self.info.removed) | set(live))
         return len(live)
 
     def write_block(self, items, start, block, skipped, first_row) -> None:

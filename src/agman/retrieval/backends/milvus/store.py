@@ -48,7 +48,7 @@ from agman.retrieval.info import (
 from agman.retrieval.items import Item, resolve_path, stored_path
 from agman.retrieval.query import UnknownItemError
 from agman.retrieval.ranking import exact_scores
-from agman.retrieval.store import Blocks, Capabilities, Rows, Selection, readded
+from agman.retrieval.store import Blocks, Capabilities, Rows, Selection, deletion, readded
 
 
 def _utf8_len(text: str) -> int:
@@ -390,12 +390,7 @@ class MilvusStore:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove items; an unknown id is an :class:`UnknownItemError` (and nothing is removed)."""
-        ids = list(dict.fromkeys(ids))
-        live = self.live_ids(ids)
-        missing = [i for i in ids if i not in live]
-        if missing:
-            raise UnknownItemError.of(missing, self.location, "nothing was deleted")
-        self.info.removed = sorted(set(self.info.removed) | set(live))  # `--add` does not bring them back
+        live = deletion(self, ids, self.location)
         self.conn.set_properties(**{INFO_KEY: self.info.to_json()})
         self._delete_rows(list(live.values()))
         self.conn.call("flush", "flush", self.conn.name)
