@@ -201,9 +201,9 @@ class Retriever:
         """The image as the model sees it (short side resized, centre crop), for overlays."""
         return self.embedder.model_view(query_image(image))
 
-    def attentionquery_image(self, image: ImageLike, attribute: str | int, alpha: float = 0.5) -> Image.Image | None:
+    def attention_image(self, image: ImageLike, attribute: str | int, alpha: float = 0.5) -> Image.Image | None:
         """The attention heatmap over the model's view of the image (Fig. 7), or None without attention."""
-        return attention.attentionquery_image(self.embedder, query_image(image), self.attribute_index(attribute), alpha)
+        return attention.attention_image(self.embedder, query_image(image), self.attribute_index(attribute), alpha)
 
     def attention_beside_original(self, image: ImageLike, attribute: str | int, alpha: float = 0.5, *,
                                   boxes=(), tile_size: int | None = None) -> Image.Image | None:
@@ -247,7 +247,7 @@ class Retriever:
         """The ids of every searchable item: which catalog this index holds."""
         return frozenset(self.store.item(int(r)).id for r in self.store.rows())
 
-    def itemquery_image(self, item_id: str) -> Image.Image:
+    def item_image(self, item_id: str) -> Image.Image:
         return load_query_image(self.item(item_id).path)
 
     def item_vectors(self, row: int, store: VectorStore | None = None) -> np.ndarray:
