@@ -40,6 +40,11 @@ class Embedder:
         self._model = model.eval()
 
     @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory already."""
+        return self._model is not None
+
+    @property
     def model(self):
         """The model, loaded (and checked) on first use."""
         if self._model is None:

@@ -416,7 +416,7 @@ class Retriever:
         )
 
     def __repr__(self) -> str:
-        model = "loaded" if self._model is not None else "not loaded"
+        model = "loaded" if self.embedder.loaded else "not loaded"
         return (f"Retriever({self.store.location!r}: {len(self)} items, {self.store.config.kind} "
                 f"({'exact' if self.exact else 'approximate'}), {self.info.model_name} model {model}, "
                 f"attributes {', '.join(self.attributes)})")
