@@ -44,6 +44,7 @@ from agman.retrieval.info import CatalogIndexError, IndexConfig
 from agman.retrieval.items import Item
 from agman.retrieval.query import UnknownItemError
 from agman.retrieval.ranks import all_ranks_ok, broadcast_text, single_process
+from agman.retrieval.reindex import commit_reindexed
 from agman.retrieval.sources import ImageSet
 from agman.retrieval.store import CatalogWriter
 from agman.retrieval.work import Progress, ShardWriter, Work, batch_runs
@@ -413,7 +414,7 @@ def _commit(writer: CatalogWriter, work: Work, written: bool = False) -> int:
     if written:
         writer.finish(items, replaces, prog.first_row)
     else:
-        writer.commit(items, blocks, replaces, sorted(skipped), prog.first_row)
+        commit_reindexed(writer, items, blocks, replaces, sorted(skipped), prog.first_row)
     if skipped:
         _record_skipped(writer, work, items, skipped)
     work.clear()

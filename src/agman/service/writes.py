@@ -13,12 +13,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from starlette.concurrency import run_in_threadpool
 
 from agman.data.images import load_image
 from agman.retrieval.backends import open_writer
-from agman.retrieval.items import Item
+from agman.retrieval.reindex import changed_item, commit_reindexed
 from agman.service.json_body import parse_json
 from agman.service.state import ServiceState, get_state
 
@@ -37,19 +45,6 @@ class ItemChange(BaseModel):
     path: StrictStr | None = None
     labels: dict[StrictStr, StrictStr | None] | None = None
     metadata: dict[StrictStr, StrictStr | StrictBool | StrictInt | StrictFloat | None] | None = None
-
-
-def merged(old: dict, change: dict | None, kind: str, known) -> dict:
-    """``old`` with the keys ``change`` names set (``None``: removed); a key that is not one of
-    ``known`` is a 400 even when it is being removed."""
-    if change is None:
-        return dict(old)
-    unknown = [k for k in change if k not in known]
-    if unknown:
-        what = f"no metadata column {unknown[0]!r}" if kind == "metadata" else f"no attribute {unknown[0]!r}"
-        raise HTTPException(400, f"{what} in this catalog ({', '.join(known)})")
-    out = {**old, **change}
-    return {k: v for k, v in out.items() if v is not None}
 
 
 def _writable(state: ServiceState) -> None:
@@ -97,20 +92,13 @@ async def update_item(item_id: str, state: State, request: Request):
     old = retriever.item(item_id)  # 404 for an unknown id
     store = retriever.store
     path = old.path if change.path is None else _inside_root(change.path, store.catalog_root)
-    from agman.retrieval.catalog import CatalogSchema
-
-    schema = CatalogSchema.of(store.info)
-    labels = merged(old.labels, change.labels, "labels", schema.attribute_names)
-    metadata = merged(old.metadata, change.metadata, "metadata", [name for name, _ in schema.metadata])
-    item = schema.check_item(Item(item_id, path, labels, metadata))
+    item = changed_item(store.info, old, path, change.labels, change.metadata)
     picture = await run_in_threadpool(load_image, path)
     vectors = await state.batcher.embed(picture)
     row = retriever.row(item_id)
 
     def write(writer):
-        first = writer.reserve(1)
-        writer.commit([item], lambda: iter([vectors[None]]), [row], [], first)
-        return {"updated": 1, "row": first}
+        return {"updated": 1, "row": commit_reindexed(writer, [item], lambda: iter([vectors[None]]), [row])}
 
     done = await run_in_threadpool(_apply, state, write)
     return done | {"items": len(state.retriever)}
