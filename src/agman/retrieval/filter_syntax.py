@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 
 from agman.retrieval.filter_ast import (
+    MAX_DEPTH,
+    MAX_LENGTH,
     And,
     Compare,
     Expr,
@@ -13,8 +15,6 @@ from agman.retrieval.filter_ast import (
     In,
     IsNull,
     Literal,
-    MAX_DEPTH,
-    MAX_LENGTH,
     Not,
     Or,
 )

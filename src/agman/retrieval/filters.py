@@ -34,25 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agman.retrieval.filter_ast import (  # noqa: F401 - the language's tree, named here too
-    And,
-    Compare,
-    Expr,
-    FIELD_KINDS,
-    Field,
-    FilterError,
-    FilterFieldError,
-    FilterSyntaxError,
-    In,
-    IsNull,
-    Literal,
-    MAX_DEPTH,
-    MAX_LENGTH,
-    Not,
-    Or,
-    annotated,
-    both,
-)
+# the language's tree and errors are named here too: `from agman.retrieval.filters import And, FilterError`
+from agman.retrieval.filter_ast import FIELD_KINDS, MAX_DEPTH, MAX_LENGTH, Expr, Field, Literal  # noqa: F401
+from agman.retrieval.filter_ast import And, Compare, In, IsNull, Not, Or, annotated, both  # noqa: F401
+from agman.retrieval.filter_ast import FilterError, FilterFieldError, FilterSyntaxError  # noqa: F401
 from agman.retrieval.filter_syntax import parse
 
 
