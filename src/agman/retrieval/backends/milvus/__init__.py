@@ -17,6 +17,7 @@ from agman.retrieval.backends.milvus.client import (  # noqa: F401
     TOKEN_ENV,
     MilvusError,
     MilvusTarget,
+    is_milvus_uri,
 )
 
 
@@ -27,10 +28,7 @@ class MilvusBackend:
 
     def claims(self, location) -> bool:
         """A ``MilvusTarget``, a URL (``http://...``) or a Milvus Lite file (``*.db``)."""
-        if isinstance(location, MilvusTarget):
-            return True
-        text = str(location)
-        return "://" in text or text.endswith(".db")
+        return isinstance(location, MilvusTarget) or is_milvus_uri(location)
 
     def locate(self, location, *, collection: str | None = None, **connection) -> MilvusTarget:
         """``location`` as a :class:`MilvusTarget` with ``collection`` (default ``catalog``), the
