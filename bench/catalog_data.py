@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_ann import clustered_embeddings  # noqa: E402
 
 from agman.data.spec import Attribute  # noqa: E402
-from agman.retrieval.info import IndexConfig, IndexedCheckpoint, IndexInfo, IndexLayout  # noqa: E402
+from agman.retrieval.backends.faiss.layout import IndexLayout  # noqa: E402
+from agman.retrieval.info import IndexConfig, IndexedCheckpoint, IndexInfo  # noqa: E402
 from agman.retrieval.items import Item  # noqa: E402
 
 CATEGORIES = ["dress", "skirt", "coat", "shirt", "trousers"]
@@ -53,7 +54,7 @@ def blocks_of(vectors: np.ndarray, size: int = 10_000):
 
 def write_faiss(folder: Path, vectors: np.ndarray, items: list[Item], kind: str = "flat") -> float:
     """Write the catalog as an index folder; seconds taken."""
-    from agman.retrieval.faiss_writer import FaissWriter
+    from agman.retrieval.backends.faiss.writer import FaissWriter
 
     started = time.perf_counter()
     layout = IndexLayout(folder)
@@ -67,7 +68,7 @@ def write_faiss(folder: Path, vectors: np.ndarray, items: list[Item], kind: str 
 def write_milvus(target, vectors: np.ndarray, items: list[Item], batch: int = 10_000, report=print,
                  kind: str = "flat") -> float:
     """Write the catalog as a Milvus collection (index ``kind``) in commits of ``batch`` items; seconds taken."""
-    from agman.retrieval.milvus_store import MilvusStore
+    from agman.retrieval.backends.milvus.store import MilvusStore
 
     started = time.perf_counter()
     store = MilvusStore.create(target, info_for(vectors.shape[1], vectors.shape[2], kind))

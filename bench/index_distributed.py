@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--attributes", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
-    from agman.retrieval.faiss_store import FaissStore
+    from agman.retrieval.backends.faiss.store import FaissStore
 
     work = Path(tempfile.mkdtemp(prefix="dist-bench-"))
     try:

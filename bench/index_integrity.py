@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from agman.data.spec import Attribute
-from agman.retrieval.faiss_check import record_files
-from agman.retrieval.faiss_index import import_faiss, write_faiss
-from agman.retrieval.faiss_store import FaissStore
-from agman.retrieval.info import IndexConfig, IndexedCheckpoint, IndexInfo, IndexLayout
+from agman.retrieval.backends.faiss.check import record_files
+from agman.retrieval.backends.faiss.index import import_faiss, write_faiss
+from agman.retrieval.backends.faiss.layout import IndexLayout
+from agman.retrieval.backends.faiss.store import FaissStore
+from agman.retrieval.info import IndexConfig, IndexedCheckpoint, IndexInfo
 from agman.retrieval.items import Item, write_items
 
 

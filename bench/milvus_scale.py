@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from catalog_data import make_catalog, write_faiss, write_milvus  # noqa: E402
@@ -147,7 +145,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     import pymilvus
 
-    from agman.retrieval.milvus_client import MilvusTarget
+    from agman.retrieval.backends.milvus.client import MilvusTarget
 
     work = Path(args.work or tempfile.mkdtemp(prefix="milvus-scale-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     import milvus_lite
     import pymilvus
 
-    from agman.retrieval.milvus_client import MilvusTarget
+    from agman.retrieval.backends.milvus.client import MilvusTarget
 
     print(
         f"n={args.items:,} A={args.attributes} D={D} queries={args.queries}; python {platform.python_version()}, "

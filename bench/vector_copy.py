@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def measure(folder: Path, mmap: bool, queries: int) -> dict:
     """One process's figures for one way of holding the vectors."""
-    from agman.retrieval.faiss_store import FaissStore
+    from agman.retrieval.backends.faiss.store import FaissStore
 
     started = time.perf_counter()
     store = FaissStore(folder, verify="size", load=True, mmap=mmap)

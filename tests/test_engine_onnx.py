@@ -87,7 +87,7 @@ def test_identity_travels_in_the_metadata_and_another_checkpoints_export_is_refu
 
 
 def test_index_with_onnx_runtime_matches_the_pytorch_index_and_searches_alike(catalog, tmp_path, capsys):
-    from agman.retrieval.faiss_store import FaissStore
+    from agman.retrieval.backends.faiss.store import FaissStore
 
     _, root, spec = catalog
     ck = tiny_checkpoint(tmp_path / "c.pt", spec.attributes, seed=2)
@@ -113,7 +113,8 @@ def test_index_with_onnx_runtime_matches_the_pytorch_index_and_searches_alike(ca
 
 def test_serve_runtime_onnx_embeds_queries_with_onnx_runtime(catalog, tmp_path, capsys):
     from agman.cli.retrieval import runtime_model
-    from agman.retrieval.search import Retriever, open_store
+    from agman.retrieval.backends import open_store
+    from agman.retrieval.search import Retriever
 
     _, root, spec = catalog
     ck = tiny_checkpoint(tmp_path / "s.pt", spec.attributes, seed=3)

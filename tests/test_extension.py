@@ -21,11 +21,17 @@ from agman.engine.evaluate import evaluate_embeddings
 from agman.engine.extend import extend
 from agman.engine.train import train
 from agman.errors import InvalidValueError
-from agman.models.extension import ExtendedModel, ExtensionError, NewAttributes, attribute_identities
+from agman.models.extension import (
+    ExtendedModel,
+    ExtensionError,
+    NewAttributes,
+    attribute_identities,
+)
 from agman.models.registry import build_model
+from agman.retrieval.backends import extend_index
+from agman.retrieval.backends.faiss.layout import IndexLayout
 from agman.retrieval.build import build_index
-from agman.retrieval.extend import extend_index
-from agman.retrieval.info import IndexInfo, IndexLayout, IndexMismatchError
+from agman.retrieval.info import IndexInfo, IndexMismatchError
 from agman.retrieval.search import Retriever
 from agman.retrieval.imagesets import from_split
 

@@ -192,7 +192,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_counts_what_it_commits(catalog, c
     import os
     import shutil
 
-    from agman.retrieval import faiss_writer
+    from agman.retrieval.backends.faiss import writer as faiss_writer
 
     tmp, _spec, ck_a, _, out = catalog
     index = shutil.copytree(out, tmp_path / "index")

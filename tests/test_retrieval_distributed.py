@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from test_retrieval_index import tiny_checkpoint, tiny_dataset
 
 from agman.data.layouts import open_dataset
+from agman.retrieval.backends.faiss.store import FaissStore
 from agman.retrieval.build import batch_runs, build_index
-from agman.retrieval.faiss_store import FaissStore
 from agman.retrieval.imagesets import from_split
 
 
@@ -32,7 +32,7 @@ def _worker(rank: int, world: int, port: int, ds: str, ckpt: str, out, fail_rank
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from agman.engine.distributed import cleanup, init_distributed
-    from agman.retrieval.milvus_store import MilvusStore
+    from agman.retrieval.backends.milvus.store import MilvusStore
 
     ctx = init_distributed("cpu")
     seen, written = [], []
@@ -125,7 +125,7 @@ def test_batches_are_shared_out_in_contiguous_runs():
 # --------------------------------------------------------------------------- into a Milvus server
 def milvus_contents(target) -> tuple[list, list[np.ndarray]]:
     """Every stored (row, id, path, labels) and each attribute's vectors in row order."""
-    from agman.retrieval.milvus_store import MilvusStore
+    from agman.retrieval.backends.milvus.store import MilvusStore
 
     store = MilvusStore.open(target)
     try:
@@ -139,7 +139,7 @@ def milvus_contents(target) -> tuple[list, list[np.ndarray]]:
 @pytest.fixture(scope="module")
 def milvus_one(catalog, milvus_server, tmp_path_factory):
     """The one-process index of the catalog in a collection of the real server."""
-    from agman.retrieval.milvus_client import MilvusTarget
+    from agman.retrieval.backends.milvus.client import MilvusTarget
 
     ds, ckpt, _ = catalog
     target = MilvusTarget(milvus_server.uri, "dist_one")
@@ -151,7 +151,7 @@ def milvus_one(catalog, milvus_server, tmp_path_factory):
 def test_two_ranks_upsert_their_own_shards_into_a_milvus_server(catalog, milvus_server, milvus_one, tmp_path):
     """`torchrun --nproc_per_node=2 agman index --backend milvus --uri http://...`: each rank writes the
     shards it embedded (rank 0 receives no vector of rank 1) and the collection equals the one-process one."""
-    from agman.retrieval.milvus_client import MilvusTarget
+    from agman.retrieval.backends.milvus.client import MilvusTarget
 
     ds, ckpt, _ = catalog
     target = MilvusTarget(milvus_server.uri, "dist_two")
@@ -168,7 +168,7 @@ def test_two_ranks_upsert_their_own_shards_into_a_milvus_server(catalog, milvus_
 def test_a_rank_that_fails_while_writing_is_resumed_without_rewriting_what_was_written(
     catalog, milvus_server, milvus_one, tmp_path
 ):
-    from agman.retrieval.milvus_client import MilvusTarget
+    from agman.retrieval.backends.milvus.client import MilvusTarget
 
     ds, ckpt, _ = catalog
     target, work = MilvusTarget(milvus_server.uri, "dist_resume"), tmp_path / "work"

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agman.errors import UsageError
-from agman.retrieval.filters import (
+from agman.retrieval.backends.milvus.expression import to_milvus
+from agman.retrieval.filter_ast import (
     MAX_DEPTH,
     And,
-    Column,
     Compare,
     Field,
     FilterError,
@@ -25,11 +25,8 @@ from agman.retrieval.filters import (
     Not,
     Or,
     annotated,
-    compile_filter,
-    evaluate,
-    parse,
-    to_milvus,
 )
+from agman.retrieval.filters import Column, compile_filter, evaluate, parse
 
 FIELDS = {
     "category": Field("category", "string"),

@@ -16,9 +16,9 @@ from conftest import make_asen, make_csv, write_image
 from agman.data.layouts import open_dataset
 from agman.engine.checkpoint import save_checkpoint
 from agman.models import build_model
+from agman.retrieval.backends.faiss.index import auto_nlist, auto_pq_m, factory_string
+from agman.retrieval.backends.faiss.store import FaissStore
 from agman.retrieval.build import build_index
-from agman.retrieval.faiss_index import auto_nlist, auto_pq_m, factory_string
-from agman.retrieval.faiss_store import FaissStore
 from agman.retrieval.filters import Filter, annotated
 from agman.retrieval.info import (
     INDEX_TYPES,

@@ -11,16 +11,16 @@ import pytest
 from test_retrieval_index import build_tiny_index
 
 from agman.cli import main
-from agman.retrieval.build import build_index
-from agman.retrieval.faiss_store import FaissStore
-from agman.retrieval.info import CatalogIndexError
-from agman.retrieval.integrity import (
+from agman.retrieval.backends.faiss.integrity import (
     SAMPLE_BLOCK,
     SAMPLE_BLOCKS,
     IndexDamagedError,
     check_file,
     record_file,
 )
+from agman.retrieval.backends.faiss.store import FaissStore
+from agman.retrieval.build import build_index
+from agman.retrieval.info import CatalogIndexError
 from agman.retrieval.imagesets import from_split
 
 
@@ -114,7 +114,7 @@ def test_full_verification_finds_a_changed_float(index):
 def test_an_index_without_recorded_hashes_opens_with_sizes_checked_and_add_records_them(built, index, caplog):
     spec, ckpt, _ = built
     edit_json(index / "index.json", lambda m: {k: v for k, v in m.items() if k != "files"})
-    with caplog.at_level(logging.WARNING, logger="agman.retrieval.faiss_store"):
+    with caplog.at_level(logging.WARNING, logger="agman.retrieval.backends.faiss.store"):
         store = FaissStore(index)
     assert len(store) == 30 and "records no file hashes" in caplog.text
     truncate(index / "vectors/attr-00.f32", 1000)  # sizes are still checked
@@ -236,7 +236,7 @@ def test_a_flat_index_records_and_checks_its_vector_files_only(tmp_path):
 SEARCH_AFTER_TRUNCATION = """
 import sys
 import numpy as np
-from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.backends.faiss.store import FaissStore
 from agman.retrieval.info import CatalogIndexError
 from agman.retrieval.ranking import rank
 store = FaissStore(sys.argv[1], load=True)

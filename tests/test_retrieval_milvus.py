@@ -22,19 +22,28 @@ from test_retrieval_index import tiny_checkpoint
 
 from agman.data.layouts import open_dataset
 from agman.errors import InvalidValueError, NotFoundError
+from agman.retrieval.backends import open_writer
 from agman.retrieval.build import build_index
 from agman.retrieval.filters import FilterFieldError, FilterSyntaxError
-from agman.retrieval.info import CatalogIndexError, IndexExistsError, IndexMismatchError, IndexNotFoundError
+from agman.retrieval.info import (
+    CatalogIndexError,
+    IndexExistsError,
+    IndexMismatchError,
+    IndexNotFoundError,
+)
 from agman.retrieval.query import QueryError, UnknownItemError
 from agman.retrieval.ranking import rank
 from agman.retrieval.search import Retriever
 from agman.retrieval.imagesets import ImageSet, from_split
-from agman.retrieval.targets import open_writer
 
 pytest.importorskip("pymilvus")
 
-from agman.retrieval.milvus_client import MilvusError, MilvusTarget, MilvusUnreachableError  # noqa: E402
-from agman.retrieval.milvus_store import MilvusStore  # noqa: E402
+from agman.retrieval.backends.milvus.client import (  # noqa: E402
+    MilvusError,
+    MilvusTarget,
+    MilvusUnreachableError,
+)
+from agman.retrieval.backends.milvus.store import MilvusStore  # noqa: E402
 
 META = {"price": "number", "category": "string", "in_stock": "bool"}
 CATEGORIES = ["dress", 'say "hi"', "it's", "back\\slash", "ünï"]
@@ -72,16 +81,22 @@ class Milvus:
     uri: str | None = None  # the server's
     token: str | None = None
 
-    def target(self, folder: Path, name: str) -> MilvusTarget:
-        """A fresh collection: ``folder/name.db`` on Lite, a uniquely named collection on the server."""
+    def target(self, folder: Path, name: str) -> MilvusTarget | str:
+        """A fresh collection: ``folder/name.db`` on Lite, a uniquely named collection on the server;
+        a fresh ``memory://`` catalog for the in-memory backend."""
+        if self.kind == "memory":
+            return f"memory://{name}-{uuid.uuid4().hex[:8]}"
         if self.kind == "lite":
             return MilvusTarget(str(folder / f"{name}.db"))
         return MilvusTarget(self.uri, f"{name}_{next(_names)}_{uuid.uuid4().hex[:8]}", token=self.token)
 
 
-@pytest.fixture(scope="module", params=["lite", "server"])
+@pytest.fixture(scope="module", params=["lite", "server", "memory"])
 def milvus_kind(request) -> Milvus:
-    """Milvus Lite (the embedded file) and a Milvus 2.3 standalone server."""
+    """The backends compared with a FAISS folder: Milvus Lite (the embedded file), a Milvus 2.3
+    standalone server, and the in-memory backend (``memory://``, retrieval/backends/memory)."""
+    if request.param == "memory":
+        return Milvus("memory")
     if request.param == "lite":
         pytest.importorskip("milvus_lite")
         return Milvus("lite")
@@ -102,6 +117,12 @@ def built(tmp_path_factory, milvus_kind):
     milvus = Retriever.open(target)
     yield tmp, spec, ckpt, faiss, milvus, milvus_kind
     milvus.store.close()
+
+
+def only_milvus(kind: Milvus) -> None:
+    """Skip a test of Milvus itself (its client, its collections) on the in-memory backend."""
+    if kind.kind == "memory":
+        pytest.skip("a test of Milvus itself")
 
 
 @pytest.fixture(autouse=True)
@@ -247,11 +268,12 @@ def test_round_trips_add_update_delete_on_both_backends(built, tmp_path):
     # #19.16: a delete sticks: --add of a source that still holds them leaves them out (tombstones
     # in the index's description, on both backends); include_deleted adds them back as fresh rows
     def tombstones():
+        from agman.retrieval.backends.milvus.client import INFO_KEY
         from agman.retrieval.info import IndexInfo
-        from agman.retrieval.milvus_client import INFO_KEY
 
-        milvus = r["milvus"].store.conn.properties()[INFO_KEY]
-        return IndexInfo.read(paths["faiss"] / "index.json").removed, IndexInfo.parse(milvus, "milvus").removed
+        store = r["milvus"].store
+        other = store.info if kind.kind == "memory" else IndexInfo.parse(store.conn.properties()[INFO_KEY], "milvus")
+        return IndexInfo.read(paths["faiss"] / "index.json").removed, other.removed
 
     assert tombstones() == (sorted(top), sorted(top))
     for out in paths.values():
@@ -271,6 +293,7 @@ def test_round_trips_add_update_delete_on_both_backends(built, tmp_path):
 
 def test_an_interrupted_milvus_commit_is_completed_by_running_it_again(built, tmp_path, monkeypatch):
     _, spec, ckpt, faiss, _, kind = built
+    only_milvus(kind)
     uri = kind.target(tmp_path, "crash")
     calls = []
     real = MilvusStore._upsert
@@ -294,6 +317,7 @@ def test_an_interrupted_milvus_commit_is_completed_by_running_it_again(built, tm
 
 def test_collections_of_another_checkpoint_and_foreign_ones_are_refused(built, tmp_path):
     tmp, spec, ckpt, _, milvus, kind = built
+    only_milvus(kind)
     other = tiny_checkpoint(tmp_path / "other.pt", spec.attributes, seed=1)
     uri = kind.target(tmp_path, "id")
     build_index(uri, catalog(spec, range(3)), ckpt)
@@ -419,7 +443,7 @@ def test_milvus_lite_listens_on_a_private_unix_socket_not_a_tcp_port(tmp_path):
     import os
     import stat
 
-    from agman.retrieval.milvus_lite import LOOPBACK, lite_uri
+    from agman.retrieval.backends.milvus.lite import LOOPBACK, lite_uri
 
     before = listening_tcp_sockets()
     path = str(tmp_path / "private.db")

@@ -33,8 +33,8 @@ from agman.retrieval.imagesets import from_split
 
 pytest.importorskip("pymilvus")
 
-from agman.retrieval.milvus_client import MilvusTarget  # noqa: E402
-from agman.retrieval.milvus_store import MilvusStore  # noqa: E402
+from agman.retrieval.backends.milvus.client import MilvusTarget  # noqa: E402
+from agman.retrieval.backends.milvus.store import MilvusStore  # noqa: E402
 
 N_TEST = 48
 

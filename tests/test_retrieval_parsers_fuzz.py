@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_retrieval_index import build_tiny_index
 
-from agman.retrieval.faiss_store import FaissStore
+from agman.retrieval.backends.faiss.store import FaissStore
 from agman.retrieval.info import CatalogIndexError, IndexInfo
 from agman.retrieval.items import Item, read_items
 

@@ -11,8 +11,8 @@ from PIL import Image
 from test_retrieval_index import INPUT_SIZE, build_tiny_index, tiny_checkpoint
 
 from agman.data.layouts import open_dataset
+from agman.retrieval.backends.faiss.store import FaissStore
 from agman.retrieval.build import build_index
-from agman.retrieval.faiss_store import FaissStore
 from agman.retrieval.info import IndexConfig, IndexMismatchError
 from agman.retrieval.query import AttributeWeights
 from agman.retrieval.ranking import exact_scores, rank_order

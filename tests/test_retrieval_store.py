@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from test_retrieval_index import build_tiny_index
 
+from agman.retrieval.backends.faiss.store import FaissStore
 from agman.retrieval.catalog import CatalogSchema
-from agman.retrieval.faiss_store import FaissStore
 from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.items import Item
 from agman.retrieval.ranking import exact_scores, rank_order
 from agman.retrieval.search import Retriever
-from agman.retrieval.store import Selection, VectorStore
+from agman.retrieval.store import Capabilities, Selection, VectorStore
 
 
 class MemoryStore:
@@ -24,6 +24,8 @@ class MemoryStore:
 
     in_memory = False
     shortlist_limit = 10**9
+    catalog_root = None
+    capabilities = Capabilities()
 
     def __init__(self, info: IndexInfo, items: list[Item], vectors: np.ndarray, config: IndexConfig, live=None):
         self.info, self.items, self._vectors, self.config = info, items, vectors, config
@@ -74,6 +76,12 @@ class MemoryStore:
 
     def reopened(self):
         return None
+
+    def health(self):
+        return None
+
+    def close(self):
+        pass
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import sys
 from agman.errors import AgmanError, UsageError
 
 # Sub-command modules, in the order they are listed by --help.
-COMMAND_MODULES = ("data", "models", "train", "demo", "retrieval", "serve", "import_export")
+COMMAND_MODULES = ("data", "models", "train", "demo", "index", "search", "attention", "compare", "serve",
+                   "import_export")
 
 
 class CLIError(UsageError):

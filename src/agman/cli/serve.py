@@ -17,16 +17,6 @@ def port_number(text: str) -> int:
     return value
 
 
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def register(subparsers) -> None:
     from agman.cli.retrieval import (
         add_index_location,
@@ -36,7 +26,6 @@ def register(subparsers) -> None:
         add_verify_option,
         positive_int,
     )
-    from agman.service.limits import LOG_LEVELS, SERVE_OPTIONS, ServiceLimits
 
     p = subparsers.add_parser(
         "serve",
@@ -68,18 +57,7 @@ def register(subparsers) -> None:
                          help="allow --writable over a Milvus Lite file: its database server (a unix socket in a "
                          "private folder) answers any process of this user without the token")
     add_search_tuning(p)
-    logs = p.add_argument_group("logging")
-    logs.add_argument("--access-log", action="store_true",
-                      help="log one line per request (client, method, path, status) to stderr (default: off)")
-    logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
-                      help="uvicorn's and agman's log level (default warning); --access-log shows its lines "
-                      "at any level")
-    limits = p.add_argument_group("limits (docs/retrieval.md, Limits and security)")
-    defaults = ServiceLimits()
-    for option, name, unit, what in SERVE_OPTIONS:
-        default = getattr(defaults, name) / unit
-        limits.add_argument(option, dest=name, type=positive_number, default=default, metavar="N",
-                            help=f"{what} (default {default:g})")
+    _add_logs_and_limits(p)
     guard = p.add_argument_group("serving beyond localhost")
     guard.add_argument("--token", default=None,
                        help=f"bearer token every HTTP request must carry (default: ${TOKEN_ENV}, which keeps it out "
@@ -97,14 +75,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_serve)
 
 
+def _add_logs_and_limits(p: argparse.ArgumentParser) -> None:
+    """The logging options and one option per service limit (``SERVE_OPTIONS``)."""
+    from agman.cli.retrieval import positive_number
+    from agman.service.limits import LOG_LEVELS, SERVE_OPTIONS, ServiceLimits
+
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--access-log", action="store_true",
+                      help="log one line per request (client, method, path, status) to stderr (default: off)")
+    logs.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                      help="uvicorn's and agman's log level (default warning); --access-log shows its lines "
+                      "at any level")
+    limits = p.add_argument_group("limits (docs/retrieval.md, Limits and security)")
+    defaults = ServiceLimits()
+    for option, name, unit, what in SERVE_OPTIONS:
+        default = getattr(defaults, name) / unit
+        limits.add_argument(option, dest=name, type=positive_number, default=default, metavar="N",
+                            help=f"{what} (default {default:g})")
+
+
 def check_lite_writable(args: argparse.Namespace) -> None:
     """Refuse ``--writable`` over a Milvus Lite file unless ``--insecure-lite-writable``: whatever
     the token says, the catalog can be changed through Milvus Lite's own server."""
     from agman.cli import CLIError
-    from agman.retrieval.milvus_client import is_milvus_uri
+    from agman.retrieval.backends import unguarded_writes
 
-    lite = is_milvus_uri(args.index) and "://" not in str(args.index)
-    if lite and args.writable and not args.insecure_lite_writable:
+    if args.writable and unguarded_writes(args.index) and not args.insecure_lite_writable:
         raise CLIError(
             f"--writable over the Milvus Lite file {args.index}: Milvus Lite's database server has no authentication "
             "(agman puts it on a unix socket in a private folder, so processes of this user can reach it), so "
@@ -118,7 +114,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from agman.cli.retrieval import open_retriever
     from agman.service.app import create_app
     from agman.service.limits import SERVE_OPTIONS, ServiceLimits
-    from agman.service.server import check_exposure, default_allowed_hosts, listen, serve
+    from agman.service.server import (
+        check_exposure,
+        default_allowed_hosts,
+        listen,
+        serve,
+    )
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     check_exposure(args.host, token, args.insecure_no_token)

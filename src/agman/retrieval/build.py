@@ -1,8 +1,9 @@
 """Building an index: plan the items, embed them in resumable shards (on one process or sharded
 across ``torchrun`` ranks), commit them to the store.
 
-:func:`build_index` runs three steps, for every backend (:mod:`agman.retrieval.targets` opens
-the FAISS folder or the Milvus collection behind a :class:`~agman.retrieval.store.CatalogWriter`):
+:func:`build_index` runs three steps, for every backend (the registry,
+:mod:`agman.retrieval.backends`, opens the FAISS folder or the Milvus collection behind a
+:class:`~agman.retrieval.store.CatalogWriter`):
 
 1. **plan** (rank 0, :func:`plan_items`): the items of the source to write — new ones (same id or
    same file as a stored item = already there; an id reused for another file is an error), or with
@@ -25,25 +26,28 @@ A run with a checkpoint whose weight identity differs from the index's is refuse
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agman.errors import InvalidValueError
-from agman.fileio import atomic_write, atomic_write_json, atomic_write_text
-from agman.retrieval.info import CatalogIndexError, IndexConfig, IndexLayout
-from agman.retrieval.items import Item, parse_item
+from agman.fileio import atomic_write_text
+from agman.retrieval.backends import open_for_build, open_writer, parallel_writes
+from agman.retrieval.embedder import Embedder
+from agman.retrieval.info import CatalogIndexError, IndexConfig
+from agman.retrieval.items import Item
 from agman.retrieval.query import UnknownItemError
+from agman.retrieval.ranks import all_ranks_ok, broadcast_text, single_process
+from agman.retrieval.reindex import commit_reindexed
 from agman.retrieval.imagesets import ImageSet
 from agman.retrieval.store import CatalogWriter
+from agman.retrieval.work import Progress, ShardWriter, Work, batch_runs
 
 log = logging.getLogger(__name__)
 
@@ -72,105 +76,6 @@ class BuildSummary:
     def images_per_second(self) -> float:
         """Images embedded per second of embedding (model loading and FAISS building excluded)."""
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
-
-
-@dataclass
-class Shard:
-    """Embeddings ``[count, A, D]`` of plan positions ``start .. start + count`` in ``shards/<file>``;
-    ``failed``: positions whose image could not be read, with the reason."""
-
-    file: str
-    start: int
-    count: int
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Progress:
-    """``progress.json``: the plan's size, the batch grid it is embedded on, and (once the commit
-    began) the first row it was given."""
-
-    planned: int
-    batch_size: int
-    shard_rows: int
-    first_row: int | None = None
-
-    @classmethod
-    def read(cls, path: Path) -> Progress:
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            return cls(int(d["planned"]), int(d["batch_size"]), int(d["shard_rows"]), d.get("first_row"))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CatalogIndexError(
-                f"{path}: unreadable build progress ({exc}; written by another agman version?); remove it and the "
-                "shards/ folder beside it to embed the planned images again"
-            ) from None
-
-    def write(self, path: Path) -> None:
-        atomic_write_json(path, asdict(self))
-
-
-class Work:
-    """The work folder of a build: ``progress.json``, ``shards/plan.jsonl``, ``shards/rank-NNN.json``
-    and the shard files (inside the index folder for FAISS; beside the Milvus Lite file, or named
-    by ``work``, for Milvus)."""
-
-    def __init__(self, folder: Path):
-        self.layout = IndexLayout(folder)
-        self.progress_path = self.layout.progress
-        self.shards = self.layout.shards
-        self.plan_path = self.shards / "plan.jsonl"
-
-    @property
-    def unfinished(self) -> bool:
-        return self.progress_path.is_file()
-
-    def write_plan(self, items: list[Item], replaces: list[int | None], progress: Progress) -> None:
-        self.shards.mkdir(parents=True, exist_ok=True)
-
-        def lines(f):
-            for item, row in zip(items, replaces):
-                record = json.loads(item.to_json())
-                record["replaces"] = row
-                f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-
-        atomic_write(self.plan_path, lines)
-        progress.write(self.progress_path)
-
-    def read_plan(self) -> tuple[list[Item], list[int | None]]:
-        items, replaces = [], []
-        with self.plan_path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                try:
-                    items.append(parse_item(line))
-                    replaces.append(json.loads(line).get("replaces"))
-                except ValueError as exc:
-                    raise CatalogIndexError(f"{self.plan_path}, line {lineno}: {exc}") from None
-        return items, replaces
-
-    def rank_file(self, rank: int) -> Path:
-        return self.shards / f"rank-{rank:03d}.json"
-
-    def shards_of(self, rank: int) -> list[Shard]:
-        path = self.rank_file(rank)
-        if not path.is_file():
-            return []
-        try:
-            return [Shard(**s) for s in json.loads(path.read_text(encoding="utf-8"))]
-        except (ValueError, TypeError) as exc:
-            raise CatalogIndexError(f"{path}: unreadable shard list ({exc}); remove it to embed its shards again")
-
-    def all_shards(self) -> list[Shard]:
-        shards = []
-        for path in sorted(self.shards.glob("rank-*.json")):
-            shards += self.shards_of(int(path.stem.split("-")[1]))
-        return sorted(shards, key=lambda s: s.start)
-
-    def clear(self) -> None:
-        self.progress_path.unlink(missing_ok=True)
-        shutil.rmtree(self.shards, ignore_errors=True)
-        with contextlib.suppress(OSError):  # a Milvus build's own folder, now empty (an index folder is not)
-            self.layout.root.rmdir()
 
 
 def plan_items(
@@ -221,59 +126,6 @@ def plan_items(
     return items, replaces, there, gone
 
 
-def batch_runs(todo: list[int], world: int, rank: int) -> list[tuple[int, int]]:
-    """This rank's share of the batches ``todo`` (ascending batch numbers): a contiguous slice of
-    them, as runs ``(first batch, end batch)``."""
-    lo, hi = len(todo) * rank // world, len(todo) * (rank + 1) // world
-    mine = todo[lo:hi]
-    runs: list[tuple[int, int]] = []
-    for b in mine:
-        if runs and runs[-1][1] == b:
-            runs[-1] = (runs[-1][0], b + 1)
-        else:
-            runs.append((b, b + 1))
-    return runs
-
-
-class ShardWriter:
-    """Collects embedding batches of one contiguous run; every ``rows_per_shard`` rows become one
-    shard file, recorded in this rank's shard list right after (both atomic).
-    ``on_shard(rows_done, rows_total)`` follows each."""
-
-    def __init__(self, work: Work, rank: int, rows_per_shard: int, total: int, done: int, on_shard=None):
-        self.work, self.rank = work, rank
-        self.rows_per_shard, self.total, self.on_shard = rows_per_shard, total, on_shard
-        self.shards = work.shards_of(rank)
-        self.done = done
-        self.written = 0
-        self.start(0)
-
-    def start(self, position: int) -> None:
-        self.first = position
-        self.buffer: list[np.ndarray] = []
-        self.failed: dict[str, str] = {}
-
-    def add(self, block: np.ndarray, failed: dict[int, str]) -> None:
-        self.buffer.append(block)
-        self.failed.update({str(k): v for k, v in failed.items()})
-        if sum(len(b) for b in self.buffer) >= self.rows_per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        block = np.concatenate(self.buffer).astype(np.float32, copy=False)
-        name = f"shard-{self.first:010d}.npy"
-        atomic_write(self.work.shards / name, lambda f: np.save(f, block))
-        self.shards.append(Shard(name, self.first, len(block), self.failed))
-        atomic_write_text(self.work.rank_file(self.rank), json.dumps([asdict(s) for s in self.shards]))
-        self.written += len(block)
-        self.done += len(block)
-        self.start(self.first + len(block))
-        if self.on_shard is not None:
-            self.on_shard(self.done, self.total)
-
-
 def build_index(
     out,
     images: ImageSet | None,
@@ -311,18 +163,12 @@ def build_index(
     every rank embeds its share, rank 0 plans and commits.  ``on_shard(rows_done, rows_total)`` is
     called after each shard is safely on disk.
     """
-    from agman.retrieval.targets import open_for_build
-
     started = time.perf_counter()
     if on_error not in ON_ERROR:
         raise InvalidValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-    ctx = distributed or _single_process()
+    ctx = distributed or single_process()
     if model is None or info is None:
-        if checkpoint is None:
-            raise ValueError("build_index needs a checkpoint path or a loaded model with its CheckpointInfo")
-        from agman.engine.checkpoint import load_model
-
-        model, info = load_model(checkpoint, device=device if ctx.world_size == 1 else ctx.device)
+        model, info = _load(checkpoint, device if ctx.world_size == 1 else ctx.device)
     meta = images.metadata_types if images is not None else {}
     catalog_root = root if root is not None else (images.root if images is not None else None)
 
@@ -339,43 +185,21 @@ def build_index(
         except BaseException as exc:  # every rank must hear that the plan failed, not wait for it
             plan_error = exc
     try:
-        if ctx.enabled:  # rank 0 tells the others whether it planned, and where the work folder is
-            folder = _broadcast_text("" if plan_error is not None or work is None else str(work.layout.root), ctx)
-            if plan_error is not None:
-                raise plan_error
-            if not folder:
-                raise CatalogIndexError("rank 0 could not plan the build (its error is in its output)")
-            work = work or Work(Path(folder))
-        elif plan_error is not None:
-            raise plan_error
-
+        work = _work_of_every_rank(work, plan_error, ctx)
         embedded, embed_seconds, failure = 0, 0.0, None
         try:
             if work.unfinished:
                 embedded, embed_seconds = _embed(work, model, info, ctx, workers, device, progress, on_shard, on_error)
         except Exception as exc:  # the other ranks must not wait for this one at the commit
             failure = exc
-        if not _all_ranks_ok(failure is None, ctx):
+        if not all_ranks_ok(failure is None, ctx):
             raise failure or CatalogIndexError(
                 "another process of this torchrun failed while embedding (its error is in its output); the shards "
                 "written so far are kept: rerun the same command to continue"
             )
         summary = BuildSummary(Path(str(out)), 0, counts["added"], counts["there"], counts["resumed"], embedded,
                                0.0, "", embed_seconds, counts["updated"], deleted_skipped=counts["gone"])
-        parallel = ctx.enabled and work.unfinished and _milvus_server(out) is not None
-        if parallel:  # every rank upserts its own shards; rank 0 then only commits the description
-            _write_in_parallel(out, writer, work, ctx)
-        if ctx.is_main:
-            try:
-                if work.unfinished:
-                    summary.unreadable = _commit(writer, work, written=parallel)
-                summary.count = writer.searchable()
-                summary.index_type = writer.info.config.kind
-                summary.location = writer.location
-            except Exception as exc:
-                failure = exc
-        if not _all_ranks_ok(failure is None, ctx):
-            raise failure or CatalogIndexError("rank 0 could not commit the index (its error is in its output)")
+        _store(out, writer, work, ctx, summary)
     finally:
         if writer is not None:
             writer.close()
@@ -383,30 +207,49 @@ def build_index(
     return summary
 
 
-def _single_process():
-    from agman.engine.distributed import DistributedContext
+def _load(checkpoint, device: str):
+    """``(model, CheckpointInfo)`` of the checkpoint a build embeds with."""
+    if checkpoint is None:
+        raise ValueError("build_index needs a checkpoint path or a loaded model with its CheckpointInfo")
+    from agman.engine.checkpoint import load_model
 
-    return DistributedContext()
-
-
-def _all_ranks_ok(ok: bool, ctx) -> bool:
-    """Whether every rank is ``ok`` (a collective: every rank calls it)."""
-    if not ctx.enabled:
-        return ok
-    import torch
-    import torch.distributed as dist
-
-    flag = torch.tensor([1 if ok else 0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return load_model(checkpoint, device=device)
 
 
-def _broadcast_text(text: str, ctx) -> str:
-    import torch.distributed as dist
+def _work_of_every_rank(work: Work | None, plan_error: BaseException | None, ctx) -> Work:
+    """Rank 0's work folder on every rank: rank 0 tells the others whether it planned and where the
+    folder is; a failed plan is raised on every rank."""
+    if ctx.enabled:
+        folder = broadcast_text("" if plan_error is not None or work is None else str(work.root), ctx)
+        if plan_error is not None:
+            raise plan_error
+        if not folder:
+            raise CatalogIndexError("rank 0 could not plan the build (its error is in its output)")
+        return work or Work(Path(folder))
+    if plan_error is not None:
+        raise plan_error
+    return work
 
-    box = [text]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+
+def _store(out, writer: CatalogWriter | None, work: Work, ctx, summary: BuildSummary) -> None:
+    """Every rank: the embedded shards into the index — upserted by every rank where the backend
+    takes parallel writes (rank 0 then only commits the description), else committed by rank 0;
+    ``summary`` gets the index's count, type and location."""
+    failure = None
+    parallel = ctx.enabled and work.unfinished and parallel_writes(out)
+    if parallel:
+        _write_in_parallel(out, writer, work, ctx)
+    if ctx.is_main:
+        try:
+            if work.unfinished:
+                summary.unreadable = _commit(writer, work, written=parallel)
+            summary.count = writer.searchable()
+            summary.index_type = writer.info.config.kind
+            summary.location = writer.location
+        except Exception as exc:
+            failure = exc
+    if not all_ranks_ok(failure is None, ctx):
+        raise failure or CatalogIndexError("rank 0 could not commit the index (its error is in its output)")
 
 
 def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, update, batch_size, shard_size,
@@ -447,8 +290,6 @@ def _plan(writer: CatalogWriter, work: Work, images: ImageSet | None, *, add, up
 
 def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on_error) -> tuple[int, float]:
     """Every rank: embed this rank's share of the batches no shard holds yet."""
-    from agman.engine.embed import iter_embeddings
-
     started = time.perf_counter()
     prog = Progress.read(work.progress_path)
     if prog.first_row is not None:
@@ -463,6 +304,7 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
     runs = batch_runs(todo, ctx.world_size, ctx.rank)
     done = int(covered.sum())
     writer = ShardWriter(work, ctx.rank, prog.shard_rows, prog.planned, done, on_shard)
+    embedder = Embedder(info.path, info.input_size, info.crop_ratio, model=model, info=info)
     expected = (len(info.attributes), int(model.embedding_dim))
     paths = [it.path for it in items]
     for first, end in runs:
@@ -470,10 +312,9 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
         writer.flush()
         writer.start(lo)
         failures: dict[int, str] | None = {} if on_error == "skip" else None
-        for pos, emb in iter_embeddings(
-            model, paths[:hi], None, input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=b,
-            device=ctx.device if ctx.enabled else device, workers=workers, start=lo,
-            progress=progress and ctx.is_main, failures=failures,
+        for pos, emb in embedder.embed_files(
+            paths[:hi], batch_size=b, start=lo, workers=workers, progress=progress and ctx.is_main,
+            failures=failures, device=ctx.device if ctx.enabled else device,
         ):
             if emb.shape[1:] != expected:
                 raise CatalogIndexError(f"model returned embeddings {emb.shape[1:]}, expected {expected}")
@@ -492,16 +333,6 @@ def _embed(work: Work, model, info, ctx, workers, device, progress, on_shard, on
     return writer.written, time.perf_counter() - started
 
 
-def _milvus_server(out):
-    """The ``MilvusTarget`` of ``out`` when it is a Milvus server (several processes can write to
-    it; a Milvus Lite file takes one), else None."""
-    from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
-
-    if not isinstance(out, MilvusTarget):
-        out = MilvusTarget(str(out)) if is_milvus_uri(out) else None
-    return None if out is None or out.lite else out
-
-
 def _reserve(writer: CatalogWriter, work: Work) -> int:
     """Rank 0: the first row of the plan's rows, taken from the store once and kept in progress.json."""
     prog = Progress.read(work.progress_path)
@@ -515,19 +346,17 @@ def _write_in_parallel(out, writer, work: Work, ctx) -> None:
     """Every rank: upsert the shards of every ``world``-th rank file (its own in a run of the same
     size) into the Milvus server as rows ``first_row + position``, recording each shard written
     (``shards/written-NNN.json``) so a rerun, on any number of ranks, writes only the rest."""
-    from agman.retrieval.milvus_store import MilvusStore
-
     failure, first_row = None, ""
     if ctx.is_main:
         try:
             first_row = str(_reserve(writer, work))
         except Exception as exc:
             failure = exc
-    first_row = _broadcast_text(first_row, ctx)
+    first_row = broadcast_text(first_row, ctx)
     if first_row:
         try:
             items, _ = work.read_plan()
-            store = MilvusStore.open(_milvus_server(out))
+            store = open_writer(out)
             try:
                 rank_files = sorted(work.shards.glob("rank-*.json"))
                 for path in rank_files[ctx.rank :: ctx.world_size]:
@@ -536,7 +365,7 @@ def _write_in_parallel(out, writer, work: Work, ctx) -> None:
                 store.close()
         except Exception as exc:
             failure = exc
-    if not _all_ranks_ok(failure is None and bool(first_row), ctx):
+    if not all_ranks_ok(failure is None and bool(first_row), ctx):
         raise failure or CatalogIndexError(
             "another process of this torchrun failed while writing to Milvus (its error is in its output); the "
             "shards written so far are recorded: rerun the same command to continue"
@@ -585,7 +414,7 @@ def _commit(writer: CatalogWriter, work: Work, written: bool = False) -> int:
     if written:
         writer.finish(items, replaces, prog.first_row)
     else:
-        writer.commit(items, blocks, replaces, sorted(skipped), prog.first_row)
+        commit_reindexed(writer, items, blocks, replaces, sorted(skipped), prog.first_row)
     if skipped:
         _record_skipped(writer, work, items, skipped)
     work.clear()
@@ -595,7 +424,7 @@ def _commit(writer: CatalogWriter, work: Work, written: bool = False) -> int:
 def _record_skipped(writer, work: Work, items: list[Item], skipped: dict[int, str]) -> None:
     """``skipped.jsonl`` (in the index folder, or the Milvus work folder): the images of this run that
     could not be read, with the reasons; a later ``--add`` of the same source retries them."""
-    path = getattr(writer, "layout", work.layout).root / "skipped.jsonl"
+    path = work.root / "skipped.jsonl"
     lines = [
         json.dumps({"id": items[p].id, "path": items[p].path, "reason": reason}, ensure_ascii=False)
         for p, reason in sorted(skipped.items())

@@ -21,7 +21,7 @@ The same description is kept in a Milvus collection's properties (:meth:`IndexIn
 
 ``files`` (written since the index files carry hashes; a folder without it still opens, its sizes
 checked only) records, for ``items.jsonl`` and every vector and FAISS file, the bytes the index
-counts and their xxh3-128 hashes (:mod:`agman.retrieval.integrity`).
+counts and their xxh3-128 hashes (:mod:`agman.retrieval.backends.faiss.integrity`).
 """
 from __future__ import annotations
 
@@ -52,6 +52,14 @@ INDEX_TYPES = {
 
 class CatalogIndexError(AgmanError, ValueError):
     """An index directory is missing, malformed, or cannot take what was asked."""
+
+
+class IndexBusyError(CatalogIndexError):
+    """Another process is writing to the index (an index folder's lock is held)."""
+
+
+class StoreUnavailableError(AgmanError):
+    """The database behind a store refused or failed an operation (unreachable, timed out)."""
 
 
 class IndexMismatchError(UsageError, CatalogIndexError):
@@ -269,24 +277,3 @@ class IndexInfo:
 
 
 _SCHEMA = TypeAdapter(IndexInfo)
-
-
-class IndexLayout:
-    """File names inside an index directory."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.info = self.root / "index.json"
-        self.items = self.root / "items.jsonl"
-        self.progress = self.root / "progress.json"
-        self.shards = self.root / "shards"
-
-    def vectors(self, a: int) -> Path:
-        return self.root / "vectors" / f"attr-{a:02d}.f32"
-
-    def faiss(self, a: int) -> Path:
-        return self.root / "faiss" / f"attr-{a:02d}.faiss"
-
-    def name(self, path: Path) -> str:
-        """``path`` relative to the folder, as ``index.json``'s ``files`` names it."""
-        return path.relative_to(self.root).as_posix()

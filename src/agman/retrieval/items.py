@@ -124,19 +124,3 @@ def read_items(
 
 def write_items(path: Path, items: Iterable[Item], root: str | None = None) -> None:
     atomic_write(path, lambda f: f.writelines((item.to_json(root) + "\n").encode() for item in items))
-
-
-def append_items(path: Path, keep: int, items: Iterable[Item], root: str | None = None) -> None:
-    """Keep the first ``keep`` lines of ``path`` and append ``items`` after them (atomically: the
-    file is rewritten through a temporary copy)."""
-    head: list[bytes] = []
-    if path.is_file():
-        with path.open("rb") as f:
-            for _, line in zip(range(keep), f):
-                head.append(line if line.endswith(b"\n") else line + b"\n")
-
-    def write(f):
-        f.writelines(head)
-        f.writelines((item.to_json(root) + "\n").encode() for item in items)
-
-    atomic_write(path, write)

@@ -1,5 +1,17 @@
 """What a query is made of, checked once where it enters the Retriever: the attributes with their
-weights (:class:`AttributeWeights`, parsed from ``name[:weight]``) and the query image."""
+weights (:class:`AttributeWeights`, parsed from ``name[:weight]``), the query image and ``k``.
+
+What a query may be (:func:`query_input`):
+
+* a path (``str`` / ``os.PathLike``) or a PIL image: an image;
+* a numpy array with 3 dimensions, ``uint8`` ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA): an image;
+* a torch tensor ``3 x H x W`` (or ``1 x 3 x H x W``), float in [0, 1] or ``uint8`` (torchvision's
+  convention): an image;
+* a 2-D array or tensor ``[A, D]`` (e.g. :meth:`Retriever.embed`'s output): precomputed embeddings.
+
+Images have 3 dimensions (4 for a batch of one) and embeddings 2, so the two never collide; an
+array that is neither is refused with its shape and dtype.
+"""
 from __future__ import annotations
 
 import math
@@ -8,9 +20,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from agman.errors import NotFoundError, UsageError
+
+MAX_K = 1000
+"""Largest ``k`` the command line takes (the service's cap, ``--max-k``, is its own limit)."""
+
+DEFAULT_K = 10
+"""Results of a search that does not say how many (the CLI's ``--k``, the service's ``k``)."""
 
 MAX_WEIGHT = 1e6
 """Largest attribute weight: scores are sums of weight x similarity (|similarity| <= 1), so with
@@ -124,3 +143,52 @@ def load_query_image(image: Image.Image | str | os.PathLike) -> Image.Image:
     if not Path(image).exists():  # a path the user typed: a usage error, unlike a catalog image gone missing
         raise NotFoundError(f"query image not found: {image}")
     return load_image(image)
+
+
+def query_input(query) -> Image.Image | str | os.PathLike | np.ndarray:
+    """A query as a PIL image, a path, or embeddings ``[A, D]`` float32 (see the module docstring)."""
+    if isinstance(query, (Image.Image, str, os.PathLike)):
+        return query
+    if type(query).__module__.startswith("torch"):
+        return _tensor_query(query)
+    if isinstance(query, np.ndarray):
+        if query.ndim == 2 and query.dtype.kind == "f":
+            return query
+        if query.ndim == 3 and query.dtype == np.uint8 and query.shape[-1] in (3, 4):
+            return Image.fromarray(query, "RGB" if query.shape[-1] == 3 else "RGBA")
+        raise QueryError(
+            f"a numpy query must be an image (uint8 H x W x 3 or x 4) or embeddings (float [A, D]); "
+            f"got {query.dtype} {list(query.shape)}"
+        )
+    raise QueryError(f"a query must be an image path, a PIL image, a numpy array or a torch tensor, "
+                     f"not {type(query).__name__}")
+
+
+def _tensor_query(tensor) -> Image.Image | np.ndarray:
+    import torch
+
+    if not isinstance(tensor, torch.Tensor):
+        raise QueryError(f"unsupported query type {type(tensor).__name__}")
+    t = tensor.detach().cpu()
+    if t.ndim == 2 and t.is_floating_point():
+        return t.float().numpy()
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim == 3 and t.shape[0] == 3 and (t.dtype == torch.uint8 or t.is_floating_point()):
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
+                raise QueryError("a float image tensor must hold values in [0, 1] (torchvision's convention)")
+            t = (t * 255).round().to(torch.uint8)
+        return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy(), "RGB")
+    raise QueryError(
+        "a tensor query must be an image (3 x H x W or 1 x 3 x H x W, float in [0, 1] or uint8) or embeddings "
+        f"(float [A, D]); got {str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+    )
+
+
+def query_image(image) -> Image.Image:
+    """Any accepted image form as an RGB PIL image (paths through the data layer's loader)."""
+    image = query_input(image)
+    if isinstance(image, np.ndarray):
+        raise QueryError(f"expected an image, got embeddings {list(image.shape)}")
+    return load_query_image(image)

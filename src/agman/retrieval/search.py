@@ -8,21 +8,11 @@ ranking itself is :func:`agman.retrieval.ranking.rank` over the index's
 split's candidates reproduces the evaluation's ranking.  What a search returns, and the predicted
 values and match summaries that explain it, are in :mod:`agman.retrieval.results`.
 
-What a query may be (:func:`query_input`):
-
-* a path (``str`` / ``os.PathLike``) or a PIL image: an image;
-* a numpy array with 3 dimensions, ``uint8`` ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA): an image;
-* a torch tensor ``3 x H x W`` (or ``1 x 3 x H x W``), float in [0, 1] or ``uint8`` (torchvision's
-  convention): an image;
-* a 2-D array or tensor ``[A, D]`` (e.g. :meth:`Retriever.embed`'s output): precomputed embeddings.
-
-Images have 3 dimensions (4 for a batch of one) and embeddings 2, so the two never collide; an
-array that is neither is refused with its shape and dtype.
+What a query may be: :func:`agman.retrieval.query.query_input`.
 """
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,9 +23,27 @@ from PIL import Image
 from agman.retrieval.filters import Filter, annotated, both, compile_filter
 from agman.retrieval.info import IndexInfo
 from agman.retrieval.items import Item
-from agman.retrieval.query import AttributeWeights, QueryError, UnknownItemError, attribute_index, load_query_image
+from agman.retrieval.query import (
+    AttributeWeights,
+    QueryError,
+    UnknownItemError,
+    attribute_index,
+    load_query_image,
+    query_image,
+    query_input,
+)
 from agman.retrieval.ranking import rank
-from agman.retrieval.results import Hit, Prediction, SearchResult, reference_values, summarise, vote
+from agman.retrieval.results import (
+    Hit,
+    Prediction,
+    SearchResult,
+    reference_values,
+    summarise,
+    vote,
+)
+from agman.retrieval import attention
+from agman.retrieval.backends import open_store
+from agman.retrieval.embedder import Embedder, NoModelError
 from agman.retrieval.store import VectorStore
 
 ImageLike = Image.Image | str | os.PathLike | np.ndarray
@@ -57,59 +65,6 @@ QUERY_THUMBNAIL = 256
 """Long side (px) of the copy of an in-memory query image a result keeps for its HTML view."""
 
 
-def query_input(query) -> Image.Image | str | os.PathLike | np.ndarray:
-    """A query as a PIL image, a path, or embeddings ``[A, D]`` float32 (see the module docstring)."""
-    if isinstance(query, (Image.Image, str, os.PathLike)):
-        return query
-    if type(query).__module__.startswith("torch"):
-        return _tensor_query(query)
-    if isinstance(query, np.ndarray):
-        if query.ndim == 2 and query.dtype.kind == "f":
-            return query
-        if query.ndim == 3 and query.dtype == np.uint8 and query.shape[-1] in (3, 4):
-            return Image.fromarray(query, "RGB" if query.shape[-1] == 3 else "RGBA")
-        raise QueryError(
-            f"a numpy query must be an image (uint8 H x W x 3 or x 4) or embeddings (float [A, D]); "
-            f"got {query.dtype} {list(query.shape)}"
-        )
-    raise QueryError(f"a query must be an image path, a PIL image, a numpy array or a torch tensor, "
-                     f"not {type(query).__name__}")
-
-
-def _tensor_query(tensor) -> Image.Image | np.ndarray:
-    import torch
-
-    if not isinstance(tensor, torch.Tensor):
-        raise QueryError(f"unsupported query type {type(tensor).__name__}")
-    t = tensor.detach().cpu()
-    if t.ndim == 2 and t.is_floating_point():
-        return t.float().numpy()
-    if t.ndim == 4 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim == 3 and t.shape[0] == 3 and (t.dtype == torch.uint8 or t.is_floating_point()):
-        if t.is_floating_point():
-            if not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > 1:
-                raise QueryError("a float image tensor must hold values in [0, 1] (torchvision's convention)")
-            t = (t * 255).round().to(torch.uint8)
-        return Image.fromarray(t.permute(1, 2, 0).contiguous().numpy(), "RGB")
-    raise QueryError(
-        "a tensor query must be an image (3 x H x W or 1 x 3 x H x W, float in [0, 1] or uint8) or embeddings "
-        f"(float [A, D]); got {str(t.dtype).replace('torch.', '')} {list(t.shape)}"
-    )
-
-
-def _image(image) -> Image.Image:
-    """Any accepted image form as an RGB PIL image (paths through the data layer's loader)."""
-    image = query_input(image)
-    if isinstance(image, np.ndarray):
-        raise QueryError(f"expected an image, got embeddings {list(image.shape)}")
-    return load_query_image(image)
-
-
-class NoModelError(QueryError):
-    """An image query or an attention map needs the checkpoint, and none could be loaded."""
-
-
 class Retriever:
     """Search a catalog index by image, catalog item or embeddings; draw attention maps.
 
@@ -124,11 +79,15 @@ class Retriever:
     ):
         self.store = store
         self.device = device
-        self._checkpoint = Path(checkpoint) if checkpoint is not None else Path(store.info.checkpoint.path)
-        self._model = None
-        self._model_lock = threading.Lock()
+        self.embedder = self._embedder(checkpoint if checkpoint is not None else store.info.checkpoint.path)
         if model is not None:
             self.set_model(model, info)
+
+    def _embedder(self, checkpoint) -> Embedder:
+        """The model of ``checkpoint``, checked against this index (its current store) when loaded."""
+        ck = self.store.info.checkpoint
+        return Embedder(checkpoint, ck.input_size, ck.crop_ratio, device=self.device, where=self.store.location,
+                        check=lambda identity, path: self.info.check_checkpoint(identity, path, self.store.location))
 
     @classmethod
     def open(
@@ -147,7 +106,7 @@ class Retriever:
     ) -> Retriever:
         """Open an index: a folder (FAISS files), or a Milvus collection — a Milvus Lite file
         (``catalog.db``) or a server URI (``http://host:19530``), ``collection`` naming it (default
-        ``catalog``; or give a :class:`~agman.retrieval.milvus_client.MilvusTarget`).
+        ``catalog``; or give a :class:`~agman.retrieval.backends.milvus.client.MilvusTarget`).
         ``checkpoint`` defaults to the one recorded at build time; ``nprobe`` / ``ef_search`` /
         ``rerank`` override the index's search settings; ``root`` the catalog root its image paths
         are relative to (for an index moved to another machine).  With ``load_model`` the checkpoint
@@ -184,14 +143,14 @@ class Retriever:
         if fresh is None:
             return False
         built = self.store.info.checkpoint
-        if fresh.info.checkpoint.identity != built.identity and built.identity in fresh.info.lineage:
-            # `agman index --extend` added attributes with a child model: follow it (its old
-            # attributes' weights are the ones that built the index, so their vectors stay valid)
-            with self._model_lock:
-                self._checkpoint, self._model = Path(fresh.info.checkpoint.path), None
-        else:
+        # `agman index --extend` added attributes with a child model: follow it (its old
+        # attributes' weights are the ones that built the index, so their vectors stay valid)
+        extended = fresh.info.checkpoint.identity != built.identity and built.identity in fresh.info.lineage
+        if not extended:
             fresh.info.check_checkpoint(built.identity, built.path, fresh.location)
         self.store = fresh
+        if extended:
+            self.embedder = self._embedder(fresh.info.checkpoint.path)
         return True
 
     def compile_filter(self, text: str | Filter | None) -> Filter | None:
@@ -210,56 +169,23 @@ class Retriever:
     # ------------------------------------------------------------------ model
     def set_model(self, model, info) -> None:
         """Use an already loaded model (its ``info.identity`` must match the index)."""
-        self.info.check_checkpoint(info.identity, info.path, self.store.location)
-        self._model = model.eval()
+        self.embedder.set_model(model, info)
 
     @property
     def model(self):
-        if self._model is None:
-            with self._model_lock:
-                if self._model is None:
-                    from agman.engine.checkpoint import load_model
-
-                    if not self._checkpoint.is_file():
-                        raise NoModelError(
-                            f"checkpoint {self._checkpoint} (which built index {self.store.location}) not found: "
-                            "pass the checkpoint's current path"
-                        )
-                    model, info = load_model(self._checkpoint, device=self.device)
-                    self.info.check_checkpoint(info.identity, self._checkpoint, self.store.location)
-                    self._model = model
-        return self._model
-
-    def _tensor(self, image: Image.Image):
-        from agman.data.transforms import build_transform
-
-        ck = self.info.checkpoint
-        return build_transform(ck.input_size, train=False, crop_ratio=ck.crop_ratio)(image)[None].to(self.device)
+        return self.embedder.model
 
     def embed(self, image: ImageLike) -> np.ndarray:
         """Every attribute's embedding ``[A, D]`` float32 of one image (one backbone pass)."""
-        import torch
-
-        tensor = self._tensor(_image(image))
-        model = self.model
-        with self._model_lock, torch.inference_mode():
-            out = model.embed_all(tensor)
-        return out[0].float().cpu().numpy()
+        return self.embedder.embed(query_image(image))
 
     def model_input(self, image: ImageLike):
         """The image as the model's input tensor ``[3, S, S]`` (resized, centre-cropped, normalised)."""
-        return self._tensor(load_query_image(image))[0]
+        return self.embedder.model_input(image)
 
     def embed_batch(self, images: list) -> np.ndarray:
-        """Every attribute's embeddings ``[n, A, D]`` float32 of ``n`` images — or of their
-        :meth:`model_input` tensors — in one forward pass (the service's dynamic batching)."""
-        import torch
-
-        tensors = torch.stack([im if isinstance(im, torch.Tensor) else self.model_input(im) for im in images])
-        model = self.model
-        with self._model_lock, torch.inference_mode():
-            out = model.embed_all(tensors.to(self.device))
-        return out.float().cpu().numpy()
+        """Every attribute's embeddings ``[n, A, D]`` of ``n`` images (or their input tensors) in one pass."""
+        return self.embedder.embed_batch(images)
 
     def attribute_index(self, attribute: str | int) -> int:
         """Position of an attribute given by name (checked: unknown names are a ``QueryError``) or
@@ -269,49 +195,23 @@ class Retriever:
     def attention(self, image: ImageLike, attribute: str | int) -> np.ndarray | None:
         """The model's spatial attention map ``[h, w]`` (sums to 1) for (image, attribute), or None
         when the model has no attention (CSN)."""
-        return self._attention(_image(image), self.attribute_index(attribute))
-
-    def _attention(self, image: Image.Image, a: int) -> np.ndarray | None:
-        import torch
-
-        tensor = self._tensor(image)
-        model = self.model
-        with self._model_lock, torch.inference_mode():
-            att = model.attention_map(tensor, torch.tensor([a], device=self.device))
-        return None if att is None else att[0].float().cpu().numpy()
+        return self.embedder.attention(query_image(image), self.attribute_index(attribute))
 
     def model_view(self, image: ImageLike) -> Image.Image:
         """The image as the model sees it (short side resized, centre crop), for overlays."""
-        from agman.data.transforms import model_view
-
-        ck = self.info.checkpoint
-        return model_view(_image(image), ck.input_size, ck.crop_ratio)
+        return self.embedder.model_view(query_image(image))
 
     def attention_image(self, image: ImageLike, attribute: str | int, alpha: float = 0.5) -> Image.Image | None:
         """The attention heatmap over the model's view of the image (Fig. 7), or None without attention."""
-        from agman.render import attention_overlay
-
-        a = self.attribute_index(attribute)
-        image = _image(image)  # once: the map and the view below are of this one image
-        att = self._attention(image, a)
-        return None if att is None else attention_overlay(self.model_view(image), att, alpha)
+        return attention.attention_image(self.embedder, query_image(image), self.attribute_index(attribute), alpha)
 
     def attention_beside_original(self, image: ImageLike, attribute: str | int, alpha: float = 0.5, *,
                                   boxes=(), tile_size: int | None = None) -> Image.Image | None:
-        """The original image beside the attention drawn on it where the model saw it (the map taken
-        through the inverse of the crop; ``boxes`` in original pixels drawn in yellow), or None without
-        attention.  ``tile_size`` defaults to the original's long side (256 to 1024 pixels)."""
-        from agman.render import attention_beside_original
-
+        """The original image beside the attention drawn on it where the model saw it
+        (:func:`agman.retrieval.attention.attention_beside_original`), or None without attention."""
         a = self.attribute_index(attribute)
-        image = _image(image)  # once: the map and the picture are of this one image
-        att = self._attention(image, a)
-        if att is None:
-            return None
-        ck = self.info.checkpoint
-        size = tile_size or min(1024, max(256, max(image.size) + 8))
-        return attention_beside_original(image, att, ck.input_size, ck.crop_ratio, boxes=boxes, alpha=alpha,
-                                         caption=f"attention for {self.info.attribute_names[a]}", tile_size=size)
+        return attention.attention_beside_original(self.embedder, query_image(image), a, self.attributes[a], alpha,
+                                                   boxes=boxes, tile_size=tile_size)
 
     # ------------------------------------------------------------------ items
     def row(self, item_id: str) -> int:
@@ -516,39 +416,10 @@ class Retriever:
         )
 
     def __repr__(self) -> str:
-        model = "loaded" if self._model is not None else "not loaded"
+        model = "loaded" if self.embedder.loaded else "not loaded"
         return (f"Retriever({self.store.location!r}: {len(self)} items, {self.store.config.kind} "
                 f"({'exact' if self.exact else 'approximate'}), {self.info.model_name} model {model}, "
                 f"attributes {', '.join(self.attributes)})")
-
-
-def open_store(
-    index,
-    *,
-    collection: str | None = None,
-    root: str | Path | None = None,
-    nprobe: int | None = None,
-    ef_search: int | None = None,
-    rerank: int | None = None,
-    verify: str = "sample",
-    load: bool = False,
-) -> VectorStore:
-    """The store of ``index``: an index folder (its files checked at ``verify``; every FAISS file
-    read now with ``load``), a Milvus URI (a ``.db`` Milvus Lite file or ``http://...``) with
-    ``collection``, or a ``MilvusTarget``."""
-    from agman.retrieval.milvus_client import MilvusTarget, is_milvus_uri
-
-    tuning = {"nprobe": nprobe, "ef_search": ef_search, "rerank": rerank}
-    if isinstance(index, MilvusTarget) or is_milvus_uri(index):
-        from agman.retrieval.milvus_store import MilvusStore
-
-        target = index if isinstance(index, MilvusTarget) else MilvusTarget(str(index), collection or "catalog")
-        return MilvusStore.open(target, catalog=root, **tuning)
-    if collection is not None:
-        raise QueryError(f"--collection names a Milvus collection; {index} is an index folder")
-    from agman.retrieval.faiss_store import FaissStore
-
-    return FaissStore(index, catalog=root, verify=verify, load=load, **tuning)
 
 
 def _correct(query_labels: Mapping[str, str], labels: Mapping[str, str], weights: AttributeWeights) -> bool | None:

@@ -16,9 +16,14 @@ A filter (:mod:`agman.retrieval.filters`) becomes the store's own :class:`Select
 (:meth:`VectorStore.select`): allowed rows for the FAISS files (a numpy mask over typed columns),
 a boolean expression for Milvus.  The ranking passes the selection back unopened.
 
-Implementations: :class:`~agman.retrieval.faiss_store.FaissStore` (an index folder of plain files,
-the embedded default) and :class:`~agman.retrieval.milvus_store.MilvusStore` (a Milvus collection:
-Milvus Lite or a server).  Writers (:class:`CatalogWriter`) take embedded items from
+What a backend does beyond the required methods is declared, never probed: its
+:class:`Capabilities` (``capabilities``) say whether the open store also writes, reports the
+health of its files, or takes writes from several processes at once.
+
+Implementations live in ``retrieval/backends/<name>/`` (FAISS folder, Milvus collection, an
+in-memory one for tests), each described by a :class:`Backend`; the registry
+:mod:`agman.retrieval.backends` resolves a location to one of them (``open_store``,
+``open_writer``, ``open_for_build``).  Writers (:class:`CatalogWriter`) take embedded items from
 :func:`agman.retrieval.build.build_index`, and deletions.
 """
 from __future__ import annotations
@@ -32,11 +37,28 @@ import numpy as np
 from agman.retrieval.filters import Filter
 from agman.retrieval.info import IndexConfig, IndexInfo
 from agman.retrieval.items import Item
+from agman.retrieval.query import UnknownItemError
 
 Blocks = Callable[[], Iterable[np.ndarray]]
 """A writer's embeddings: called (once per attribute, or once) it yields ``[n, A, D]`` blocks in item order."""
 Rows = Sequence["int | None"]
 """Per item, the row it replaces, or None."""
+
+VERIFY_LEVELS = ("size", "sample", "full")
+"""How much of an index's files is checked against their recorded hashes when it is opened."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store or writer does beyond the protocol's required methods (declared, not probed)."""
+
+    writes: bool = False
+    """The open store is its own :class:`CatalogWriter` (the service writes through it)."""
+    health: bool = False
+    """:meth:`VectorStore.health` reports on files that can be damaged under a running server."""
+    parallel_writes: bool = False
+    """Several processes may write shards at once (:meth:`CatalogWriter.write_block`, then
+    :meth:`CatalogWriter.finish` by one of them)."""
 
 
 def readded(removed: list[str], items: Sequence[Item]) -> list[str]:
@@ -44,6 +66,19 @@ def readded(removed: list[str], items: Sequence[Item]) -> list[str]:
     out) less the ids of ``items``, written again."""
     written = {it.id for it in items}
     return [i for i in removed if i not in written]
+
+
+def deletion(writer: CatalogWriter, ids: Sequence[str], where: str) -> dict[str, int]:
+    """``{id: row}`` of the items ``ids`` (each once) a writer deletes, recorded as tombstones in its
+    ``info.removed`` (``--add`` does not bring them back); an unknown id is an ``UnknownItemError``
+    naming ``where``, and nothing is changed."""
+    ids = list(dict.fromkeys(ids))
+    live = writer.live_ids(ids)
+    missing = [i for i in ids if i not in live]
+    if missing:
+        raise UnknownItemError.of(missing, where, "nothing was deleted")
+    writer.info.removed = sorted(set(writer.info.removed) | set(live))
+    return live
 
 
 @dataclass(frozen=True)
@@ -79,6 +114,12 @@ class VectorStore(Protocol):
 
     shortlist_limit: int
     """The largest ``n`` :meth:`shortlist` serves (past it the ranking scans)."""
+
+    catalog_root: str | None
+    """The folder the items' image paths are relative to (None: absolute paths)."""
+
+    capabilities: Capabilities
+    """What the store does beyond this protocol's required methods."""
 
     def __len__(self) -> int:
         """Number of searchable items."""
@@ -130,6 +171,12 @@ class VectorStore(Protocol):
         immutable once open; the Retriever swaps in the fresh one, so a search running meanwhile
         finishes on the store it started with."""
 
+    def health(self):
+        """With ``capabilities.health``: the state of the files a search reads (``ok``, ``damage``)."""
+
+    def close(self) -> None:
+        """Release what the store holds (a connection); a store of plain files holds nothing."""
+
 
 @runtime_checkable
 class CatalogWriter(Protocol):
@@ -137,6 +184,7 @@ class CatalogWriter(Protocol):
 
     info: IndexInfo
     location: str
+    capabilities: Capabilities
 
     def live_ids(self, ids: Iterable[str]) -> dict[str, int]:
         """``{id: row}`` of those of ``ids`` that are stored and searchable."""
@@ -164,3 +212,47 @@ class CatalogWriter(Protocol):
     def delete(self, ids: Sequence[str]) -> int:
         """Make the items ``ids`` unsearchable; an unknown id is an ``UnknownItemError`` and
         nothing is deleted."""
+
+    def write_block(self, items: Sequence[Item], start: int, block: np.ndarray, skipped: Iterable[int],
+                    first_row: int) -> None:
+        """With ``capabilities.parallel_writes``: store one shard (plan positions ``start ..``) as
+        rows ``first_row + position``, from any process."""
+
+    def finish(self, items: Sequence[Item], replaces: Rows, first_row: int) -> None:
+        """With ``capabilities.parallel_writes``: commit a plan whose shards every process wrote."""
+
+
+class Backend(Protocol):
+    """One kind of place a catalog lives (``retrieval/backends/<name>/``), as the registry
+    (:mod:`agman.retrieval.backends`) uses it."""
+
+    name: str
+
+    def claims(self, location) -> bool:
+        """Whether ``location`` (a path, a URI, a target object) is one of this backend's."""
+
+    def locate(self, location, *, collection: str | None = None, **connection):
+        """``location`` with the command's connection options (a collection, a token...) as this
+        backend's target; an option the backend does not take is a ``UsageError``."""
+
+    def open_store(self, location, *, root=None, verify: str = "sample", load: bool = False,
+                   **tuning) -> VectorStore:
+        """The store of ``location`` for search (``root``: the catalog root to resolve paths
+        against; ``verify``: one of :data:`VERIFY_LEVELS`; ``load``: read everything now)."""
+
+    def open_writer(self, location) -> CatalogWriter:
+        """The writer of the existing index at ``location`` (deletions, re-indexing)."""
+
+    def open_for_build(self, location, ckpt, dim: int, config, metadata: dict[str, str], root, grow: bool,
+                       work=None):
+        """``(writer, agman.retrieval.work.Work)`` for a build (see ``build_index``)."""
+
+    def extend(self, location, checkpoint, **options):
+        """``agman index --extend``: add the attributes of an extended model (an ``ExtendSummary``)."""
+
+    def parallel_writes(self, location) -> bool:
+        """Whether several processes of one build may write into ``location`` at once."""
+
+    def unguarded_writes(self, location) -> bool:
+        """Whether other processes of this user can change ``location`` without agman's token
+        (a database served without authentication)."""

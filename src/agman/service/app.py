@@ -53,15 +53,18 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from agman.data.images import ImageLoadError
 from agman.errors import InvalidValueError
-from agman.retrieval.faiss_store import FaissStore
-from agman.retrieval.faiss_writer import IndexBusyError
+from agman.retrieval.backends import open_store
 from agman.retrieval.filters import FilterError
-from agman.retrieval.info import CatalogIndexError
-from agman.retrieval.milvus_client import MilvusError
+from agman.retrieval.info import CatalogIndexError, IndexBusyError, StoreUnavailableError
 from agman.retrieval.search import NoModelError, QueryError, Retriever, UnknownItemError
 from agman.service import writes
 from agman.service.docs import add_docs
-from agman.service.guard import MIN_TOKEN_LENGTH, ConcurrencyLimit, SecurityHeaders, TokenAuth
+from agman.service.guard import (
+    MIN_TOKEN_LENGTH,
+    ConcurrencyLimit,
+    SecurityHeaders,
+    TokenAuth,
+)
 from agman.service.limits import ServiceLimits
 from agman.service.routes import STATIC_DIR, router
 from agman.service.state import ServiceState, get_state
@@ -78,7 +81,7 @@ ERROR_STATUS = [  # Starlette picks the handler of the most specific class: Unkn
     (InvalidValueError, 400, ""),  # a label or metadata value an item cannot take
     (CatalogIndexError, 503, ""),
     (IndexBusyError, 409, ""),  # another process writes the index folder
-    (MilvusError, 503, ""),
+    (StoreUnavailableError, 503, ""),  # Milvus unreachable or failing
 ]
 
 
@@ -100,7 +103,7 @@ def create_app(
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise InvalidValueError(f"the token must have at least {MIN_TOKEN_LENGTH} characters, got {len(token)}")
     if not isinstance(retriever, Retriever):
-        retriever = Retriever(FaissStore(retriever, verify="full", load=True), checkpoint=checkpoint, device=device)
+        retriever = Retriever(open_store(retriever, verify="full", load=True), checkpoint=checkpoint, device=device)
     retriever.model  # noqa: B018 - load and verify the checkpoint before serving
     limits = limits or ServiceLimits()
 

@@ -2,9 +2,9 @@
 
 The first upload waiting for the model opens a batch; the batch closes ``max_wait`` seconds later
 or as soon as it holds ``max_size`` images, and the model embeds all of them in one ``embed_all``
-pass (:meth:`agman.retrieval.search.Retriever.embed_batch`).  While it runs, newer uploads queue
-and form the next batch, so under load batches fill up without waiting; a lone upload waits at
-most ``max_wait``.  ``max_size=1`` is one model call per upload (the behaviour before batching).
+pass (:meth:`agman.retrieval.embedder.Embedder.embed_batch`, through the Retriever).  While it
+runs, newer uploads queue and form the next batch, so under load batches fill up without waiting;
+a lone upload waits at most ``max_wait``.  ``max_size=1`` is one model call per upload (the behaviour before batching).
 One thread runs the model, so uploads never hold the request thread pool while they wait.
 
 An image embedded in a batch can differ from the same image embedded alone by float rounding

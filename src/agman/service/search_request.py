@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.datastructures import UploadFile
 
 from agman.retrieval.filters import Filter
-from agman.retrieval.query import AttributeWeights
+from agman.retrieval.query import DEFAULT_K, AttributeWeights
 from agman.service.json_body import parse_json
 from agman.service.state import ServiceState
 
@@ -81,7 +81,7 @@ def flag(raw: bool | str | None, name: str) -> bool:
 
 def k_value(raw: int | str | None, max_k: int) -> int:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return min(10, max_k)
+        return min(DEFAULT_K, max_k)
     if isinstance(raw, str):
         try:
             raw = int(raw.strip())

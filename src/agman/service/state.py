@@ -122,7 +122,7 @@ class ServiceState:
         self.watch = IndexWatch(self.retriever, self.reload_seconds)
         store = self.retriever.store
         paths = [(str(store.location), "<index>"), (str(self.retriever.info.checkpoint.path), "<checkpoint>")]
-        root = getattr(store, "catalog_root", None)
+        root = store.catalog_root
         if root is not None:
             paths.append((root, "<catalog>"))
         elif store.in_memory:  # absolute paths (an index of an older agman): their common folder
@@ -143,9 +143,10 @@ class ServiceState:
         return ABSOLUTE_PATH.sub("<path>", message)
 
     def index_health(self):
-        """The store's :meth:`health` (a FAISS-files folder watched for changes), or None."""
-        health = getattr(self.retriever.store, "health", None)
-        return health() if callable(health) else None
+        """The store's :meth:`health` where it declares one (files that can be damaged under the
+        running server), else None."""
+        store = self.retriever.store
+        return store.health() if store.capabilities.health else None
 
     def require_sound_index(self) -> None:
         """503 while index files a search reads are damaged under the running server (a store

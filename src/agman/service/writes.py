@@ -13,11 +13,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from starlette.concurrency import run_in_threadpool
 
 from agman.data.images import load_image
-from agman.retrieval.items import Item
+from agman.retrieval.backends import open_writer
+from agman.retrieval.reindex import changed_item, commit_reindexed
 from agman.service.json_body import parse_json
 from agman.service.state import ServiceState, get_state
 
@@ -38,19 +47,6 @@ class ItemChange(BaseModel):
     metadata: dict[StrictStr, StrictStr | StrictBool | StrictInt | StrictFloat | None] | None = None
 
 
-def merged(old: dict, change: dict | None, kind: str, known) -> dict:
-    """``old`` with the keys ``change`` names set (``None``: removed); a key that is not one of
-    ``known`` is a 400 even when it is being removed."""
-    if change is None:
-        return dict(old)
-    unknown = [k for k in change if k not in known]
-    if unknown:
-        what = f"no metadata column {unknown[0]!r}" if kind == "metadata" else f"no attribute {unknown[0]!r}"
-        raise HTTPException(400, f"{what} in this catalog ({', '.join(known)})")
-    out = {**old, **change}
-    return {k: v for k, v in out.items() if v is not None}
-
-
 def _writable(state: ServiceState) -> None:
     if not state.writable:
         raise HTTPException(403, "this server is read-only: start it with --writable to change the catalog")
@@ -59,11 +55,9 @@ def _writable(state: ServiceState) -> None:
 def _writer(state: ServiceState):
     """The writer of the served index and whether it must be closed after use."""
     store = state.retriever.store
-    if hasattr(store, "commit"):  # Milvus: the served store writes too
+    if store.capabilities.writes:  # a database: the served store writes too
         return store, False
-    from agman.retrieval.targets import open_writer
-
-    return open_writer(store.root), True
+    return open_writer(store.location), True
 
 
 def _apply(state: ServiceState, change) -> dict:
@@ -98,20 +92,13 @@ async def update_item(item_id: str, state: State, request: Request):
     old = retriever.item(item_id)  # 404 for an unknown id
     store = retriever.store
     path = old.path if change.path is None else _inside_root(change.path, store.catalog_root)
-    from agman.retrieval.catalog import CatalogSchema
-
-    schema = CatalogSchema.of(store.info)
-    labels = merged(old.labels, change.labels, "labels", schema.attribute_names)
-    metadata = merged(old.metadata, change.metadata, "metadata", [name for name, _ in schema.metadata])
-    item = schema.check_item(Item(item_id, path, labels, metadata))
+    item = changed_item(store.info, old, path, change.labels, change.metadata)
     picture = await run_in_threadpool(load_image, path)
     vectors = await state.batcher.embed(picture)
     row = retriever.row(item_id)
 
     def write(writer):
-        first = writer.reserve(1)
-        writer.commit([item], lambda: iter([vectors[None]]), [row], [], first)
-        return {"updated": 1, "row": first}
+        return {"updated": 1, "row": commit_reindexed(writer, [item], lambda: iter([vectors[None]]), [row])}
 
     done = await run_in_threadpool(_apply, state, write)
     return done | {"items": len(state.retriever)}

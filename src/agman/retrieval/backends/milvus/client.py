@@ -33,7 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agman.errors import AgmanError, InvalidValueError, NotFoundError
+from agman.errors import InvalidValueError, NotFoundError
+from agman.retrieval.info import StoreUnavailableError
 
 DEFAULT_COLLECTION = "catalog"
 INFO_KEY = "agman.info"
@@ -53,7 +54,7 @@ DEFAULT_CONSISTENCY = "Session"
 READS = ("search", "query", "get")  # the calls a consistency level applies to
 
 
-class MilvusError(AgmanError):
+class MilvusError(StoreUnavailableError):
     """Milvus refused or failed an operation; the message names the URI and the operation."""
 
 
@@ -143,8 +144,11 @@ class MilvusTarget:
         import grpc
 
         try:
-            if self.lite:  # on a private unix socket, not an open loopback port (agman.retrieval.milvus_lite)
-                from agman.retrieval.milvus_lite import LiteLockedError, lite_uri
+            if self.lite:  # on a private unix socket, not an open loopback port (agman.retrieval.backends.milvus.lite)
+                from agman.retrieval.backends.milvus.lite import (
+                    LiteLockedError,
+                    lite_uri,
+                )
 
                 try:
                     uri = lite_uri(self.uri)

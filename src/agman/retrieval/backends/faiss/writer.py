@@ -16,28 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.retrieval.faiss_check import map_vectors, record_files
-from agman.retrieval.faiss_index import (
+from agman.retrieval.backends.faiss.check import map_vectors, record_files
+from agman.retrieval.backends.faiss.index import (
     factory_string,
     fill_faiss_index,
     new_faiss_index,
     read_faiss,
     write_faiss,
 )
-from agman.retrieval.info import (
-    CatalogIndexError,
-    FaissFile,
-    IndexInfo,
-    IndexLayout,
-    now,
-)
+from agman.retrieval.backends.faiss.layout import IndexLayout
+from agman.retrieval.info import CatalogIndexError, FaissFile, IndexBusyError, IndexInfo, now
 from agman.retrieval.items import Item, read_items
-from agman.retrieval.query import UnknownItemError
-from agman.retrieval.store import Blocks, Rows, readded
-
-
-class IndexBusyError(CatalogIndexError):
-    """Another process is writing to the index folder."""
+from agman.retrieval.store import Blocks, Capabilities, Rows, deletion, readded
 
 
 class IndexWriteError(CatalogIndexError):
@@ -76,6 +66,8 @@ def lock_folder(root: Path):
 class FaissWriter:
     """Writes to the index folder ``layout``, holding its write lock until :meth:`close`.  ``info``:
     its description (read now when None, after the lock is taken; kept up to date here)."""
+
+    capabilities = Capabilities()
 
     def __init__(self, layout: IndexLayout, info: IndexInfo | None = None):
         self._lock = lock_folder(layout.root)
@@ -137,13 +129,8 @@ class FaissWriter:
             raise
 
     def delete(self, ids: Sequence[str]) -> int:
-        ids = list(dict.fromkeys(ids))
-        live = self.live_ids(ids)
-        missing = [i for i in ids if i not in live]
-        if missing:
-            raise UnknownItemError.of(missing, f"index {self.layout.root}", "nothing was deleted")
+        live = deletion(self, ids, f"index {self.layout.root}")
         self.info.deleted = sorted(set(self.info.deleted) | set(live.values()))
-        self.info.removed = sorted(set(self.info.removed) | set(live))  # `--add` does not bring them back
         self._write_info()
         return len(live)
 

@@ -1,6 +1,6 @@
 """The FAISS-files backend, read side: an index folder of plain files opened for search
 (:class:`FaissStore`, the embedded default :class:`~agman.retrieval.store.VectorStore`).  The
-builder grows it through :class:`agman.retrieval.faiss_writer.FaissWriter`.
+builder grows it through :class:`agman.retrieval.backends.faiss.writer.FaissWriter`.
 
 A folder holds::
 
@@ -14,7 +14,7 @@ A folder holds::
 
 Only the ``count`` committed rows are visible, minus the deleted ones: a folder whose build is
 unfinished answers for the items of its last completed run.  Opening checks the folder
-(:func:`~agman.retrieval.faiss_check.folder_problems`: sizes always, the recorded hashes sampled or
+(:func:`~agman.retrieval.backends.faiss.check.folder_problems`: sizes always, the recorded hashes sampled or
 in full) and refuses a damaged one naming the file; a running server asks :meth:`FaissStore.health`
 whether the files changed under it.  Exact (``flat``) search is a numpy
 scan of the vectors — as fast as ``X @ q`` + ``argpartition`` (a FAISS ``IndexFlatIP`` was 2.2x
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.retrieval.faiss_check import (
+from agman.retrieval.backends.faiss.check import (
     FolderHealth,
     FolderWatch,
     damage_message,
@@ -52,13 +52,19 @@ from agman.retrieval.faiss_check import (
     map_vectors,
     read_vectors,
 )
-from agman.retrieval.faiss_index import read_faiss, search_params, similarities
+from agman.retrieval.backends.faiss.index import read_faiss, search_params, similarities
+from agman.retrieval.backends.faiss.integrity import (
+    LEVELS,
+    IndexDamagedError,
+    check_file,
+    stat_key,
+)
+from agman.retrieval.backends.faiss.layout import IndexLayout
 from agman.retrieval.filters import Filter
-from agman.retrieval.info import CatalogIndexError, IndexInfo, IndexLayout
-from agman.retrieval.integrity import LEVELS, IndexDamagedError, check_file, stat_key
+from agman.retrieval.info import CatalogIndexError, IndexInfo
 from agman.retrieval.items import Item, read_items
 from agman.retrieval.ranking import exact_scores
-from agman.retrieval.store import Selection
+from agman.retrieval.store import Capabilities, Selection
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +94,12 @@ class FaissStore:
     with ``load``.  ``nprobe`` /
     ``ef_search`` / ``rerank`` override the settings the index was built with; ``catalog`` the
     catalog root image paths resolve against.  ``verify`` is how the recorded file hashes are
-    checked at open (``size``, ``sample`` or ``full``: see :mod:`agman.retrieval.integrity`); a
+    checked at open (``size``, ``sample`` or ``full``: see :mod:`agman.retrieval.backends.faiss.integrity`); a
     damaged folder is an :class:`IndexDamagedError` naming the file.  Immutable once open (a changed
     folder is taken up by :meth:`reopened`); safe to share between threads."""
 
     in_memory = True
+    capabilities = Capabilities(health=True)
 
     def __init__(
         self,
@@ -390,6 +397,9 @@ class FaissStore:
             if self._watch is None:
                 self._watch = FolderWatch(self)
         return self._watch.check()
+
+    def close(self) -> None:
+        """Nothing to release: the files are read, not held."""
 
     def memory_bytes(self) -> dict[str, int]:
         """On-disk bytes per attribute: FAISS index and exact vectors (for the trade-off table)."""

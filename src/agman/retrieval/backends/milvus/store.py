@@ -1,10 +1,10 @@
 """The Milvus backend: a catalog collection read as a :class:`~agman.retrieval.store.VectorStore`
 and written as a :class:`~agman.retrieval.store.CatalogWriter` (layout and connection in
-:mod:`agman.retrieval.milvus_client`).
+:mod:`agman.retrieval.backends.milvus.client`).
 
 Searches go through :func:`agman.retrieval.ranking.rank` like the FAISS folder's: per-attribute
 shortlists from Milvus (``search`` in the attribute's partition, the filter as a Milvus boolean
-expression, :func:`agman.retrieval.filters.to_milvus`), re-scored exactly from the stored vectors
+expression, :func:`agman.retrieval.backends.milvus.expression.to_milvus`), re-scored exactly from the stored vectors
 (fetched by primary key) and grown until the threshold bound proves the top k — so a weighted
 multi-attribute query is exact on Milvus ``FLAT``, and ranks (ids and scores) as on a FAISS
 ``flat`` folder.  Writes: an item is written attribute by attribute and counts as stored once its
@@ -19,10 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from agman.errors import InvalidValueError
-from agman.retrieval.filters import And, Filter, IsNull, Not, Or, milvus_literal, to_milvus
-from agman.retrieval.info import CatalogIndexError, IndexConfig, IndexExistsError, IndexInfo, IndexNotFoundError
-from agman.retrieval.items import Item, resolve_path, stored_path
-from agman.retrieval.milvus_client import (
+from agman.retrieval.backends.milvus.client import (
     FETCH_BATCH,
     INFO_KEY,
     MAX_ID_BYTES,
@@ -39,9 +36,19 @@ from agman.retrieval.milvus_client import (
     milvus_schema,
     search_params,
 )
+from agman.retrieval.backends.milvus.expression import milvus_expression, milvus_literal
+from agman.retrieval.filters import Filter
+from agman.retrieval.info import (
+    CatalogIndexError,
+    IndexConfig,
+    IndexExistsError,
+    IndexInfo,
+    IndexNotFoundError,
+)
+from agman.retrieval.items import Item, resolve_path, stored_path
 from agman.retrieval.query import UnknownItemError
 from agman.retrieval.ranking import exact_scores
-from agman.retrieval.store import Blocks, Rows, Selection, readded
+from agman.retrieval.store import Blocks, Capabilities, Rows, Selection, deletion, readded
 
 
 def _utf8_len(text: str) -> int:
@@ -59,6 +66,9 @@ class MilvusStore:
 
         self.conn, self.target = conn, conn.target
         self.location = self.target.where
+        # the served store writes too; a Lite file's data files can be damaged on disk; a server takes
+        # writes from several processes (a Lite file from one)
+        self.capabilities = Capabilities(writes=True, health=self.target.lite, parallel_writes=not self.target.lite)
         self.info = info
         self.config = config
         self.catalog_root = str(Path(catalog).resolve()) if catalog is not None else info.root
@@ -141,11 +151,11 @@ class MilvusStore:
 
     def health(self):
         """A served Milvus Lite file's health (its data files truncated or missing on disk are
-        damage: :class:`~agman.retrieval.milvus_lite.LiteWatch`); None for a server."""
+        damage: :class:`~agman.retrieval.backends.milvus.lite.LiteWatch`); None for a server."""
         if not self.target.lite:
             return None
         if self._watch is None:
-            from agman.retrieval.milvus_lite import LiteWatch
+            from agman.retrieval.backends.milvus.lite import LiteWatch
 
             self._watch = LiteWatch(self.target.uri, self.target.collection)
         return self._watch.check()
@@ -256,7 +266,7 @@ class MilvusStore:
 
     # ------------------------------------------------------------------ search
     def select(self, flt: Filter | None = None, exclude: Iterable[int] = ()) -> Selection:
-        parts = [_expression(flt.expr, self.names, self.unlabelled)] if flt is not None else []
+        parts = [milvus_expression(flt.expr, self.names, self.unlabelled)] if flt is not None else []
         rows = sorted({int(r) for r in exclude})
         if rows:
             parts.append(f"(not (row in [{', '.join(str(r) for r in rows)}]))")
@@ -380,31 +390,11 @@ class MilvusStore:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Remove items; an unknown id is an :class:`UnknownItemError` (and nothing is removed)."""
-        ids = list(dict.fromkeys(ids))
-        live = self.live_ids(ids)
-        missing = [i for i in ids if i not in live]
-        if missing:
-            raise UnknownItemError.of(missing, self.location, "nothing was deleted")
-        self.info.removed = sorted(set(self.info.removed) | set(live))  # `--add` does not bring them back
+        live = deletion(self, ids, self.location)
         self.conn.set_properties(**{INFO_KEY: self.info.to_json()})
         self._delete_rows(list(live.values()))
         self.conn.call("flush", "flush", self.conn.name)
         return len(live)
-
-
-def _expression(expr, names: dict, unlabelled: set[str]) -> str:
-    """``to_milvus`` with the conditions on attributes that have no label field (added by ``--extend``)
-    decided as for an item without a label: ``is null`` holds, every other test fails."""
-    if not unlabelled:
-        return to_milvus(expr, names)
-    if isinstance(expr, (And, Or)):
-        joiner = " and " if isinstance(expr, And) else " or "
-        return "(" + joiner.join(_expression(e, names, unlabelled) for e in expr.operands) + ")"
-    if isinstance(expr, Not):
-        return f"(not {_expression(expr.operand, names, unlabelled)})"
-    if expr.field in unlabelled:
-        return "(pk >= 0)" if isinstance(expr, IsNull) and not expr.negate else "(pk < 0)"
-    return to_milvus(expr, names)
 
 
 EXTENDED_PK_SHIFT = 48

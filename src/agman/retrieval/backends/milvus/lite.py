@@ -26,8 +26,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from agman.retrieval.faiss_check import FolderHealth
-from agman.retrieval.integrity import stat_key
+from agman.retrieval.backends.faiss.check import FolderHealth
+from agman.retrieval.backends.faiss.integrity import stat_key
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The FAISS index folder's files and their integrity: which files an index reads, what is wrong with
-them (sizes always, the hashes ``index.json`` records sampled or in full: :mod:`agman.retrieval.integrity`),
-recording their hashes when the folder is written, and watching them under a running server.
+them (sizes always, the hashes ``index.json`` records sampled or in full:
+:mod:`agman.retrieval.backends.faiss.integrity`), recording their hashes when the folder is written, and watching them under a running server.
 """
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from agman.retrieval.info import CatalogIndexError, IndexInfo, IndexLayout
-from agman.retrieval.integrity import IndexDamagedError, check_file, check_size, record_file, stat_key
+from agman.retrieval.backends.faiss.integrity import (
+    IndexDamagedError,
+    check_file,
+    check_size,
+    record_file,
+    stat_key,
+)
+from agman.retrieval.backends.faiss.layout import IndexLayout
+from agman.retrieval.info import CatalogIndexError, IndexInfo
 
 
 def map_vectors(path: Path, count: int, dim: int) -> np.ndarray:

@@ -21,12 +21,13 @@ from pathlib import Path
 import xxhash
 
 from agman.retrieval.info import CatalogIndexError, FileRecord
+from agman.retrieval.store import VERIFY_LEVELS
 
 HASH_NAME = "xxh3-128"
 SAMPLE_BLOCK = 1 << 16
 SAMPLE_BLOCKS = 16
 READ_CHUNK = 1 << 22
-LEVELS = ("size", "sample", "full")
+LEVELS = VERIFY_LEVELS
 
 
 class IndexDamagedError(CatalogIndexError):
