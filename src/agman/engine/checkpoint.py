@@ -25,6 +25,9 @@ from agman.data.spec import Attribute
 from agman.errors import AgmanError, NotFoundError
 from agman.fileio import atomic_write
 
+#: A run folder's newest checkpoint and its best one (on the validation score).
+LAST, BEST = "last.pt", "best.pt"
+
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_name", "model_config", "attributes", "input_size", "state_dict", "identity")
 """Every checkpoint agman has written carries these; one without ``identity`` cannot prove its weights

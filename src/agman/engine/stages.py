@@ -17,7 +17,9 @@ import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from agman.engine.checkpoint import LAST
 from agman.engine.config import RunConfig, from_dict, save_config
 from agman.errors import NotFoundError
 
@@ -47,12 +49,11 @@ def stage_configs(config: RunConfig) -> tuple[RunConfig, RunConfig]:
     return from_dict(first, source=f"{source} (stage 1)"), from_dict(second, source=f"{source} (stage 2)")
 
 
-def train_stages(config: RunConfig, *, resume: bool | str | Path = False, overwrite: bool = False,
-                 stop: Callable[[int, int], bool] | None = None):
-    """Both stages of ``config`` (resuming in the stage the run folder is in); the stage-2 ``TrainResult``,
+def train_stages(config: RunConfig, train: Callable[..., Any], *, resume: bool | str | Path = False,
+                 overwrite: bool = False, stop: Callable[[int, int], bool] | None = None):
+    """Both stages of ``config`` (resuming in the stage the run folder is in), each run by ``train``
+    (:func:`agman.engine.train.train`, which hands a two-stage config here); the stage-2 ``TrainResult``,
     or stage 1's when it was stopped."""
-    from agman.engine.train import LAST, train
-
     first, second = stage_configs(config)
     stage1_last = first.run_dir / LAST
     if resume:

@@ -43,18 +43,18 @@ from agman.data.spec import DatasetSpec
 from agman.data.triplets import make_sampler
 from agman.engine import distributed as D
 from agman.engine.batches import EpochTriplets, epoch_loader
-from agman.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from agman.engine.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, unwrap
 from agman.engine.config import RunConfig, save_config
 from agman.engine.evaluate import embed_split, evaluate_embeddings
 from agman.engine.losses import TripletCriterion
 from agman.engine.rng import rng_state, seed_everything, set_rng_state
 from agman.engine.runlog import RunLog, epoch_line
+from agman.engine.stages import train_stages
 from agman.engine.step import TrainStep, build_criterion, build_optimizer
 from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
 
 log = logging.getLogger(__name__)
 
-LAST, BEST = "last.pt", "best.pt"
 
 
 @dataclass
@@ -433,9 +433,7 @@ def train(
     both stages (:func:`agman.engine.stages.train_stages`).
     """
     if config.train.stage2 is not None:
-        from agman.engine.stages import train_stages
-
-        return train_stages(config, resume=resume, overwrite=overwrite, stop=stop)
+        return train_stages(config, train, resume=resume, overwrite=overwrite, stop=stop)
     ctx = D.init_distributed(config.train.device, config.train.ddp_backend)
     try:
         if config.train.threads:
