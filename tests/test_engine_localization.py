@@ -171,7 +171,7 @@ def synth(tmp_path_factory):
     return open_dataset(root)
 
 
-@pytest.mark.parametrize("name", ["agman", "agman-official", "asenet-v2", "attnfashion"])
+@pytest.mark.parametrize("name", ["agman", "agman-official", "asenet-v2", "attnfashion", "cca"])
 def test_every_model_with_maps_is_scored(synth, name):
     torch.manual_seed(0)
     model = build_model(name, synth.n_attributes, backbone="resnet18", embedding_dim=16, attention_dim=16).eval()

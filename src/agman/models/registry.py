@@ -10,11 +10,12 @@ from agman.models.agman import AGMAN, AGMANOfficial
 from agman.models.asen import ASENetV2
 from agman.models.attnfashion import AttnFashion
 from agman.models.base import AttributeModel
+from agman.models.cca import CCA
 from agman.models.csn import CSN
 
 log = logging.getLogger(__name__)
 
-_MODELS: dict[str, type[AttributeModel]] = {cls.name: cls for cls in (AGMAN, AGMANOfficial, CSN, ASENetV2, AttnFashion)}
+_MODELS: dict[str, type[AttributeModel]] = {cls.name: cls for cls in (AGMAN, AGMANOfficial, CSN, ASENetV2, AttnFashion, CCA)}
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
 #: Keys any training config may set for any model; a model without the concept ignores them.
