@@ -1,5 +1,5 @@
 """The CCA reconstruction: shapes, its cross-attention map, conditions that do not mix, a training
-step that learns, and torchvision's ViT weights loading into its trunk."""
+step that learns, torchvision's ViT weights and the warm-up's trunk loading into it."""
 from __future__ import annotations
 
 import pytest
@@ -124,3 +124,20 @@ def test_vit_b_16_builds_and_the_position_embedding_follows_the_input_size():
     assert trunk.position_embedding((12, 6)).shape == (1, 1 + 72, 128)
     with pytest.raises(ValueError, match="unknown ViT backbone 'vit_l_32'"):
         ViTTrunk("vit_l_32")
+
+
+def test_the_warm_up_trains_the_vit_trunk_cca_then_loads(tmp_path):
+    """The synthetic configs' warm-up (value classification) pre-trains cca's own ViT: trunk_arch
+    names it, the classifier uses its class token, and the saved trunk loads with nothing missing."""
+    from agman.engine.pretrain import ValueClassifier
+    from agman.models.registry import trunk_arch
+
+    assert trunk_arch("cca", {"vit": "vit_tiny_8", "backbone": "resnet18"}) == "vit_tiny_8"
+    assert trunk_arch("cca", {}) == "vit_b_16" and trunk_arch("agman", {"backbone": "resnet34"}) == "resnet34"
+    torch.manual_seed(0)
+    net = ValueClassifier("vit_tiny_8", [4, 3])
+    assert [tuple(x.shape) for x in net(torch.randn(2, 3, 64, 64))] == [(2, 4), (2, 3)]
+    torch.save(net.trunk.state_dict(), tmp_path / "warm.pth")
+    model = build_model("cca", N_ATTRIBUTES, vit="vit_tiny_8", pretrained=str(tmp_path / "warm.pth"))
+    assert model.pretrained_report.missing == [] and model.pretrained_report.unexpected == []
+    assert torch.equal(model.trunk.conv_proj.weight, net.trunk.conv_proj.weight)

@@ -196,7 +196,9 @@ def warm_up(config: RunConfig, spec: DatasetSpec, run_dir: Path, ctx: D.Distribu
         raise InvalidValueError(f"warmup.epochs={config.warmup.epochs} replaces model.pretrained="
                                 f"{pretrained!r}: set one of them")
     wcfg, tcfg, dcfg = config.warmup, config.train, config.data
-    settings = dict(backbone=config.model.option("backbone"), input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio,
+    from agman.models.registry import trunk_arch
+
+    settings = dict(backbone=trunk_arch(config.model.name, config.model.options), input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio,
                     epochs=wcfg.epochs, batch_size=wcfg.batch_size, lr=wcfg.lr, seed=tcfg.seed)
     key = hashlib.sha256(json.dumps([str(spec.root), spec.name, settings], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(wcfg.dir) if wcfg.dir else run_dir

@@ -54,6 +54,11 @@ class ViTTrunk(nn.Module):
         patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
         return torch.cat([pos[:, :1], patches.flatten(2).transpose(1, 2)], dim=1)
 
+    def pooled(self, images: Tensor) -> Tensor:
+        """``[B, D]``: the class token after every block and the final LN (the plain ViT's feature)."""
+        tokens, _ = self(images)
+        return self.encoder.ln(self.last(tokens))[:, 0]
+
     def forward(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """``images [B, 3, H, W] -> (tokens [B, 1 + h*w, D] before the last block, (h, w))``."""
         if images.shape[-1] % self.patch_size or images.shape[-2] % self.patch_size:

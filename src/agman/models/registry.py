@@ -46,6 +46,13 @@ def option(name: str, config: dict, key: str):
     return config.get(key, _MODELS[name].DEFAULTS.get(key))
 
 
+def trunk_arch(name: str, config: dict) -> str:
+    """The backbone model ``name`` builds from ``config``: its ``vit`` option where it has one (``cca``),
+    else its ResNet ``backbone`` (what the warm-up pre-trains)."""
+    key = "vit" if "vit" in _MODELS.get(name, AttributeModel).DEFAULTS else "backbone"
+    return option(name, config, key)
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters, each shared tensor counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
