@@ -110,6 +110,7 @@ def evaluate_rows(config: RunConfig, spec: DatasetSpec, result: TrainResult, mod
     from agman.engine.evaluate import colour_histogram_embeddings, embed_split, evaluate_embeddings, evaluate_model
     from agman.engine.localization import localization_if_boxed
     from agman.engine.pretrain import load_value_classifier
+    from agman.models.registry import trunk_arch
 
     view = dict(input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=config.eval.batch_size)
     trained_embeddings = embed_split(model, spec, SPLIT, **view)
@@ -125,7 +126,8 @@ def evaluate_rows(config: RunConfig, spec: DatasetSpec, result: TrainResult, mod
         evaluation.localization = localization_if_boxed(untrained, spec, SPLIT, **view, model_name=label)
         rows[label] = evaluation.to_dict()
     if result.warmup_trunk is not None:
-        classifier = load_value_classifier(result.warmup_trunk, config.model.option("backbone"), spec.value_counts)
+        arch = trunk_arch(config.model.name, config.model.options)
+        classifier = load_value_classifier(result.warmup_trunk, arch, spec.value_counts)
         if classifier is None:
             log.warning("%s has no value heads beside it (an older warm-up): no classifier row", result.warmup_trunk)
         else:  # the strongest simple baseline: rank by the probability of the same predicted value
