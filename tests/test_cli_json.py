@@ -78,7 +78,7 @@ def test_models_json_follows_its_schema(capsys):
     body = json.loads(stdout)
     validate(body, "model-card.md", "models")
     names = [m["name"] for m in body["models"]]
-    assert names == ["agman", "agman-official", "csn", "asenet-v2", "attnfashion", "asenpp"]
+    assert names == ["agman", "agman-official", "csn", "asenet-v2", "attnfashion", "asenpp", "cca"]
     assert body["released_code_check"] is None  # only for resnet50
     rc, stdout, _ = run(capsys, "models", "--json")
     body = json.loads(stdout)

@@ -141,14 +141,15 @@ def test_eval_scores_the_attention_where_the_data_has_boxes(boxed_root, tmp_path
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--workers", "0"]) == 0
     out = capsys.readouterr().out
-    assert "attention localisation, agman on test: 2x2 map on the 32-px crop" in out
-    for word in ("mass in box", "pointing", *ATTRIBUTES):
+    assert "attention localisation, agman on test: pointing game (tolerance 2.1 px) and energy share of the 2x2 " \
+           "map upsampled to the 32-px crop" in out
+    for word in ("energy", "pointing", "chance", *ATTRIBUTES):
         assert word in out.split("attention localisation")[1]
     scores = json.loads((run / "eval-test.json").read_text())["localization"]
     assert list(scores["attributes"]) == ATTRIBUTES and scores["available"]
     assert scores["all"]["pairs"] == 5 * scores["attributes"]["pattern"]["pairs"] > 0
     header = (run / "eval-test.csv").read_text().splitlines()[0]
-    assert header.endswith("MAP,mass in box,box share,pointing")
+    assert header.endswith("MAP,pointing,pointing chance,energy,energy chance")
     rows = (run / "eval-test-localization.csv").read_text().splitlines()
     assert len(rows) == 1 + 5 + 1 and rows[-1].startswith("all,")
     # --json: the scores are in the metrics and the CSV among the files, within the documented schema
@@ -172,13 +173,13 @@ def test_ablate_table_gains_a_localisation_column_csn_na(boxed_root, tmp_path, c
     assert main(args) == 0
     out = capsys.readouterr().out
     table = (tmp_path / "ab" / "ablation-models.csv").read_text().splitlines()
-    assert table[0].endswith("MAP,mass in box,box share,pointing")
-    cells = {line.split(",")[0]: line.split(",")[-3:] for line in table[1:]}
-    assert cells["CSN"] == ["n/a"] * 3
+    assert table[0].endswith("MAP,pointing,pointing chance,energy,energy chance")
+    cells = {line.split(",")[0]: line.split(",")[-4:] for line in table[1:]}
+    assert cells["CSN"] == ["n/a"] * 4
     for model in ("ASENet_V2", "AttnFashion", "AG-MAN"):
-        mass, share, pointing = (float(v) for v in cells[model])
-        assert 0 <= mass <= 100 and 0 < share < 100 and 0 <= pointing <= 100
-    assert "mass in box" in out
+        pointing, pointing_chance, energy, energy_chance = (float(v) for v in cells[model])
+        assert 0 <= pointing <= 100 and 0 <= energy <= 100 and 0 < energy_chance < pointing_chance <= 100
+    assert "energy chance" in out
 
 
 def test_ablation_plan_dedupes_the_full_model():
@@ -210,10 +211,10 @@ def test_demo_end_to_end_on_a_small_set(tmp_path, capsys):
     assert "a supervised baseline trained on the very labels being retrieved" in report and "AG-MAN wins on" in report
     assert "a supervised baseline trained on the very labels being retrieved" in printed
     where = report.split("## Where the attention looks")[1]
-    assert "meets the bar" in where and "of 5 attributes" in where
-    assert ("| attribute | pairs | box share | mass in box, trained | mass in box, untrained | "
-            "mass in box, warm-up only") in where
-    assert "meets the bar" in printed
+    assert "above chance on both for" in where and "of 5 attributes" in where
+    assert ("| attribute | pairs | pointing, trained | pointing, untrained | pointing, warm-up only | "
+            "pointing chance | energy, trained") in where
+    assert "above chance on both" in printed
 
 
 def test_train_help_lists_what_can_be_composed(capsys):

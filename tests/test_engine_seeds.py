@@ -13,8 +13,10 @@ from agman.engine.seeds import mean_sd, parse_seeds, seed_table
 def _metrics(maps: dict[str, float], pointing: float | None = None) -> dict:
     m = {"map": sum(maps.values()) / len(maps), "map_per_attribute": maps}
     if pointing is not None:
-        m["localization"] = {"available": True, "all": {"pointing": {"mean": pointing}, "box_share": {"mean": 0.1},
-                                                        "mass_in_box": {"mean": 0.2}}}
+        m["localization"] = {"available": True, "all": {"pointing": {"mean": pointing},
+                                                        "pointing_chance": {"mean": 0.1},
+                                                        "energy": {"mean": pointing / 2},
+                                                        "energy_chance": {"mean": 0.05}}}
     return m
 
 
@@ -25,13 +27,15 @@ def test_seed_table_means_spreads_and_firsts():
         2: {"a": _metrics({"x": 0.70, "y": 0.90}, 0.4), "b": _metrics({"x": 0.70, "y": 0.80})},
     }
     header, rows = seed_table(per_seed, ["a", "b"], ["A", "B"], ["x", "y"])
-    assert header == ["method", "x", "y", "MAP", "MAP range", "first (of 3)", "pointing / box share"]
+    assert header == ["method", "x", "y", "MAP", "MAP range", "first (of 3)", "pointing / chance",
+                      "energy / chance"]
     a, b = rows
     # x of A: 80, 60, 70 -> mean 70, sample sd 10
     assert a[:2] == ["A", "70.00 ± 10.00"] and b[1] == "70.00 ± 0.00"
     # MAP of A per seed 70, 60, 80; of B 65, 70, 75: A first in seeds 0 and 2, B in seed 1
     assert a[3] == "70.00 ± 10.00" and a[4] == "60.00-80.00" and (a[5], b[5]) == ("2", "1")
     assert a[6] == "40.00 ± 10.00 / 10.00" and b[6] == "n/a"  # B has no maps (CSN-like)
+    assert a[7] == "20.00 ± 5.00 / 5.00" and b[7] == "n/a"
     # a grid's switch columns follow the method
     header, rows = seed_table(per_seed, ["a", "b"], ["A", "B"], ["x", "y"], {"ASA": ["✓", "-"]})
     assert header[:3] == ["method", "ASA", "x"] and rows[1][:3] == ["B", "-", "70.00 ± 0.00"]
@@ -61,7 +65,8 @@ def test_ablate_over_seeds_writes_each_seed_and_the_spread(tmp_path, capsys):
         rows = {r["method"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"CSN", "ASENet_V2", "AttnFashion", "AG-MAN"}
     assert sum(int(r["first (of 2)"]) for r in rows.values()) == 2
-    assert rows["CSN"]["pointing / box share"] == "n/a" and "±" in rows["AG-MAN"]["pointing / box share"]
+    assert rows["CSN"]["pointing / chance"] == "n/a" and "±" in rows["AG-MAN"]["pointing / chance"]
+    assert rows["CSN"]["energy / chance"] == "n/a" and "±" in rows["AG-MAN"]["energy / chance"]
     # the seeds really differ (train.seed reached the runs): AG-MAN's two MAPs are not the same
     seed_maps = []
     for seed in (3, 4):

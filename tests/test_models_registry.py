@@ -19,7 +19,7 @@ def model(request):
 
 
 def test_registry_names():
-    assert MODEL_NAMES == ("agman", "agman-official", "csn", "asenet-v2", "attnfashion", "asenpp")
+    assert MODEL_NAMES == ("agman", "agman-official", "csn", "asenet-v2", "attnfashion", "asenpp", "cca")
 
 
 @pytest.mark.parametrize("size", [64, 96, 112])

@@ -58,7 +58,8 @@ def _register_eval(subparsers) -> None:
                     "writes eval-<split>.{csv,md,json} beside the checkpoint (or into --out). On FashionAI, "
                     "DeepFashion and Zappos50k the paper's published numbers are printed beside the measured ones. "
                     "Where the split has a regions file (regions_<split>.jsonl, docs/attention-scoring.md) the "
-                    "model's attention is scored too: mass in box, box share and pointing per attribute, also in "
+                    "model's attention is scored too: pointing game and energy share per attribute beside their "
+                    "chance levels, also in "
                     "eval-<split>-localization.csv and the JSON.",
     )
     ev.add_argument("--checkpoint", required=True, help="best.pt / last.pt of a run")

@@ -111,6 +111,7 @@ def evaluate_rows(config: RunConfig, spec: DatasetSpec, result: TrainResult, mod
     from agman.engine.evaluate import colour_histogram_embeddings, embed_split, evaluate_embeddings, evaluate_model
     from agman.engine.localization import localization_if_boxed
     from agman.engine.pretrain import load_value_classifier
+    from agman.models.registry import trunk_arch
 
     view = dict(input_size=info.input_size, crop_ratio=info.crop_ratio, batch_size=config.eval.batch_size)
     trained_embeddings = embed_split(model, spec, SPLIT, **view)
@@ -126,7 +127,8 @@ def evaluate_rows(config: RunConfig, spec: DatasetSpec, result: TrainResult, mod
         evaluation.localization = localization_if_boxed(untrained, spec, SPLIT, **view, model_name=label)
         rows[label] = evaluation.to_dict()
     if result.warmup_trunk is not None:
-        classifier = load_value_classifier(result.warmup_trunk, config.model.option("backbone"), spec.value_counts)
+        arch = trunk_arch(config.model.name, config.model.options)
+        classifier = load_value_classifier(result.warmup_trunk, arch, spec.value_counts)
         if classifier is None:
             log.warning("%s has no value heads beside it (an older warm-up): no classifier row", result.warmup_trunk)
         else:  # the strongest simple baseline: rank by the probability of the same predicted value
@@ -202,14 +204,13 @@ def verdict(rows: dict, names: list[str]) -> str:
 
 #: The rows whose attention the report compares, and their short names in its table.
 LOCATED = ((TRAINED, "trained"), (UNTRAINED, "untrained"), (WARM_ONLY, "warm-up only"))
-POINTING_FACTOR = 2.0  # the bar: pointing at least this many times the box share (issue #11)
 
 
 def localization_section(rows: dict) -> tuple[str, str]:
-    """What the attention scores say, as ``(sentence, markdown table)``: per attribute the box share,
-    then mass in box and pointing of the trained, untrained and warm-up-only networks, and whether
-    the trained one meets the bar (mass in box above the box share, pointing at least
-    :data:`POINTING_FACTOR` times it).  ``("", "")`` when no row was scored (no regions file)."""
+    """What the attention scores say, as ``(sentence, markdown table)``: per attribute the pointing
+    game's accuracy and the energy share of the trained, untrained and warm-up-only networks, each
+    measure beside its chance level (a random point, a uniform map), and whether the trained one
+    meets the bar (both above chance).  ``("", "")`` when no row was scored (no regions file)."""
     from agman.engine.localization import LocalizationResult
     from agman.engine.report import markdown_table
 
@@ -220,30 +221,33 @@ def localization_section(rows: dict) -> tuple[str, str]:
         return "", ""
     if not trained.available:
         return f"{trained.model} has no attention map to score", ""
-    met = trained.meets(POINTING_FACTOR)
-    header = ["attribute", "pairs", "box share", *(f"mass in box, {k}" for k in found),
-              *(f"pointing, {k}" for k in found), "bar met (trained)"]
+    met = trained.meets()
+    header = ["attribute", "pairs", *(f"pointing, {k}" for k in found), "pointing chance",
+              *(f"energy, {k}" for k in found), "energy chance", "above chance (trained)"]
     table = []
     for r in [*trained.rows, trained.overall]:
         others = [other.overall if r.attribute == "all" else other.row(r.attribute) for other in found.values()]
-        table.append([r.attribute, r.pairs, r.box_share.mean, *(o.mass_in_box.mean for o in others),
-                      *(o.pointing.mean for o in others), "" if r.attribute == "all" else
-                      ("yes" if met[r.attribute] else "no")])
+        table.append([r.attribute, r.pairs, *(o.pointing.mean for o in others), r.pointing_chance.mean,
+                      *(o.energy.mean for o in others), r.energy_chance.mean,
+                      "" if r.attribute == "all" else ("yes" if met[r.attribute] else "no")])
     ok = [a for a, v in met.items() if v]
     missed = [trained.row(a) for a, v in met.items() if not v]
-    sentence = (f"On the {trained.grid[0]}x{trained.grid[1]} map of the {trained.input_size}-px crop the trained "
-                f"model's attention meets the bar (mass in box above the box share and pointing at least "
-                f"{POINTING_FACTOR:g}x the box share) for {len(ok)} of {len(met)} attributes"
-                + (f" ({', '.join(ok)})" if ok else ""))
+    sentence = (f"Pointing game (tolerance {trained.tolerance:.1f} px on the {trained.input_size}-px crop) and energy "
+                f"share of the {trained.grid[0]}x{trained.grid[1]} map: the trained model's attention is above "
+                f"chance on both for {len(ok)} of {len(met)} attributes" + (f" ({', '.join(ok)})" if ok else ""))
     if missed:
-        sentence += "; it misses " + "; ".join(
-            f"{r.attribute} (mass {r.mass_in_box.mean:.2f}, pointing {r.pointing.mean:.2f}, box share "
-            f"{r.box_share.mean:.2f})" for r in missed)
+        sentence += "; not for " + "; ".join(
+            f"{r.attribute} (pointing {r.pointing.mean:.2f}, chance {r.pointing_chance.mean:.2f}; energy "
+            f"{r.energy.mean:.2f}, chance {r.energy_chance.mean:.2f})" for r in missed)
     whole = trained.overall
-    sentence += (f". Over all pairs the mass in box is {whole.mass_in_box.mean:.2f} trained"
-                 + "".join(f", {other.overall.mass_in_box.mean:.2f} {k}" for k, other in found.items()
+    sentence += (f". Averaged over attributes the pointing accuracy is {whole.pointing.mean:.2f} trained"
+                 + "".join(f", {other.overall.pointing.mean:.2f} {k}" for k, other in found.items()
                            if k != "trained" and other.available)
-                 + f" (a uniform map: {whole.box_share.mean:.2f})")
+                 + f" (a random point: {whole.pointing_chance.mean:.2f}) and the energy share "
+                 f"{whole.energy.mean:.2f} trained"
+                 + "".join(f", {other.overall.energy.mean:.2f} {k}" for k, other in found.items()
+                           if k != "trained" and other.available)
+                 + f" (a uniform map: {whole.energy_chance.mean:.2f})")
     return sentence, markdown_table(header, table, digits=2)
 
 

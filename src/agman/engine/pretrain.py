@@ -25,6 +25,7 @@ from agman.data.cache import image_dataset
 from agman.data.spec import UNLABELED, DatasetError, DatasetSpec
 from agman.engine.checkpoint import atomic_torch_save
 from agman.models.backbone import ResNetTrunk
+from agman.models.cca import VIT_BACKBONES, ViTTrunk
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,20 @@ class ValueClassifier(nn.Module):
 
     def __init__(self, backbone: str, value_counts: list[int]):
         super().__init__()
-        self.trunk = ResNetTrunk(backbone, with_layer4=True)
+        vit = backbone in VIT_BACKBONES  # cca's ViT: the class token's feature
+        self.trunk = ViTTrunk(backbone) if vit else ResNetTrunk(backbone, with_layer4=True)
         self.value_counts = list(value_counts)
-        self.heads = nn.Linear(self.trunk.channels["layer4"], sum(value_counts))
+        self.heads = nn.Linear(self.trunk.hidden_dim if vit else self.trunk.channels["layer4"], sum(value_counts))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C]``: the trunk's pooled feature (ResNet: layer4 averaged; ViT: its class token)."""
+        if isinstance(self.trunk, ViTTrunk):
+            return self.trunk.pooled(images)
+        _, f3 = self.trunk(images)
+        return self.trunk.top(f3).mean(dim=(-2, -1))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        _, f3 = self.trunk(images)
-        logits = self.heads(self.trunk.top(f3).mean(dim=(-2, -1)))
+        logits = self.heads(self.features(images))
         return list(logits.split(self.value_counts, dim=1))
 
     @property

@@ -41,19 +41,20 @@ def asfr_table(results: dict[str, dict], attribute_names: list[str], extra: dict
     return header, rows
 
 
-#: Columns a table gains when its results carry attention scores (all scored pairs, in %):
-#: mass in box, the box share (what a uniform map scores) and pointing (:mod:`agman.engine.localization`).
-LOCALIZATION_COLUMNS = ("mass in box", "box share", "pointing")
+#: Columns a table gains when its results carry attention scores (mean over attributes, in %): the
+#: pointing game and the energy share, each beside its chance level (:mod:`agman.engine.localization`).
+LOCALIZATION_COLUMNS = ("pointing", "pointing chance", "energy", "energy chance")
+_LOCALIZATION_KEYS = ("pointing", "pointing_chance", "energy", "energy_chance")
 
 
 def localization_cells(scores: dict | None) -> list:
     """The :data:`LOCALIZATION_COLUMNS` of one result's ``localization`` dict (``LocalizationResult.to_dict``):
-    "n/a" for a model without maps, "-" where nothing was scored."""
+    "n/a" for a model without maps or scores written before these measures, NaN where nothing was scored."""
     if scores is None:
         return [float("nan")] * len(LOCALIZATION_COLUMNS)
-    if not scores.get("available") or not scores.get("all"):
+    if not scores.get("available") or not scores.get("all") or "energy" not in scores["all"]:
         return ["n/a"] * len(LOCALIZATION_COLUMNS)
-    return [_pct(scores["all"][k]["mean"]) for k in ("mass_in_box", "box_share", "pointing")]
+    return [_pct(scores["all"][k]["mean"]) for k in _LOCALIZATION_KEYS]
 
 
 def tr_table(results: dict[str, dict], attribute_names: list[str]):

@@ -6,7 +6,8 @@ initial weights and every sampled triplet), so :func:`run_ablation_seeds` runs
 :func:`agman.engine.ablate.run_ablation` once per seed into ``<out>/seed-<s>/`` (each resumable on
 its own) and writes ``<out>/ablation-seeds-<grid>.md/.csv``: per row the mean ± sample standard
 deviation of each attribute's MAP and of the overall MAP, the overall MAP's range, how many seeds
-ranked the row first in its grid, and, where the data has boxes, the attention's pointing score.
+ranked the row first in its grid, and, where the data has regions, the attention's pointing-game
+accuracy and energy share, each beside its chance level.
 """
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from agman.engine.report import LOCALIZATION_COLUMNS, format_table, localization
 from agman.errors import InvalidValueError
 from agman.fileio import atomic_write_text
 
-_POINTING, _SHARE = LOCALIZATION_COLUMNS.index("pointing"), LOCALIZATION_COLUMNS.index("box share")
+#: (column, score, chance) of the attention measures: the score's mean ± sd over seeds / its mean chance level.
+_MEASURES = (("pointing / chance", LOCALIZATION_COLUMNS.index("pointing"), LOCALIZATION_COLUMNS.index("pointing chance")),
+             ("energy / chance", LOCALIZATION_COLUMNS.index("energy"), LOCALIZATION_COLUMNS.index("energy chance")))
 
 
 @dataclass
@@ -66,7 +69,7 @@ def seed_table(per_seed: dict[int, dict[str, dict]], names: list[str], labels: l
         firsts[best] += 1
     located = any("localization" in per_seed[s][n] for s in seeds for n in names)  # as in asfr_table
     header = ["method", *switches, *attribute_names, "MAP", "MAP range", f"first (of {len(seeds)})",
-              *(["pointing / box share"] if located else [])]
+              *([column for column, _, _ in _MEASURES] if located else [])]
     rows = []
     for i, (name, label) in enumerate(zip(names, labels)):
         runs = [per_seed[s][name] for s in seeds]
@@ -76,9 +79,10 @@ def seed_table(per_seed: dict[int, dict[str, dict]], names: list[str], labels: l
                mean_sd(maps), f"{min(maps):.2f}-{max(maps):.2f}", str(firsts[name])]
         if located:  # "n/a" for a model without maps (CSN) or a run where nothing was scored
             cells = [localization_cells(r.get("localization")) for r in runs]
-            points, shares = [c[_POINTING] for c in cells], [c[_SHARE] for c in cells]
-            scored = all(isinstance(p, float) and not math.isnan(p) for p in points)
-            row.append(f"{mean_sd(points)} / {float(np.mean(shares)):.2f}" if scored else "n/a")
+            for _, score, chance in _MEASURES:
+                values, chances = [c[score] for c in cells], [c[chance] for c in cells]
+                scored = all(isinstance(v, float) and not math.isnan(v) for v in values)
+                row.append(f"{mean_sd(values)} / {float(np.mean(chances)):.2f}" if scored else "n/a")
         rows.append(row)
     return header, rows
 

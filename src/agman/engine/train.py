@@ -159,14 +159,15 @@ def warm_up(config: RunConfig, spec: DatasetSpec, run_dir: Path, ctx: D.Distribu
     train split (:mod:`agman.engine.pretrain`), run by rank 0 and reused from the run folder when a
     trunk with the same settings is there; returns the trunk file for ``pretrained``."""
     from agman.engine.pretrain import pretrain_backbone
+    from agman.models.registry import trunk_arch
 
     pretrained = config.model.options.get("pretrained", "none")
     if str(pretrained).lower() not in ("none", ""):
         raise InvalidValueError(f"warmup.epochs={config.warmup.epochs} replaces model.pretrained="
                                 f"{pretrained!r}: set one of them")
     wcfg, tcfg, dcfg = config.warmup, config.train, config.data
-    settings = dict(backbone=config.model.option("backbone"), input_size=dcfg.input_size, crop_ratio=dcfg.crop_ratio,
-                    epochs=wcfg.epochs, batch_size=wcfg.batch_size, lr=wcfg.lr, seed=tcfg.seed)
+    settings = dict(backbone=trunk_arch(config.model.name, config.model.options), input_size=dcfg.input_size,
+                    crop_ratio=dcfg.crop_ratio, epochs=wcfg.epochs, batch_size=wcfg.batch_size, lr=wcfg.lr, seed=tcfg.seed)
     key = hashlib.sha256(json.dumps([str(spec.root), spec.name, settings], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(wcfg.dir) if wcfg.dir else run_dir
     path = folder / f"warmup-{settings['backbone']}-{key}.pth"

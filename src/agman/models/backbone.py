@@ -18,6 +18,7 @@ from agman.errors import AgmanError, InvalidValueError
 log = logging.getLogger(__name__)
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+IMAGENET_VITS = ("vit_b_16",)  # the ViT with torchvision ImageNet weights (models/cca.py)
 OFFLINE_ENV = "AGMAN_OFFLINE"
 
 
@@ -200,7 +201,7 @@ def load_pretrained(module: nn.Module, spec: str | os.PathLike | None, arch: str
         return None
     if str(spec).lower() == "imagenet":
         arch = arch or getattr(module, "arch", None)
-        if arch not in BACKBONES:
+        if arch not in (*BACKBONES, *IMAGENET_VITS):
             raise PretrainedWeightsError(f"cannot pick ImageNet weights: unknown architecture {arch!r}")
         state, source = _imagenet_state_dict(arch), f"imagenet ({arch})"
     else:

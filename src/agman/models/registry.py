@@ -11,12 +11,13 @@ from agman.models.asen import ASENetV2
 from agman.models.asenpp import ASENPlusPlus
 from agman.models.attnfashion import AttnFashion
 from agman.models.base import AttributeModel
+from agman.models.cca import CCA
 from agman.models.csn import CSN
 
 log = logging.getLogger(__name__)
 
 _MODELS: dict[str, type[AttributeModel]] = {cls.name: cls for cls in (AGMAN, AGMANOfficial, CSN, ASENetV2, AttnFashion,
-                                                              ASENPlusPlus)}
+                                                              ASENPlusPlus, CCA)}
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
 #: Keys any training config may set for any model; a model without the concept ignores them.
@@ -45,6 +46,13 @@ def option(name: str, config: dict, key: str):
     if name not in _MODELS:
         raise InvalidValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     return config.get(key, _MODELS[name].DEFAULTS.get(key))
+
+
+def trunk_arch(name: str, config: dict) -> str:
+    """The backbone model ``name`` builds from ``config``: its ``vit`` option where it has one (``cca``),
+    else its ResNet ``backbone`` (what the warm-up pre-trains)."""
+    key = "vit" if "vit" in _MODELS.get(name, AttributeModel).DEFAULTS else "backbone"
+    return option(name, config, key)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
