@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from agman.data.synthetic_fashion import (
     sample_fashion_params,
 )
 from agman.data.synthetic_lists import write_regions, write_triplets
+from agman.data.synthetic_plan import PlannedImage
 from agman.data.synthetic_render import ATTRIBUTES, GarmentParams, render, sample_params
 from agman.errors import AlreadyExistsError, InvalidValueError
 from agman.fileio import atomic_write_text
@@ -70,23 +70,6 @@ _OUTPUT_FILES = (
     *(f"regions_{split}.jsonl" for split in SPLIT_NAMES),
 )
 _OUTPUT_DIRS = ("images", "triplets")
-
-
-@dataclass(frozen=True)
-class PlannedImage:
-    """One image of the set: where it goes, its true values and which of them are annotated."""
-
-    split: str
-    index: int  # line in filenames_<split>.txt
-    number: int  # position across all splits (train, valid, test); seeds the image's nuisances
-    values: tuple[int, ...]  # true value of every attribute (all are drawn; -1: not shown on this garment)
-    annotated: tuple[int, ...]  # attribute indices written to the label / query / candidate files
-    is_query: bool
-    garment: str | None = None  # mode 'fashionai': the garment type (agman.data.synthetic_fashion.GARMENTS)
-
-    @property
-    def path(self) -> str:
-        return f"images/{self.split}/{self.index:06d}.png"
 
 
 def split_sizes(n_images: int) -> dict[str, int]:

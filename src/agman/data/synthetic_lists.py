@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agman.data.spec import SPLIT_NAMES, Attribute
+from agman.data.synthetic_plan import PlannedImage
 from agman.fileio import atomic_write_text
-
-if TYPE_CHECKING:
-    from agman.data.synthetic import PlannedImage
 
 CSN_SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}
 
