@@ -8,7 +8,7 @@ from agman.cli import CLIError, print_json
 
 
 def register(subparsers) -> None:
-    from agman.engine.importer import FORMATS
+    from agman.engine.released_formats import FORMATS
 
     imp = subparsers.add_parser(
         "import",

@@ -27,8 +27,6 @@ import logging
 import math
 import os
 import re
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -51,6 +49,7 @@ from agman.engine.rng import rng_state, seed_everything, set_rng_state
 from agman.engine.runlog import RunLog, epoch_line
 from agman.engine.stages import train_stages
 from agman.engine.step import TrainStep, build_criterion, build_optimizer
+from agman.engine.stopping import StopFlag
 from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -85,31 +84,6 @@ def busy_cores_advice(threads: int, load: float | None = None, cores: int | None
         return ""
     return (f"the load average ({load:.1f}) already fills this machine's {cores} cores: {threads} torch threads "
             f"will mostly wait for each other; train.threads=1 is often several times faster here")
-
-
-# --------------------------------------------------------------------------- stopping
-class StopFlag:
-    """Set by SIGINT/SIGTERM (first signal: finish the step, checkpoint, stop; second: abort)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stop requested: finishing this step, writing the checkpoint (signal again to abort)")
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------- the steps of a run
