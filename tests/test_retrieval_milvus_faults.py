@@ -10,10 +10,10 @@ server that stops answering, for seconds: a frozen server must come back within 
 TTL of 30 s).  The real crash — the server SIGKILLed in the middle of `agman index` and restarted
 on the same data folder under a running `agman serve` — is
 :func:`test_a_server_killed_mid_index_and_restarted_loses_nothing_and_serve_recovers`, run with
-``AGMAN_MILVUS_RESTART=1``: a restart takes about 75 s before the server answers again (the
-``milvus-server`` wrapper cannot bind the dead server's ports while their connections sit in
-TIME_WAIT, 60 s; tests/milvus_server.py) and some 25 s more until loaded collections are searchable
-again, so ~3 minutes per run — more than the CI budget allows.
+``AGMAN_MILVUS_RESTART=1``: the server answers again ~70 s after the kill (the ``milvus-server``
+wrapper cannot bind the dead server's ports while their connections sit in TIME_WAIT, 60 s;
+tests/milvus_server.py) and its loaded collections ~30 s later, so the test takes ~5 minutes here —
+more than the CI budget allows.
 """
 from __future__ import annotations
 
