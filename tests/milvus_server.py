@@ -8,6 +8,13 @@ through its environment overrides) says otherwise, so two servers on one machine
 ``milvus-server`` is a Python wrapper around ``milvus run standalone``: a SIGTERM to the wrapper
 leaves the child holding the ports, so the server runs in its own session and :meth:`stop`
 signals the whole group, waits for the proxy port to close, then kills what is left.
+
+A restart (:meth:`kill` then :meth:`start`) keeps the data folder and every port.  The wrapper
+checks each port by binding it without ``SO_REUSEADDR`` and, if that fails, silently takes the next
+free one: after a SIGKILL the dead server's connections sit in TIME_WAIT for 60 s, so a restart
+at once came up on another proxy port (a client waiting on the old URI saw "no server" for
+minutes).  :meth:`start` therefore waits until every port can be bound that way, and checks the
+proxy port the wrapper wrote into ``configs/milvus.yaml``.
 """
 from __future__ import annotations
 
@@ -46,6 +53,24 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def bindable(port: int) -> bool:
+    """Whether ``port`` can be bound without ``SO_REUSEADDR`` (as the ``milvus-server`` wrapper checks)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_bindable(ports: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(bindable(p) for p in ports):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ports {ports} still in use after {timeout:g} s")
+        time.sleep(0.5)
+
+
 def executable() -> str | None:
     """The ``milvus-server`` command of this Python's environment (or on PATH), None without the package."""
     here = Path(sys.executable).parent / "milvus-server"
@@ -72,6 +97,8 @@ class MilvusServer:
         if exe is None:
             raise FileNotFoundError("milvus-server not found: pip install 'milvus>=2.3,<=2.3.5'")
         self.data.mkdir(parents=True, exist_ok=True)
+        if self.ports:  # a restart: the old ports, once the wrapper's bind check can take them again
+            wait_bindable(self.ports, timeout)
         self.ports = self.ports or free_ports(len(PORT_OPTIONS) + 2)
         etcd, peer, rest = self.ports[0], self.ports[1], self.ports[2:]
         etcd_config = self.data / "etcd-embed.yaml"
@@ -94,6 +121,20 @@ class MilvusServer:
         self.wait_ready(timeout)
         return self
 
+    def configured_port(self) -> int | None:
+        """The proxy port the wrapper wrote into ``configs/milvus.yaml`` (None before it wrote it)."""
+        try:
+            text = (self.data / "configs" / "milvus.yaml").read_text()
+        except OSError:
+            return None
+        section = text.split("\nproxy:\n", 1)[-1]
+        for line in section.splitlines():
+            if line.startswith("  port:"):
+                return int(line.split(":")[1].split("#")[0])
+            if line and not line.startswith(" "):
+                break
+        return None
+
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Until a client lists collections (the proxy port alone opens before Milvus serves)."""
         from pymilvus import MilvusClient
@@ -103,6 +144,10 @@ class MilvusServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"milvus-server exited with {self.proc.returncode}; see {self.data}/logs")
+            moved = self.configured_port()
+            if moved not in (None, self.port):
+                self.stop()
+                raise RuntimeError(f"milvus-server took proxy port {moved}, not {self.port} (port in use)")
             if port_open(self.port):
                 try:
                     client = MilvusClient(uri=self.uri, token="root:Milvus" if self.authorization else "", timeout=3)
@@ -120,6 +165,13 @@ class MilvusServer:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once (a crash: no graceful stop); :meth:`start` restarts it."""
+        self._signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+        self.proc = None
 
     def pause(self) -> None:
         self._signal(signal.SIGSTOP)

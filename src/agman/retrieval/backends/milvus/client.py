@@ -67,9 +67,11 @@ def pymilvus():
         import pymilvus as module
     except ImportError:
         raise MilvusError("the Milvus backend needs pymilvus: pip install 'agman[milvus]'") from None
-    # pymilvus logs every failed call at ERROR with a traceback; agman raises it as a MilvusError
-    # naming the URI and the operation instead (one line, no traceback)
-    logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
+    # pymilvus logs every failed call at ERROR with a traceback, and each failed reconnect to a server
+    # that went away at WARNING with one; agman raises it as a MilvusError naming the URI and the
+    # operation instead (one line, no traceback)
+    for name in ("pymilvus.decorators", "pymilvus.client.connection_manager"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return module
 
 
