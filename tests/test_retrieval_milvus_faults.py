@@ -92,15 +92,20 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def killed_at_first_shard(cmd: list[str], work: Path, timeout: float, **popen) -> subprocess.Popen:
+    """``cmd`` started and SIGKILLed once its first shard is on disk (or when it ended first)."""
+    run = subprocess.Popen(cmd, **popen)
+    wait_for(lambda: (work / "shards" / "rank-000.json").is_file() or run.poll() is not None, timeout, "a shard")
+    run.kill()
+    return run
+
 def test_an_index_run_killed_mid_embedding_finishes_on_rerun_with_every_item_once(milvus_server, data, tmp_path):
     """`agman index` SIGKILLed once shards are on disk: the rerun embeds only the rest and stores each
     item exactly once (ids and count checked against Milvus)."""
     _, root, ckpt = data
     name, work = fresh("killed"), tmp_path / "work"
     cmd = index_cmd(milvus_server.uri, name, root, ckpt, work)
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wait_for(lambda: (work / "shards" / "rank-000.json").is_file() or first.poll() is not None, 120, "a shard")
-    first.kill()
+    first = killed_at_first_shard(cmd, work, 120, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = first.communicate()[0].decode()
     assert first.returncode == -signal.SIGKILL, out
     shards = json.loads((work / "shards" / "rank-000.json").read_text())
@@ -124,10 +129,7 @@ def test_a_server_frozen_during_the_commit_fails_the_run_and_the_rerun_completes
     # while embedding; the run under test resumes it with a short timeout — the server must not
     # stay frozen long (a freeze of 10-20 s left Milvus 2.3 "Abnormal" after SIGCONT: its etcd
     # session had lapsed)
-    prep = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (work / "shards" / "rank-000.json").is_file() or prep.poll() is not None, 180, "a shard")
-    prep.kill()
-    prep.wait()
+    killed_at_first_shard(cmd, work, 180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait()
     first = subprocess.Popen(cmd + ["--milvus-timeout", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
     progress = work / "progress.json"

@@ -47,7 +47,7 @@ from agman.engine.evaluate import embed_split, evaluate_embeddings
 from agman.engine.losses import TripletCriterion
 from agman.engine.rng import rng_state, seed_everything, set_rng_state
 from agman.engine.runlog import RunLog, epoch_line
-from agman.engine.stages import train_stages
+from agman.engine.stages import STAGE1_DIR, train_stages
 from agman.engine.step import TrainStep, build_criterion, build_optimizer
 from agman.engine.stopping import StopFlag
 from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
@@ -94,7 +94,7 @@ def find_resume(resume: bool | str | Path, run_dir: Path) -> Path | None:
         return None
     path = run_dir if resume is True else Path(resume)
     if resume is True or path.is_dir():
-        first_stage = path / "s1" / LAST
+        first_stage = path / STAGE1_DIR / LAST
         path = first_stage if not (path / LAST).is_file() and first_stage.is_file() else path / LAST
     if not path.is_file():
         raise NotFoundError(f"nothing to resume: {path} not found")
