@@ -152,8 +152,9 @@ class TrainConfig:
     triplets_per_epoch: int = setting(100_000, at_least=1)
     # value (released/ASEN: value uniform among the attribute's, then its images) | image (anchor uniform)
     sampling: str = setting("value", choices=SAMPLINGS)
-    # separate (released: anchor, far, close as three passes of B) | joint (one pass of 3B)
-    bn_passes: str = setting("separate", choices=("separate", "joint"))
+    # separate (released: anchor, far, close as three passes of B) | joint (one pass of 3B) | stacked (one
+    # pass of 3B, each BatchNorm per set: separate's result at one pass's speed, engine.step.batchnorm_per_set)
+    bn_passes: str = setting("separate", choices=("separate", "joint", "stacked"))
     batch_size: int = setting(16, at_least=1)  # triplets per step (per process under DDP)
     optimizer: str = setting("adam", choices=("adam", "adamw", "sgd"))
     lr: float = setting(1e-4, at_least=0)
@@ -172,6 +173,9 @@ class TrainConfig:
     # Adam/AdamW's fused kernels (one launch for all parameters); auto: on GPU. Same update rule,
     # not bit-equal to the per-tensor loop, so the CPU default (the equivalence tests') stays off
     fused_optimizer: Switch = setting("auto", choices=("auto", True, False))
+    # convolutions on maps of <= 4 positions (layer4 at 64 px) as one matrix product: the same sums,
+    # several times faster on CPU (agman.models.small_maps); in training and the backbone warm-up
+    small_map_matmul: bool = False
     workers: int = setting(4, at_least=0)  # DataLoader worker processes
     pin_memory: Switch = setting("auto", choices=("auto", True, False))
     persistent_workers: bool = True

@@ -26,6 +26,7 @@ from agman.data.spec import UNLABELED, DatasetError, DatasetSpec
 from agman.engine.checkpoint import atomic_torch_save
 from agman.models.backbone import ResNetTrunk
 from agman.models.cca import VIT_BACKBONES, ViTTrunk
+from agman.models.small_maps import matmul_on_small_maps
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def pretrain_backbone(
     device: str | torch.device = "cpu",
     amp: bool = False,
     channels_last: bool = False,
+    small_map_matmul: bool = False,
     progress: bool = True,
     stop: Callable[[int], bool] | None = None,
 ) -> PretrainResult:
@@ -150,7 +152,8 @@ def pretrain_backbone(
     An existing ``out_path`` is reused.  After every epoch the classifier, optimizer and RNG states
     go (atomically) to :func:`partial_path`; a later call continues from there and ends with the
     same trunk as an uninterrupted run.  ``stop(epoch)`` returning True after an epoch ends the call
-    early (``interrupted``; tests use it).  ``amp``: bf16 autocast; ``channels_last``: NHWC layout.
+    early (``interrupted``; tests use it).  ``amp``: bf16 autocast; ``channels_last``: NHWC layout;
+    ``small_map_matmul``: convolutions on small maps as matrix products (:mod:`agman.models.small_maps`).
     """
     out_path, device = Path(out_path), torch.device(device)
     if out_path.is_file():
@@ -167,6 +170,8 @@ def pretrain_backbone(
         num_workers=workers, generator=generator, persistent_workers=workers > 0,
     )
     net = ValueClassifier(backbone, spec.value_counts)
+    if small_map_matmul:
+        matmul_on_small_maps(net)
     net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     first, partial = 0, partial_path(out_path)

@@ -7,9 +7,11 @@ logging or checkpoints; ``bench/gpu_train.py`` times exactly this class.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import torch
+from torch import nn
 
 from agman.engine import distributed as D
 from agman.engine.config import LossConfig, TrainConfig
@@ -20,7 +22,7 @@ from agman.models.output import ModelOutput
 log = logging.getLogger(__name__)
 
 
-BN_PASSES = ("separate", "joint")
+BN_PASSES = ("separate", "joint", "stacked")
 
 
 class TrainStep:
@@ -31,7 +33,10 @@ class TrainStep:
     ``bn_passes``: ``separate`` runs anchors, negatives ("far") and positives ("close") as three
     passes of B, in that order, as the released Tripletnet does (BatchNorm normalises each set with
     its own statistics and updates its running statistics three times); ``joint`` runs them as one
-    pass of 3B (one set of statistics, one update)."""
+    pass of 3B (one set of statistics, one update); ``stacked`` runs them as one pass of 3B in which
+    every BatchNorm normalises and updates with each set's statistics in the order of ``separate``
+    (:func:`batchnorm_per_set`): the result of ``separate`` within float rounding, at the speed of one
+    pass."""
 
     def __init__(self, net: torch.nn.Module, criterion: TripletCriterion, optimizer: torch.optim.Optimizer,
                  device: torch.device, *, channels_last: bool = False, amp: bool = False, grad_clip: float = 0.0,
@@ -59,6 +64,11 @@ class TrainStep:
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext():
             if self.bn_passes == "joint":
                 output = self.net(self._images(torch.cat([anchor, positive, negative])), attrs.repeat(3))
+            elif self.bn_passes == "stacked":
+                with batchnorm_per_set(self.net, 3):
+                    out = self.net(self._images(torch.cat([anchor, negative, positive])), attrs.repeat(3))
+                out_a, out_n, out_p = out.chunk(3)
+                output = ModelOutput.cat([out_a, out_p, out_n])
             else:
                 out_a = self.net(self._images(anchor), attrs)
                 out_n = self.net(self._images(negative), attrs)
@@ -72,6 +82,25 @@ class TrainStep:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         return loss
+
+
+@contextmanager
+def batchnorm_per_set(net: nn.Module, sets: int):
+    """Within the block, every BatchNorm of ``net`` in training mode splits its input into ``sets``
+    equal slices of the batch and normalises each with its own statistics, updating the running
+    statistics once per slice in slice order: what ``sets`` separate passes would do."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for norm in norms:
+        norm.forward = partial(_per_set, norm, type(norm).forward, sets)
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward
+
+
+def _per_set(norm: nn.Module, forward, sets: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([forward(norm, part) for part in x.chunk(sets)])
 
 
 def build_optimizer(train: TrainConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:

@@ -51,6 +51,7 @@ from agman.engine.stages import STAGE1_DIR, train_stages
 from agman.engine.step import TrainStep, build_criterion, build_optimizer
 from agman.engine.stopping import StopFlag
 from agman.errors import AlreadyExistsError, InvalidValueError, NotFoundError
+from agman.models.small_maps import matmul_on_small_maps
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,8 @@ def warm_up(config: RunConfig, spec: DatasetSpec, run_dir: Path, ctx: D.Distribu
     wcfg, tcfg, dcfg = config.warmup, config.train, config.data
     settings = dict(backbone=trunk_arch(config.model.name, config.model.options), input_size=dcfg.input_size,
                     crop_ratio=dcfg.crop_ratio, epochs=wcfg.epochs, batch_size=wcfg.batch_size, lr=wcfg.lr, seed=tcfg.seed)
+    if tcfg.small_map_matmul:  # in the file name's hash only when on: other rounding, another trunk file
+        settings["small_map_matmul"] = True
     key = hashlib.sha256(json.dumps([str(spec.root), spec.name, settings], sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(wcfg.dir) if wcfg.dir else run_dir
     path = folder / f"warmup-{settings['backbone']}-{key}.pth"
@@ -176,6 +179,8 @@ def build_state(config: RunConfig, n_attributes: int, device: torch.device, pret
     """A fresh state: the global RNGs seeded, the model built (on the warm-up trunk when given)."""
     seed_everything(config.train.seed)
     model = config.model.build(n_attributes, **({"pretrained": str(pretrained)} if pretrained else {}))
+    if config.train.small_map_matmul:
+        matmul_on_small_maps(model)
     criterion = build_criterion(config.loss, model)
     model.to(device, memory_format=torch.channels_last if config.train.uses_channels_last(device)
              else torch.preserve_format)

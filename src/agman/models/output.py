@@ -61,3 +61,8 @@ class ModelOutput:
             else:
                 joined[f.name] = torch.cat(parts)
         return cls(**joined)
+
+    def chunk(self, parts: int) -> list[ModelOutput]:
+        """Split along the batch into ``parts`` equal outputs (the inverse of :meth:`cat`)."""
+        split = {f.name: getattr(self, f.name).chunk(parts) for f in fields(self) if getattr(self, f.name) is not None}
+        return [replace(self, **{name: pieces[i] for name, pieces in split.items()}) for i in range(parts)]
