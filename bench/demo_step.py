@@ -7,17 +7,22 @@ A step here is what one iteration of the training loop costs: the next batch of 
 of the DataLoader (``workers: 0``, as the demo runs it, so on the same cores as the step) plus
 :class:`agman.engine.step.TrainStep` on it.
 
-* ``main``: the path of main before this change: every image decoded from its PNG each epoch
+* ``main``: the path of main before issue #25: every image decoded from its PNG each epoch
   (no cache), each triplet row's augmentation seeded with ``torch.manual_seed`` (which also
   seeds, lazily, every accelerator generator: a recorded Python stack per call), Adam's
   for-each implementation;
-* ``new``: the demo preset's switches: ``data.cache: true`` (the decoded-image cache, the same
-  pixels), the row seed set on the CPU generator only, ``train.fused_optimizer: true``.
+* ``data``: the data-side switches alone (the preset of #25's first round): ``data.cache: true``
+  (the decoded-image cache, the same pixels), the row seed set on the CPU generator only,
+  ``train.fused_optimizer: true``; three passes, oneDNN convolutions everywhere;
+* ``new``: the demo preset as it is: ``data``'s switches plus ``train.bn_passes: stacked`` (one pass
+  of 3B with BatchNorm per set: the three passes' result) and ``train.small_map_matmul: true``
+  (layer4's 2x2 maps as matrix products: the same sums).
 
-Both start from the same weights and see the same triplet rows in the same order.  Rounds
-alternate the two (one batch each), so a load change on a shared machine hits both alike; each
+All start from the same weights and see the same triplet rows in the same order.  Rounds
+alternate them (one batch each), so a load change on a shared machine hits both alike; each
 figure is the median over the rounds, wall-clock and CPU time of this process, split into the
-batch (``load``) and the step.  ``speedup`` is main's time / new's time.
+batch (``load``) and the step.  ``speedup`` is main's time / new's time (``speedup_data``: main's /
+data's).
 """
 from __future__ import annotations
 
@@ -50,6 +55,9 @@ class MainEpochTriplets(EpochTriplets):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed(self.seed, epoch, self.rank + position * self.world_size))
             return self.images[position]
+
+
+STEP_SWITCHES = ("train.bn_passes=separate", "train.small_map_matmul=false")  # main's and data's step
 
 
 def variant(config, spec, new: bool):
@@ -99,7 +107,10 @@ def main(argv=None) -> dict:
             torch.set_num_threads(threads)
         spec = config.data.open(progress=False)
         fill_cache(spec, config.data.input_size, config.data.crop_ratio, progress=False)
-        runs = {"main": variant(config, spec, new=False), "new": variant(config, spec, new=True)}
+        before = load_config(args.config, [f"data.root={root}", f"data.synthetic.images={args.images}",
+                                           *args.overrides, *STEP_SWITCHES])
+        runs = {"main": variant(before, spec, new=False), "data": variant(before, spec, new=True),
+                "new": variant(config, spec, new=True)}
         for batches, step in runs.values():  # warm-up: first batch (opens files / maps the cache), first step
             timed(batches, step)
         times = {name: [] for name in runs}
@@ -115,17 +126,21 @@ def main(argv=None) -> dict:
                          "step_wall_s": round(med[2], 4), "step_cpu_s": round(med[3], 4),
                          "iteration_wall_s": round(total_wall, 4), "iteration_cpu_s": round(total_cpu, 4),
                          "triplets_per_s": round(config.train.batch_size / total_wall, 1)}
-    m, n = figures["main"], figures["new"]
+    m, d, n = figures["main"], figures["data"], figures["new"]
     result = {
         "device": f"cpu ({platform.processor() or platform.machine()})", "threads": torch.get_num_threads(),
         "torch": torch.__version__, "load_average": [round(x, 2) for x in os.getloadavg()],
         "setting": f"{args.config}: {config.model.options.get('backbone')} {config.data.input_size} px, batch "
-                   f"{config.train.batch_size} triplets, amp {config.train.amp}, bn_passes {config.train.bn_passes}",
+                   f"{config.train.batch_size} triplets, amp {config.train.amp}, new: bn_passes "
+                   f"{config.train.bn_passes}, small_map_matmul {config.train.small_map_matmul}",
         "rounds": args.rounds, "figures": figures,
         "speedup_wall": round(m["iteration_wall_s"] / n["iteration_wall_s"], 2),
         "speedup_cpu": round(m["iteration_cpu_s"] / n["iteration_cpu_s"], 2),
         "speedup_load_cpu": round(m["load_cpu_s"] / max(n["load_cpu_s"], 1e-9), 1),
         "speedup_step_cpu": round(m["step_cpu_s"] / n["step_cpu_s"], 2),
+        "speedup_step_wall": round(m["step_wall_s"] / n["step_wall_s"], 2),
+        "speedup_data_wall": round(m["iteration_wall_s"] / d["iteration_wall_s"], 2),
+        "speedup_data_cpu": round(m["iteration_cpu_s"] / d["iteration_cpu_s"], 2),
     }
     print(json.dumps(result, indent=2))
     if args.out:  # beside the printed figures, for the docs

@@ -9,7 +9,9 @@ loss weights, Adam.  ``agman`` is the engine's :class:`agman.engine.step.TrainSt
 ``agman-official`` model (the same network: it starts from the same weights, copied in) as the
 FashionAI ``agman-official`` config trains it on a CPU today (fp32, three passes of B, Eq. 9 weights
 held at 1); ``agman_channels_last`` adds channels-last tensors (``train.channels_last:
-true``) and ``agman_channels_last_fused`` fused Adam on top (``train.fused_optimizer: true``).  With ``--paper`` the paper preset (``agman``: CA, D = 1024) is raced too.
+true``), ``agman_channels_last_fused`` fused Adam on top (``train.fused_optimizer: true``) and
+``agman_channels_last_fused_stacked`` one pass of 3B with BatchNorm per set on top of that
+(``train.bn_passes: stacked``: the three passes' result within float rounding).  With ``--paper`` the paper preset (``agman``: CA, D = 1024) is raced too.
 
 Variants run in interleaved rounds (one step of each per round, after one warm-up step each) so
 that a load change on a shared machine hits all of them alike.  Each variant's figure is its
@@ -108,9 +110,11 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     official = build_model("agman-official", args.attributes, backbone=args.backbone)
     steps = {"released": released_step(official, device, args.backbone)}
-    for name, cl, fused in (("agman", False, False), ("agman_channels_last", True, False),
-                            ("agman_channels_last_fused", True, True)):
-        steps[name] = agman_step(copy.deepcopy(official), device, channels_last=cl, fused=fused)
+    for name, cl, fused, passes in (("agman", False, False, "separate"),
+                                    ("agman_channels_last", True, False, "separate"),
+                                    ("agman_channels_last_fused", True, True, "separate"),
+                                    ("agman_channels_last_fused_stacked", True, True, "stacked")):
+        steps[name] = agman_step(copy.deepcopy(official), device, channels_last=cl, fused=fused, bn_passes=passes)
     if args.paper:
         torch.manual_seed(0)
         steps["agman_paper"] = agman_step(build_model("agman", args.attributes, backbone=args.backbone), device)

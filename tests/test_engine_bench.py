@@ -55,7 +55,8 @@ def test_released_step_network_is_agman_official(tmp_path):
 def test_train_step_benchmark_races_released_and_agman():
     result = load("train_step").main(["--backbone", "resnet18", "--size", "32", "--batch", "2", "--rounds", "1"])
     steps = result["steps"]
-    assert set(steps) == {"released", "agman", "agman_channels_last", "agman_channels_last_fused"}
+    assert set(steps) == {"released", "agman", "agman_channels_last", "agman_channels_last_fused",
+                          "agman_channels_last_fused_stacked"}
     assert steps["released"]["speed_vs_released_wall"] == 1.0
     assert all(s["triplets_per_s"] > 0 and s["speed_vs_released_cpu"] > 0 for s in steps.values())
 
@@ -65,9 +66,11 @@ def test_demo_step_benchmark_races_mains_path_and_the_presets(tmp_path):
     result = load("demo_step").main(["--images", "80", "--rounds", "1", "--threads", "1", "--dir", str(tmp_path),
                                      "--out", str(out), "data.input_size=32", "train.batch_size=4"])
     assert json.loads(out.read_text()) == result
-    main, new = result["figures"]["main"], result["figures"]["new"]
-    assert all(v > 0 for v in (*main.values(), *new.values()))
+    main, data, new = (result["figures"][k] for k in ("main", "data", "new"))
+    assert all(v > 0 for v in (*main.values(), *data.values(), *new.values()))
     assert result["speedup_cpu"] == round(main["iteration_cpu_s"] / new["iteration_cpu_s"], 2)
+    assert result["speedup_data_cpu"] == round(main["iteration_cpu_s"] / data["iteration_cpu_s"], 2)
+    assert "bn_passes stacked, small_map_matmul True" in result["setting"]
     assert (tmp_path / "synthetic" / ".agman-cache").is_dir()  # the new path read the cache it filled
 
 

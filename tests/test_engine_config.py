@@ -25,6 +25,7 @@ def test_every_paper_config_has_the_paper_settings(dataset, model):
     assert cfg.loss.margin == 0.2 and cfg.data.input_size == 224
     assert (t.amp, t.bn_passes, t.sampling, cfg.data.crop_ratio) == ("none", "separate", "value", 1.0)
     assert cfg.data.cache is False and t.fused_optimizer == "auto"  # the synthetic preset's speed-ups stay out
+    assert t.small_map_matmul is False
     if model == "agman":
         assert cfg.model.options["embedding_dim"] == 1024
         if dataset != "zappos50k":  # Eq. 9 held at the paper's start (docs/training.md, Eq. 9)
@@ -211,3 +212,4 @@ def test_the_synthetic_preset_turns_the_demo_speed_ups_on():
     for ref in ("synthetic/demo", "synthetic/agman", "synthetic/csn"):
         cfg = C.load_config(ref)
         assert cfg.data.cache is True and cfg.train.fused_optimizer is True, ref
+        assert cfg.train.bn_passes == "stacked" and cfg.train.small_map_matmul is True, ref
