@@ -54,14 +54,20 @@ def test_synthetic_configs_and_listing():
     # a preset is never named like a model: it would hide that composition
     assert not {p.rsplit("/", 1)[1].removesuffix(".yaml") for p in compose.presets()} & set(compose.models())
     demo = C.load_config("configs/synthetic/demo.yaml")
-    assert demo.to_dict() | {"config_path": None} == C.load_config("synthetic/agman").to_dict() | {"config_path": None}
+    schedule = {"epochs": 10, "batch_size": 64, "lr_step": 3}  # chosen on validation (issue #25)
+    assert {k: getattr(demo.train, k) for k in schedule} == schedule
+    same = C.load_config("configs/synthetic/demo.yaml", [f"train.{k}={v}" for k, v in
+                                                         (("epochs", 3), ("batch_size", 32), ("lr_step", 2))])
+    assert same.to_dict() | {"config_path": None, "overrides": None} == (
+        C.load_config("synthetic/agman").to_dict() | {"config_path": None, "overrides": None})
     assert "fashionai" in compose.describe() and "agman-official" in compose.describe()
     # the FashionAI-like demo: demo.yaml with the set's mode fashionai, in its own folder
-    fa = C.load_config("synthetic/demo-fashionai").to_dict()
+    fa = C.load_config("synthetic/demo-fashionai").to_dict()  # keeps the dataset file's 3 epochs of 32
+    demo = same
     assert fa["data"].pop("root") == "data/synthetic-fashionai" and fa["data"]["synthetic"].pop("mode") == "fashionai"
     plain = demo.to_dict()
     assert plain["data"].pop("root") == "data/synthetic" and plain["data"]["synthetic"].pop("mode") == "all"
-    assert fa | {"config_path": None} == plain | {"config_path": None}
+    assert fa | {"config_path": None} == plain | {"config_path": None, "overrides": []}
 
 
 def test_the_spellings_in_use_resolve_from_any_directory(tmp_path, monkeypatch):
