@@ -210,7 +210,7 @@ def test_large_uploads_do_not_grow_memory(server_a):
     """#12.1: a 4000x4000 PNG of a few kB decodes to 64 MB; only the model's input and a thumbnail
     are kept (before: the whole decoded image, for each of the last 256 uploads)."""
     rss, ids = [], []
-    for i in range(6):
+    for i in range(9):
         picture = Image.new("RGB", (4000, 4000), (200, 120, 40))
         picture.putpixel((i, 0), (i, i, i))  # distinct uploads: each would be a new cache entry
         buf = io.BytesIO()
@@ -220,8 +220,10 @@ def test_large_uploads_do_not_grow_memory(server_a):
         assert r.status_code == 200, r.text
         ids.append(r.json()["query"]["id"])
         rss.append(server_a.rss_mb())
-    print(f"\nRSS after each of 6 uploads of 4000x4000 PNGs (MB): {', '.join(f'{x:.0f}' for x in rss)}")
-    assert rss[-1] - rss[2] < 80  # flat after the first few (decoding buffers reused), not +60 MB an upload
+    print(f"\nRSS after each of 9 uploads of 4000x4000 PNGs (MB): {', '.join(f'{x:.0f}' for x in rss)}")
+    # flat after the first few, not +60 MB an upload (+360 MB over these six); the allocator may keep one or two
+    # decoding buffers (48 MB each) for a while, which once took a CI run 92 MB over the third upload's figure
+    assert rss[-1] - rss[2] < 150
     again = search(server_a.url, query=ids[0], attributes="attr0", k="3")
     assert again.status_code == 200  # the queries stay usable from what is kept
     thumb = httpx.get(server_a.url + f"/queries/{ids[-1]}/image")
