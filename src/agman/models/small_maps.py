@@ -12,6 +12,8 @@ gradient through the same mapping.  Maps larger than ``max_positions`` take the 
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,10 +21,10 @@ from torch import Tensor, nn
 MAX_POSITIONS = 4  # 2x2 maps: layer4 at 64 px (a 4x4 input to layer4's strided first conv is 16)
 
 
-def _tap_map(h: int, w: int, conv: nn.Conv2d, device: torch.device) -> tuple[Tensor, int, int]:
-    """``[k*k, P_out*P_in]`` 0/1 matrix: which kernel tap links each output position to each input
-    position (none for padding), and the output size."""
-    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+@lru_cache(maxsize=64)  # one per (map, kernel, stride, padding): built once, not in every forward
+def _tap_map(h: int, w: int, k: int, s: int, p: int, device: torch.device) -> tuple[Tensor, int, int]:
+    """``[k*k, P_out*P_in]`` 0/1 matrix: which tap of a ``k``x``k`` kernel (stride ``s``, padding ``p``)
+    links each output position to each input position (none for padding), and the output size."""
     oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     out_pos, in_pos = torch.arange(oh * ow, device=device)[:, None], torch.arange(h * w, device=device)[None, :]
     kh = in_pos // w - (out_pos // ow) * s + p
@@ -49,7 +51,7 @@ class SmallMapConv2d(nn.Conv2d):
             return super().forward(x)
         n, (h, w) = x.shape[0], x.shape[-2:]
         out_ch, in_ch = self.weight.shape[:2]
-        taps, oh, ow = _tap_map(h, w, self, x.device)
+        taps, oh, ow = _tap_map(h, w, self.kernel_size[0], self.stride[0], self.padding[0], x.device)
         weight = self.weight.reshape(out_ch * in_ch, -1) @ taps.to(self.weight.dtype)  # [O*I, P_out*P_in]
         weight = weight.reshape(out_ch, in_ch, oh * ow, h * w).transpose(1, 2).reshape(out_ch * oh * ow, -1)
         y = F.linear(x.reshape(n, in_ch * h * w), weight)  # autocast treats it as the conv: bf16 when on
