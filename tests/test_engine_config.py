@@ -63,9 +63,8 @@ def test_synthetic_configs_and_listing():
     assert "fashionai" in compose.describe() and "agman-official" in compose.describe()
     # the FashionAI-like demo: demo.yaml with the set's mode fashionai, in its own folder
     fa = C.load_config("synthetic/demo-fashionai").to_dict()  # keeps the dataset file's 3 epochs of 32
-    demo = same
     assert fa["data"].pop("root") == "data/synthetic-fashionai" and fa["data"]["synthetic"].pop("mode") == "fashionai"
-    plain = demo.to_dict()
+    plain = same.to_dict()
     assert plain["data"].pop("root") == "data/synthetic" and plain["data"]["synthetic"].pop("mode") == "all"
     assert fa | {"config_path": None} == plain | {"config_path": None, "overrides": []}
 
